@@ -1,0 +1,1 @@
+"""Core data types, errors, registry and settings. Imports nothing heavy."""

@@ -1,0 +1,192 @@
+"""The LM interface: two batch verbs, ``complete`` and ``score``, with caching built in.
+
+A backend subclasses :class:`LM` and implements ``_complete`` (uncached generation for a
+batch of requests) and ``_score`` (log-likelihoods of continuations after a prompt).
+Everything else -- validation, the ``choices`` constraint, the cache, chat rendering for
+``score`` -- lives here, once.
+
+Example:
+    >>> from metaskill.lm.fake import ScriptedLM
+    >>> lm = ScriptedLM({"2+2=": "4"})
+    >>> lm.complete([Request(prompt="2+2=")])[0].text
+    '4'
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from metaskill.core.types import Completion, Message, Request, Sample, Usage
+from metaskill.lm.cache import Cache, stable_hash
+
+
+class LM(ABC):
+    """A language model backend.
+
+    Args:
+        cache: a :class:`Cache` shared with other LMs, or None for no caching.
+
+    Attributes:
+        spec: the spec string that loads this backend again (e.g. ``"local"``).
+        context_window: the model's context size in tokens, when known.
+    """
+
+    spec: str = "lm"
+    context_window: int | None = None
+    chat: bool = True
+
+    def __init__(self, cache: Cache | None = None) -> None:
+        self.cache = cache
+
+    # ---- identity ---------------------------------------------------------------
+    @property
+    @abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """Everything about the model that changes an answer (backend, model hash, adapter)."""
+
+    @property
+    def name(self) -> str:
+        """A short human-readable name of the model."""
+        return self.spec
+
+    # ---- public verbs -------------------------------------------------------------
+    def complete(
+        self, requests: Sequence[Request], *, cache: bool = True
+    ) -> list[Completion]:
+        """Answer a batch of requests, one :class:`Completion` per request, in order.
+
+        Args:
+            requests: the requests; plain dicts are validated into :class:`Request`.
+            cache: set False to bypass the cache for this call (neither read nor written).
+
+        Returns:
+            One Completion per request. Cached ones have ``cached=True`` and the usage
+            the backend originally reported.
+        """
+        reqs = [r if isinstance(r, Request) else Request(**r) for r in requests]
+        out: list[Completion | None] = [None] * len(reqs)
+        use_cache = cache and self.cache is not None
+        keys = [self.request_key(r) for r in reqs] if use_cache else []
+        if use_cache:
+            assert self.cache is not None
+            hits = self.cache.get_many(keys)
+            for i, k in enumerate(keys):
+                if k in hits:
+                    c = Completion.model_validate(hits[k])
+                    c.cached = True
+                    out[i] = c
+        todo = [i for i, c in enumerate(out) if c is None]
+        gen = [i for i in todo if reqs[i].choices is None]
+        chosen = [i for i in todo if reqs[i].choices is not None]
+        if gen:
+            results = self._complete([reqs[i] for i in gen])
+            for i, c in zip(gen, results, strict=True):
+                out[i] = c
+        for i in chosen:
+            out[i] = self._complete_choice(reqs[i])
+        if use_cache and todo:
+            assert self.cache is not None
+            self.cache.put_many(
+                [(keys[i], out[i].model_dump(mode="json")) for i in todo],  # type: ignore[union-attr]
+                model=self.name,
+            )
+        return [c for c in out if c is not None]
+
+    def score(
+        self,
+        context: str | Sequence[Message | dict[str, str]],
+        continuations: Sequence[str],
+        *,
+        cache: bool = True,
+    ) -> list[float]:
+        """Log-likelihood of each continuation after ``context``.
+
+        Args:
+            context: a plain prompt, or chat messages; messages are rendered with the
+                model's chat template followed by the assistant turn's opening.
+            continuations: strings whose summed token log-probabilities are returned.
+            cache: set False to bypass the cache.
+
+        Returns:
+            One summed log-probability (natural log) per continuation.
+        """
+        prompt = context if isinstance(context, str) else self.render_chat(
+            [m if isinstance(m, Message) else Message(**m) for m in context]
+        )
+        conts = list(continuations)
+        use_cache = cache and self.cache is not None
+        key = ""
+        if use_cache:
+            assert self.cache is not None
+            key = stable_hash({"score": True, "model": self.identity, "prompt": prompt,
+                               "conts": conts})
+            hit = self.cache.get(key)
+            if hit is not None:
+                return [float(x) for x in hit]
+        values = self._score(prompt, conts)
+        if use_cache:
+            assert self.cache is not None
+            self.cache.put(key, values, model=self.name)
+        return values
+
+    # ---- helpers ------------------------------------------------------------------
+    def request_key(self, request: Request) -> str:
+        """Cache key of a request: model identity plus every field that changes the answer.
+
+        The seed (and with it the sample index, since sample ``i`` uses ``seed + i``) is
+        part of the key only where it matters: when sampling (temperature > 0) or n > 1.
+        """
+        fields = request.model_dump(mode="json")
+        if request.temperature == 0 and request.n == 1:
+            fields.pop("seed")
+        return stable_hash({"model": self.identity, "request": fields})
+
+    def render_chat(self, messages: Sequence[Message]) -> str:
+        """Render messages as one prompt string ending where the assistant answers.
+
+        Backends with a chat template override this; the default is a plain transcript.
+        """
+        lines = [f"{m.role}: {m.content}" for m in messages]
+        return "\n".join(lines) + "\nassistant:"
+
+    def prompt_of(self, request: Request) -> str:
+        """The prompt string a request is rendered to."""
+        if request.prompt is not None:
+            return request.prompt
+        assert request.messages is not None
+        return self.render_chat(request.messages)
+
+    def _complete_choice(self, request: Request) -> Completion:
+        """Answer a ``choices`` request by ranking the choices with :meth:`score`."""
+        assert request.choices is not None
+        t0 = time.perf_counter()
+        prompt = self.prompt_of(request)
+        values = self.score(prompt, list(request.choices))
+        best = max(range(len(values)), key=values.__getitem__)
+        n_prompt = self.count_tokens(prompt)
+        n_choice = sum(self.count_tokens(c) for c in request.choices)
+        return Completion(
+            samples=[Sample(text=request.choices[best], finish_reason="choice",
+                            logprobs=[values[best]])] * request.n,
+            usage=Usage(prompt_tokens=n_prompt + n_choice, completion_tokens=0),
+            latency_s=time.perf_counter() - t0,
+        )
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens in ``text`` (backends override; default ~4 characters a token)."""
+        return max(1, len(text) // 4)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (model memory, connections)."""
+
+    # ---- backend hooks --------------------------------------------------------------
+    @abstractmethod
+    def _complete(self, requests: list[Request]) -> list[Completion]:
+        """Generate, uncached, one Completion per request (no ``choices`` requests)."""
+
+    @abstractmethod
+    def _score(self, prompt: str, continuations: list[str]) -> list[float]:
+        """Summed log-probability of each continuation after ``prompt``, uncached."""

@@ -1,0 +1,138 @@
+"""Durable LM cache: SQLite in WAL mode, safe for several processes at once.
+
+The key is a SHA-256 over everything that changes an answer (see :func:`request_key`).
+Values are JSON; every ``get`` builds fresh objects, so callers may mutate what they get.
+The original usage is stored, so token accounting stays right on cache hits.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> c = Cache(pathlib.Path(tempfile.mkdtemp()) / "c.sqlite")
+    >>> c.put("k", {"a": 1}); c.get("k")
+    {'a': 1}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    model TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL
+);
+"""
+
+
+def stable_hash(obj: Any) -> str:
+    """SHA-256 of the canonical JSON of ``obj``."""
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+class Cache:
+    """A key -> JSON value store in one SQLite file.
+
+    Args:
+        path: the SQLite file; its folder is created if missing.
+        timeout_s: how long a writer waits for another process's lock.
+    """
+
+    def __init__(self, path: str | Path, timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._timeout = timeout_s
+        self._local = threading.local()
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def get(self, key: str) -> Any | None:
+        """The value stored under ``key`` (a fresh object), or None."""
+        row = self._conn().execute("SELECT value FROM entries WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        """Values for those of ``keys`` that are stored."""
+        out: dict[str, Any] = {}
+        conn = self._conn()
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for k, v in conn.execute(
+                f"SELECT key, value FROM entries WHERE key IN ({marks})", chunk
+            ):
+                out[k] = json.loads(v)
+        return out
+
+    def put(self, key: str, value: Any, model: str = "") -> None:
+        """Store ``value`` (JSON-serialisable) under ``key``."""
+        self.put_many([(key, value)], model=model)
+
+    def put_many(self, items: list[tuple[str, Any]], model: str = "") -> None:
+        """Store many values in one transaction."""
+        if not items:
+            return
+        now = time.time()
+        rows = [(k, json.dumps(v, ensure_ascii=False), model, now) for k, v in items]
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR REPLACE INTO entries(key, value, model, created) VALUES (?,?,?,?)",
+                rows,
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def stats(self) -> dict[str, Any]:
+        """Entry counts per model, total entries and file size in bytes."""
+        conn = self._conn()
+        per_model = dict(
+            conn.execute("SELECT model, COUNT(*) FROM entries GROUP BY model ORDER BY 2 DESC")
+        )
+        size = sum(
+            p.stat().st_size
+            for p in (self.path, Path(f"{self.path}-wal"))
+            if p.exists()
+        )
+        return {
+            "path": str(self.path),
+            "entries": sum(per_model.values()),
+            "per_model": per_model,
+            "bytes": size,
+        }
+
+    def clear(self, model: str | None = None) -> int:
+        """Delete all entries (or those of one model); returns how many were deleted."""
+        conn = self._conn()
+        if model is None:
+            cur = conn.execute("DELETE FROM entries")
+        else:
+            cur = conn.execute("DELETE FROM entries WHERE model=?", (model,))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return cur.rowcount
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

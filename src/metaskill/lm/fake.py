@@ -1,0 +1,96 @@
+"""A scripted fake LM for tests and benchmarks of logic: no model, deterministic.
+
+Example:
+    >>> lm = ScriptedLM({"capital of France": "Paris"}, default="I don't know")
+    >>> lm.complete([Request(prompt="What is the capital of France?")])[0].text
+    'Paris'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from metaskill.core.types import Completion, Request, Sample, Usage
+from metaskill.lm.base import LM
+from metaskill.lm.cache import Cache, stable_hash
+
+Responder = Callable[[str, Request], str]
+
+
+class ScriptedLM(LM):
+    """Answers from a script: a substring -> answer map, or a function of the prompt.
+
+    Args:
+        script: either a mapping whose first key found in the prompt gives the answer,
+            or a function ``(prompt, request) -> text``.
+        default: the answer when no key matches.
+        scores: optional function ``(prompt, continuation) -> log-likelihood``; by default
+            a continuation scores 0.0 if the script's answer starts with it, else -5.0.
+        cache: optional cache.
+
+    Attributes:
+        calls: every prompt the backend was actually asked (cache hits excluded).
+    """
+
+    spec = "fake"
+
+    def __init__(
+        self,
+        script: Mapping[str, str] | Responder | None = None,
+        default: str = "",
+        scores: Callable[[str, str], float] | None = None,
+        cache: Cache | None = None,
+    ) -> None:
+        super().__init__(cache=cache)
+        self.script = script or {}
+        self.default = default
+        self._scores = scores
+        self.calls: list[str] = []
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Identity includes a hash of the script so different scripts don't share a cache."""
+        tag = (
+            stable_hash(sorted(self.script.items()))
+            if isinstance(self.script, Mapping)
+            else getattr(self.script, "__qualname__", "fn")
+        )
+        return {"backend": "fake", "script": tag, "default": self.default}
+
+    def answer(self, prompt: str, request: Request) -> str:
+        """The scripted answer for a prompt."""
+        if callable(self.script):
+            return self.script(prompt, request)
+        for key, value in self.script.items():
+            if key in prompt:
+                return value
+        return self.default
+
+    def _complete(self, requests: list[Request]) -> list[Completion]:
+        out = []
+        for r in requests:
+            prompt = self.prompt_of(r)
+            self.calls.append(prompt)
+            text = self.answer(prompt, r)
+            for s in r.stop:
+                if s and s in text:
+                    text = text[: text.index(s)]
+            text = text[: r.max_tokens * 8]
+            out.append(
+                Completion(
+                    samples=[Sample(text=text) for _ in range(r.n)],
+                    usage=Usage(
+                        prompt_tokens=self.count_tokens(prompt),
+                        completion_tokens=self.count_tokens(text) * r.n,
+                    ),
+                )
+            )
+        return out
+
+    def _score(self, prompt: str, continuations: list[str]) -> list[float]:
+        self.calls.append(prompt)
+        if self._scores is not None:
+            return [float(self._scores(prompt, c)) for c in continuations]
+        ans = self.answer(prompt, Request(prompt=prompt)).strip().lower()
+        return [0.0 if ans and ans.startswith(c.strip().lower()) else -5.0 for c in continuations]
