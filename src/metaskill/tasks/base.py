@@ -19,9 +19,9 @@ Example:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from metaskill.core.types import Example
 
@@ -50,3 +50,65 @@ class Verifier(ABC):
     def to_spec(self) -> dict[str, Any]:
         """A JSON-able description from which the verifier can be rebuilt."""
         return {"name": self.name}
+
+
+TaskKind = Literal["classification", "multiple_choice", "generative"]
+
+
+class Task(BaseModel):
+    """A named, versioned set of Examples with splits, a prompt template and a Verifier.
+
+    Attributes:
+        name: registry name (snake_case).
+        version: bumped whenever examples, template or verifier change.
+        description: one line for ``tasks ls``.
+        splits: split name -> examples (e.g. ``train``, ``dev``, ``test``).
+        template: Python format string that renders one example up to where the answer
+            starts, with ``{input}`` (the example text) and any of the input's field
+            names, e.g. ``"Review: {input}\\nSentiment:"``. A demonstration is the
+            rendered template, a space, and the reference answer.
+        instructions: what to do and how to format the answer (a system/user preamble).
+        labels: the label set of a classification task, else None.
+        kind: classification, multiple_choice or generative.
+        verifier: scores outputs against references.
+        metadata: provenance, licence, split protocol and anything else.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    version: str = "1"
+    description: str = ""
+    splits: dict[str, list[Example]]
+    template: str = "{input}"
+    instructions: str = ""
+    labels: list[str] | None = None
+    kind: TaskKind = "generative"
+    verifier: Verifier
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def examples(self, split: str) -> list[Example]:
+        """The examples of ``split``.
+
+        Raises:
+            TaskError: if the split does not exist or is empty.
+        """
+        from metaskill.core.errors import TaskError
+
+        if split not in self.splits:
+            raise TaskError(
+                f"task '{self.name}' has no split '{split}'; "
+                f"it has: {', '.join(sorted(self.splits)) or 'none'}."
+            )
+        if not self.splits[split]:
+            raise TaskError(f"split '{split}' of task '{self.name}' is empty.")
+        return self.splits[split]
+
+    def render(self, example: Example) -> str:
+        """The example rendered with :attr:`template` (ends where the answer starts)."""
+        fields = example.input if isinstance(example.input, dict) else {}
+        return self.template.format(input=example.text, **fields)
+
+    def demo(self, example: Example) -> str:
+        """The example as a demonstration: rendered template, a space, the answer."""
+        return f"{self.render(example)} {example.answer or ''}".rstrip()

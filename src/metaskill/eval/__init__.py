@@ -1,0 +1,1 @@
+"""Evaluation: Solvers, the batched resumable harness, the run store and reports."""

@@ -1,0 +1,1 @@
+"""evolve layer (see DESIGN.md)."""

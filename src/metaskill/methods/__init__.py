@@ -1,0 +1,1 @@
+"""methods layer (see DESIGN.md)."""

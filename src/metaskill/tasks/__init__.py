@@ -1,0 +1,1 @@
+"""Tasks: Examples with splits, templates and Verifiers; loaders and built-in suites."""
