@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-def load_lm(spec: str = "local", **kwargs):  # noqa: ANN201 - re-export
+def load_lm(spec: str = "local", **kwargs):
     """Load an LM backend from a spec string (see :func:`metaskill.lm.load_lm`)."""
     from metaskill.lm.spec import load_lm as _load
 

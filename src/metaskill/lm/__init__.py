@@ -10,7 +10,7 @@ from metaskill.lm.cache import Cache
 __all__ = ["LM", "Cache", "load_lm"]
 
 
-def load_lm(spec: str = "local", **kwargs):  # noqa: ANN201
+def load_lm(spec: str = "local", **kwargs):
     """Load an LM from a spec string; see :func:`metaskill.lm.spec.load_lm`."""
     from metaskill.lm.spec import load_lm as _load
 
