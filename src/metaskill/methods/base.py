@@ -51,4 +51,4 @@ class Method(ABC):
     def fit(
         self, solver: Any, task: Any, train: list[Example], dev: list[Example] | None = None
     ) -> Any:
-        """Return a new, adapted Solver built from ``solver`` using ``train`` (select on ``dev``)."""
+        """Return a new, adapted Solver built from ``solver`` and ``train`` (select on dev)."""
