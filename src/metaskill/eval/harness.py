@@ -1,0 +1,367 @@
+"""The evaluation harness: ``evaluate(solver, task, split) -> Run``.
+
+It runs a Solver over a Task split in batches (one ``solver.solve`` call, hence one
+``lm.complete`` call, per batch), scores every output with the Task's Verifier, and
+commits each batch's records with the run's running totals to the run store in one
+transaction. So:
+
+* a process killed mid-run loses at most the batch in flight, and
+  ``evaluate(..., resume=RUN_ID)`` finishes the run, skipping finished examples;
+* an exception on one example (in the Solver or the Verifier) becomes a failed record
+  with the error as its reason (score 0), and the run goes on; ``max_errors`` stops the
+  run with :class:`EvaluationError` once more examples than that have failed, keeping
+  everything recorded;
+* ``limit`` evaluates a seeded random subset, the same one for the same seed.
+
+Example:
+    >>> from metaskill.core.types import Example
+    >>> from metaskill.lm.fake import ScriptedLM
+    >>> from metaskill.tasks.base import Task, Verdict, Verifier
+    >>> from metaskill.eval.solvers import ZeroShot
+    >>> class Exact(Verifier):
+    ...     def verify(self, output, example):
+    ...         ok = output == example.answer
+    ...         return Verdict(score=float(ok), reason="ok" if ok else "wrong", parsed=output)
+    >>> task = Task(name="capitals", verifier=Exact(), template="Capital of {input}?",
+    ...             splits={"test": [Example(id="1", input="France", answer="Paris"),
+    ...                              Example(id="2", input="Peru", answer="Lima")]})
+    >>> run = evaluate(ZeroShot(ScriptedLM({"France": "Paris"})), task, progress=False)
+    >>> run.accuracy, run.totals.n
+    (0.5, 2)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from metaskill.core.errors import (
+    MetaskillError,
+    ModelNotFoundError,
+    ServerUnreachableError,
+    TaskError,
+)
+from metaskill.core.types import Example
+from metaskill.eval.run import Record, Run, Totals
+from metaskill.eval.solver import Attempt, Solver
+from metaskill.eval.store import RunStore, new_run_id
+
+# Errors about the environment, not about one example: they stop the run at once.
+FATAL_ERRORS: tuple[type[BaseException], ...] = (
+    ServerUnreachableError,
+    ModelNotFoundError,
+    KeyboardInterrupt,
+    MemoryError,
+)
+
+
+class EvaluationError(MetaskillError):
+    """The run stopped (too many failed examples); what was recorded is kept."""
+
+
+def select(examples: Sequence[Example], limit: int | None, seed: int = 0) -> list[Example]:
+    """The examples a run covers: all of them, or a seeded random subset of ``limit``.
+
+    The subset is ``random.Random(seed).sample`` of the indices, kept in split order, so
+    the same split, limit and seed always give the same examples.
+
+    Example:
+        >>> exs = [Example(id=str(i), input=str(i)) for i in range(10)]
+        >>> [e.id for e in select(exs, 3, seed=0)] == [e.id for e in select(exs, 3, seed=0)]
+        True
+    """
+    exs = list(examples)
+    if limit is None or limit >= len(exs):
+        return exs
+    if limit < 1:
+        raise MetaskillError(f"limit must be >= 1, got {limit}.")
+    idx = sorted(random.Random(seed).sample(range(len(exs)), limit))
+    return [exs[i] for i in idx]
+
+
+def _error_text(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _solve(solver: Solver, task: Any, batch: list[Example]) -> list[Attempt]:
+    """Solve a batch; if the batch call raises, solve one by one to isolate the failure."""
+    try:
+        attempts = solver.solve(task, batch)
+        if len(attempts) != len(batch):
+            raise MetaskillError(
+                f"solver '{solver.kind}' returned {len(attempts)} attempts for "
+                f"{len(batch)} examples."
+            )
+        return attempts
+    except FATAL_ERRORS:
+        raise
+    except Exception:
+        if len(batch) == 1:
+            e = batch[0]
+            try:
+                return solver.solve(task, [e])[:1]
+            except FATAL_ERRORS:
+                raise
+            except Exception as err:
+                return [Attempt(example_id=e.id, error="solver: " + _error_text(err),
+                                meta={"traceback": traceback.format_exc(limit=-3)})]
+        out: list[Attempt] = []
+        for e in batch:
+            out += _solve(solver, task, [e])
+        return out
+
+
+def _records(
+    task: Any, batch: list[Example], attempts: list[Attempt], index: dict[str, int]
+) -> list[Record]:
+    """Verify attempts (in one ``verify_batch`` call where possible) into records."""
+    ok = [i for i, a in enumerate(attempts) if a.error is None]
+    verdicts: dict[int, Any] = {}
+    errors: dict[int, str] = {}
+    try:
+        vs = task.verifier.verify_batch([attempts[i].output for i in ok], [batch[i] for i in ok])
+        verdicts = dict(zip(ok, vs, strict=True))
+    except FATAL_ERRORS:
+        raise
+    except Exception:
+        for i in ok:  # isolate the example that crashes the verifier
+            try:
+                verdicts[i] = task.verifier.verify(attempts[i].output, batch[i])
+            except FATAL_ERRORS:
+                raise
+            except Exception as err:
+                errors[i] = "verifier: " + _error_text(err)
+    out = []
+    for i, (e, a) in enumerate(zip(batch, attempts, strict=True)):
+        meta = dict(a.meta)
+        raw = str(meta.pop("raw", a.output))
+        rec = Record(
+            index=index[e.id], example_id=e.id, prompt=a.prompt, raw=raw, output=a.output,
+            reference=e.answer, skills=list(e.skills), usage=a.usage, latency_s=a.latency_s,
+            meta=meta,
+        )
+        if a.error is not None:
+            rec.error, rec.reason = a.error, a.error
+        elif i in errors:
+            rec.error, rec.reason = errors[i], errors[i]
+        else:
+            v = verdicts[i]
+            rec.score, rec.reason, rec.parsed = float(v.score), v.reason, v.parsed
+        out.append(rec)
+    return out
+
+
+class _Progress:
+    """A rich progress bar with ETA and running accuracy (or nothing)."""
+
+    def __init__(self, enabled: bool, description: str, total: int, done: int) -> None:
+        self.bar: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("acc {task.fields[acc]}"),
+            TextColumn("err {task.fields[err]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.bar.start()
+        self.id = self.bar.add_task(description, total=total, completed=done, acc="-", err=0)
+
+    def update(self, done: int, totals: Totals) -> None:
+        if self.bar is not None:
+            acc = f"{totals.score / totals.n:.3f}" if totals.n else "-"
+            self.bar.update(self.id, completed=done, acc=acc, err=totals.errors)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def evaluate(
+    solver: Solver,
+    task: Any,
+    split: str = "test",
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    store: RunStore | None = None,
+    resume: str | None = None,
+    batch_size: int = 16,
+    max_errors: int | None = None,
+    progress: bool = True,
+    run_id: str | None = None,
+) -> Run:
+    """Evaluate ``solver`` on ``task``'s ``split`` and return the :class:`Run`.
+
+    Args:
+        solver: the Solver (its JSON is stored with the run).
+        task: the Task; its Verifier scores each output.
+        split: the split to evaluate.
+        limit: evaluate a seeded random subset of this many examples.
+        seed: seed of the subset (the Solver's own seeds are in its config).
+        store: where records are committed batch by batch; None keeps the run in memory.
+        resume: id of a stored run to finish: its selection, task and solver must match;
+            finished examples are skipped.
+        batch_size: examples per ``solver.solve`` call and per store transaction.
+        max_errors: stop with :class:`EvaluationError` once more examples than this
+            have failed (None: never stop).
+        progress: show a rich progress bar on stderr.
+        run_id: id of a new run (default: a fresh time-based id).
+
+    Returns:
+        The Run with all its records (those of a resumed run included).
+
+    Raises:
+        TaskError: the split is missing or empty, or example ids are not unique.
+        EvaluationError: more than ``max_errors`` failed examples.
+        MetaskillError: ``resume`` without a store, or a resumed run that does not match.
+    """
+    if batch_size < 1:
+        raise MetaskillError(f"batch_size must be >= 1, got {batch_size}.")
+    if max_errors is not None and max_errors < 0:
+        raise MetaskillError(f"max_errors must be >= 0, got {max_errors}.")
+    examples = task.examples(split)
+    by_id: dict[str, Example] = {}
+    for e in examples:
+        if e.id in by_id:
+            raise TaskError(f"task '{task.name}' split '{split}' has duplicate example id "
+                            f"'{e.id}'; example ids must be unique.")
+        by_id[e.id] = e
+    solver_json = solver.to_json()
+    model = getattr(solver.lm, "spec", None)
+
+    if resume is not None:
+        if store is None:
+            raise MetaskillError("resume needs a run store (store=RunStore(...)).")
+        run = store.get(resume)
+        _check_resumable(run, task, split, solver_json)
+        missing = [i for i in run.selection if i not in by_id]
+        if missing:
+            raise MetaskillError(
+                f"run {run.id} covers example '{missing[0]}', which split '{split}' of task "
+                f"'{task.name}' no longer has; start a new run."
+            )
+        selection = [by_id[i] for i in run.selection]
+        done = store.done_ids(run.id)
+        totals = run.totals
+        records = list(run.records)
+        store.set_status(run.id, "running")
+        run.status = "running"
+    else:
+        selection = select(examples, limit, seed)
+        run = Run(
+            id=run_id or new_run_id(), task=task.name,
+            task_version=str(getattr(task, "version", "1")), split=split, solver=solver_json,
+            model=model, selection=[e.id for e in selection], seed=seed, limit=limit,
+        )
+        if store is not None:
+            store.create(run)
+        done = set()
+        totals = Totals()
+        records = []
+
+    index = {e.id: i for i, e in enumerate(selection)}
+    todo = [e for e in selection if e.id not in done]
+    bar = _Progress(progress, f"{task.name}/{split} {solver.kind}", len(selection),
+                    len(selection) - len(todo))
+    n_done = len(selection) - len(todo)
+    try:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            t0 = time.perf_counter()
+            attempts = _solve(solver, task, batch)
+            recs = _records(task, batch, attempts, index)
+            totals = totals.add(recs, wall_s=time.perf_counter() - t0)
+            if store is not None:
+                store.save_batch(run.id, recs, totals)
+            records += recs
+            n_done += len(batch)
+            bar.update(n_done, totals)
+            if start == 0 and len(recs) > 1 and _systematic(recs):
+                note = f"every example of the first batch failed: {recs[0].error}"
+                run.status, run.note = "failed", note
+                if store is not None:
+                    store.set_status(run.id, "failed", note)
+                raise EvaluationError(f"run {run.id} stopped: {note}")
+            if max_errors is not None and totals.errors > max_errors:
+                last = next(r for r in reversed(recs) if r.error is not None)
+                note = (f"stopped after {totals.errors} failed examples (max_errors="
+                        f"{max_errors}); last: {last.example_id}: {last.error}")
+                run.status, run.note = "failed", note
+                if store is not None:
+                    store.set_status(run.id, "failed", note)
+                raise EvaluationError(
+                    f"run {run.id} {note}. {totals.n} records kept; fix the cause and "
+                    f"resume with --resume {run.id}."
+                )
+    except KeyboardInterrupt:
+        run.status = "interrupted"
+        if store is not None:
+            store.set_status(run.id, "interrupted", "interrupted by the user")
+        raise
+    except EvaluationError:
+        raise
+    except BaseException as e:
+        if store is not None:
+            store.set_status(run.id, "failed", _error_text(e))
+        raise
+    finally:
+        bar.close()
+
+    run.status = "done"
+    run.note = ""
+    if store is not None:
+        store.set_status(run.id, "done")
+    run.totals = totals
+    run.records = sorted(records, key=lambda r: r.index)
+    return run
+
+
+def _systematic(recs: list[Record]) -> bool:
+    """True when every record failed in the solver with one error type (a setup problem)."""
+    if any(r.error is None or not r.error.startswith("solver:") for r in recs):
+        return False
+    return len({str(r.error).split(":")[1] for r in recs}) == 1
+
+
+def _check_resumable(run: Run, task: Any, split: str, solver_json: dict[str, Any]) -> None:
+    version = str(getattr(task, "version", "1"))
+    if (run.task, run.task_version, run.split) != (task.name, version, split):
+        raise MetaskillError(
+            f"run {run.id} evaluated {run.task} v{run.task_version} split '{run.split}', "
+            f"not {task.name} v{version} split '{split}'; resume it with the same task."
+        )
+    a = {k: run.solver.get(k) for k in ("kind", "state")}
+    b = {k: solver_json.get(k) for k in ("kind", "state")}
+    if a != b:
+        raise MetaskillError(
+            f"run {run.id} was made with a different solver ({run.solver.get('kind')}); "
+            "resume it with the same solver (e.g. `metaskill eval --resume RUN` alone)."
+        )
+    if run.model and solver_json.get("model") and run.model != solver_json.get("model"):
+        raise MetaskillError(
+            f"run {run.id} used model '{run.model}', not '{solver_json.get('model')}'."
+        )
+
+
+__all__ = ["FATAL_ERRORS", "EvaluationError", "evaluate", "select"]

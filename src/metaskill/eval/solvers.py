@@ -1,0 +1,514 @@
+"""Built-in Solvers, the Solver registry, and Solver JSON save/load.
+
+* :class:`ZeroShot` -- the task's instructions and the rendered example.
+* :class:`KShot` -- the same with ``k`` fixed demonstrations (drawn at random with a seed
+  from the task's train pool, or given).
+* :class:`LikelihoodClassifier` -- ranks ``task.labels`` with :meth:`LM.score` instead of
+  parsing free text (zero- or k-shot context).
+
+Prompt formats (``format``):
+
+* ``chat`` (instruct models): the instructions and the rendered example form the user
+  message; k-shot demonstrations are earlier user/assistant turns.
+* ``completion`` (base models such as Gemma 3 270M): one plain prompt -- instructions,
+  then the demonstrations (``task.demo``), then the rendered example, separated by blank
+  lines; generation stops at the end of the line for classification tasks.
+* ``auto`` (default): ``chat`` when the LM has a chat template (``lm.chat``), else
+  ``completion``.
+
+Answer extraction (``extract``): ``first_line`` keeps the first non-empty line of the
+output, ``full`` keeps all of it, ``auto`` uses ``first_line`` for classification and
+multiple-choice tasks and ``full`` for generative ones.
+
+New Solver kinds (methods) register with :func:`register_solver`; :func:`load_solver`
+then rebuilds them from their JSON, and the harness runs them like any other.
+
+Example:
+    >>> from metaskill.lm.fake import ScriptedLM
+    >>> s = KShot(ScriptedLM(default="positive"), k=2, seed=1)
+    >>> s.to_json()["kind"], s.to_json()["state"]["k"]
+    ('k-shot', 2)
+    >>> load_solver(s.to_json(), lm=s.lm).config == s.config
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from metaskill.core.errors import MetaskillError, TaskError
+from metaskill.core.registry import Registry
+from metaskill.core.types import Example, Message, Request, Usage
+from metaskill.eval.solver import SCHEMA_VERSION, Attempt, Solver
+
+SOLVERS: Registry[type[Solver]] = Registry("solver")
+"""Solver kind -> Solver class. Register new kinds with :func:`register_solver`."""
+
+S = TypeVar("S", bound=type[Solver])
+
+Format = Literal["auto", "chat", "completion"]
+Extract = Literal["auto", "first_line", "full"]
+
+
+def register_solver(cls: S) -> S:
+    """Class decorator: register a Solver subclass under its ``kind``.
+
+    A method that builds a new kind of Solver decorates it, and :func:`load_solver` can
+    then rebuild it from JSON. Registering a different class under a taken kind is an
+    error; registering the same class again (a module imported twice) is a no-op.
+
+    Example:
+        >>> @register_solver
+        ... class Echo(ZeroShot):
+        ...     kind = "doc-echo"
+        >>> SOLVERS.get("doc-echo") is Echo
+        True
+    """
+    kind = cls.kind
+    if kind in SOLVERS:
+        old = SOLVERS.get(kind)
+        if (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__):
+            return cls
+    SOLVERS.register(kind, cls)
+    return cls
+
+
+# ---- prompt building ---------------------------------------------------------------
+class PromptConfig(BaseModel):
+    """How a prompting Solver builds its prompts (the JSON ``state`` of the built-ins).
+
+    Attributes:
+        format: ``chat``, ``completion`` or ``auto`` (chat when the LM has a chat template).
+        instructions: overrides the task's instructions when not None ("" for none).
+        k: number of demonstrations (0 for zero-shot).
+        seed: seed of the random draw of demonstrations from ``pool``.
+        pool: the split demonstrations are drawn from.
+        demos: the demonstrations themselves; when None they are drawn from the task's
+            ``pool`` split with ``seed`` (deterministic given the task).
+        max_tokens: generation budget; None means 16 for classification and
+            multiple-choice tasks, 256 for generative ones.
+        temperature: sampling temperature (0 = greedy).
+        stop: stop strings; None means a newline for classification / multiple choice in
+            completion format, a blank line for generative tasks in completion format,
+            nothing in chat format.
+        extract: answer extraction (``auto``, ``first_line`` or ``full``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Format = "auto"
+    instructions: str | None = None
+    k: int = Field(default=0, ge=0)
+    seed: int = 0
+    pool: str = "train"
+    demos: tuple[Example, ...] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0)
+    stop: tuple[str, ...] | None = None
+    extract: Extract = "auto"
+
+    @field_validator("demos", mode="before")
+    @classmethod
+    def _demos(cls, v: Any) -> Any:
+        return tuple(v) if v is not None else None
+
+
+def select_demos(task: Any, k: int, seed: int = 0, pool: str = "train") -> list[Example]:
+    """``k`` demonstrations drawn at random (``random.Random(seed).sample``) from a split.
+
+    Raises:
+        TaskError: the pool split is missing, empty, or has fewer than ``k`` examples.
+    """
+    if k == 0:
+        return []
+    examples = task.examples(pool)
+    if len(examples) < k:
+        raise TaskError(
+            f"task '{task.name}' has {len(examples)} examples in split '{pool}', fewer than "
+            f"k={k} demonstrations; lower --k."
+        )
+    return random.Random(seed).sample(list(examples), k)
+
+
+class PromptSolver(Solver):
+    """Base of the built-in prompting Solvers: holds a :class:`PromptConfig`."""
+
+    kind: ClassVar[str] = "prompt"
+    config_type: ClassVar[type[PromptConfig]] = PromptConfig
+
+    def __init__(self, lm: Any, config: PromptConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(lm)
+        try:
+            if config is not None and not kwargs:
+                self.config = config
+            else:
+                base = dict(config) if config is not None else {}
+                self.config = self.config_type.model_validate({**base, **kwargs})
+        except ValidationError as e:
+            raise _config_error(self.kind, e) from None
+        self._demo_memo: dict[tuple[str, str], list[Example]] = {}
+
+    # ---- state -----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The config as JSON-able data."""
+        return self.config.model_dump(mode="json")
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], lm: Any) -> PromptSolver:
+        """Rebuild from :meth:`state`."""
+        try:
+            config = cls.config_type.model_validate(state)
+        except ValidationError as e:
+            raise _config_error(cls.kind, e) from None
+        return cls(lm, config)
+
+    def with_config(self, **changes: Any) -> PromptSolver:
+        """A new Solver of the same kind and LM with some config fields changed."""
+        return type(self)(self.lm, self.config, **changes)
+
+    @classmethod
+    def for_task(cls, lm: Any, task: Any, **kwargs: Any) -> PromptSolver:
+        """A Solver whose demonstrations are drawn now and stored in its state.
+
+        Its JSON then holds the demonstrations themselves, so it reproduces the same
+        prompts without the task's train split.
+        """
+        solver = cls(lm, **kwargs)
+        c = solver.config
+        if c.k and c.demos is None:
+            solver = solver.with_config(demos=tuple(select_demos(task, c.k, c.seed, c.pool)))
+        return solver
+
+    # ---- prompts ---------------------------------------------------------------------
+    def resolved_format(self) -> Literal["chat", "completion"]:
+        """``chat`` or ``completion`` (``auto`` decided by the LM's ``chat`` attribute)."""
+        if self.config.format != "auto":
+            return self.config.format
+        return "chat" if getattr(self.lm, "chat", True) else "completion"
+
+    def demos(self, task: Any) -> list[Example]:
+        """The demonstrations used for ``task`` (given, or drawn with the seed)."""
+        c = self.config
+        if c.demos is not None:
+            return list(c.demos)[: c.k] if c.k else list(c.demos)
+        key = (task.name, str(getattr(task, "version", "")))
+        if key not in self._demo_memo:
+            self._demo_memo[key] = select_demos(task, c.k, c.seed, c.pool)
+        return self._demo_memo[key]
+
+    def instructions(self, task: Any) -> str:
+        """The instructions in use (the config's override, else the task's)."""
+        if self.config.instructions is not None:
+            return self.config.instructions
+        return str(getattr(task, "instructions", "") or "")
+
+    def context(self, task: Any, example: Example) -> str | list[Message]:
+        """The prompt for one example: a plain string or chat messages."""
+        instr = self.instructions(task)
+        demos = self.demos(task)
+        if self.resolved_format() == "completion":
+            parts = [instr] if instr else []
+            parts += [task.demo(d) for d in demos]
+            parts.append(task.render(example))
+            return "\n\n".join(parts)
+        msgs: list[Message] = []
+        head = f"{instr}\n\n" if instr else ""
+        for d in demos:
+            msgs.append(Message(role="user", content=head + task.render(d)))
+            msgs.append(Message(role="assistant", content=str(d.answer or "")))
+            head = ""
+        msgs.append(Message(role="user", content=head + task.render(example)))
+        return msgs
+
+    def request(self, task: Any, example: Example) -> Request:
+        """The completion request for one example."""
+        c = self.config
+        short = getattr(task, "kind", "generative") in ("classification", "multiple_choice")
+        max_tokens = c.max_tokens or (16 if short else 256)
+        fmt = self.resolved_format()
+        stop: tuple[str, ...]
+        if c.stop is not None:
+            stop = c.stop
+        elif fmt == "completion":
+            stop = ("\n",) if short else ("\n\n",)
+        else:
+            stop = ()
+        ctx = self.context(task, example)
+        if isinstance(ctx, str):
+            return Request(prompt=ctx, max_tokens=max_tokens, temperature=c.temperature,
+                           stop=stop, seed=c.seed)
+        return Request(messages=tuple(ctx), max_tokens=max_tokens, temperature=c.temperature,
+                       stop=stop, seed=c.seed)
+
+    def extract(self, task: Any, text: str) -> str:
+        """The answer inside the LM's raw text (see the module doc)."""
+        mode = self.config.extract
+        if mode == "auto":
+            short = getattr(task, "kind", "generative") in ("classification", "multiple_choice")
+            mode = "first_line" if short else "full"
+        if mode == "full":
+            return text.strip()
+        for line in text.splitlines():
+            if line.strip():
+                return line.strip()
+        return ""
+
+    def _prompt_text(self, request: Request) -> str:
+        try:
+            return str(self.lm.prompt_of(request))
+        except Exception:  # a backend without prompt_of: keep a readable transcript
+            if request.prompt is not None:
+                return request.prompt
+            return "\n".join(f"{m.role}: {m.content}" for m in request.messages or ())
+
+    # ---- solving -----------------------------------------------------------------------
+    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+        """Answer a batch with ONE ``lm.complete`` call; one Attempt per example."""
+        requests = [self.request(task, e) for e in examples]
+        t0 = time.perf_counter()
+        completions = self.lm.complete(requests)
+        per = (time.perf_counter() - t0) / max(1, len(examples))
+        out = []
+        for e, r, c in zip(examples, requests, completions, strict=True):
+            raw = c.text
+            meta: dict[str, Any] = {"raw": raw, "finish_reason": c.finish_reason}
+            if c.cached:
+                meta["cached"] = True
+            out.append(Attempt(
+                example_id=e.id, prompt=self._prompt_text(r), output=self.extract(task, raw),
+                usage=c.usage, latency_s=c.latency_s or per, meta=meta,
+            ))
+        return out
+
+
+@register_solver
+class ZeroShot(PromptSolver):
+    """The task's instructions and the rendered example, no demonstrations.
+
+    Example:
+        >>> from metaskill.lm.fake import ScriptedLM
+        >>> ZeroShot(ScriptedLM(), format="completion").config.k
+        0
+    """
+
+    kind: ClassVar[str] = "zero-shot"
+
+    def __init__(self, lm: Any, config: PromptConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(lm, config, **kwargs)
+        if self.config.k:
+            raise MetaskillError("a zero-shot solver has k=0; use the k-shot solver for demos.")
+
+
+@register_solver
+class KShot(PromptSolver):
+    """``k`` fixed demonstrations (random with a seed from the train pool, or given).
+
+    Example:
+        >>> from metaskill.lm.fake import ScriptedLM
+        >>> KShot(ScriptedLM(), k=4, seed=0).config.k
+        4
+    """
+
+    kind: ClassVar[str] = "k-shot"
+
+    def __init__(self, lm: Any, config: PromptConfig | None = None, **kwargs: Any) -> None:
+        if config is None and "k" not in kwargs:
+            kwargs["k"] = 4
+        super().__init__(lm, config, **kwargs)
+
+
+class LikelihoodConfig(PromptConfig):
+    """Config of :class:`LikelihoodClassifier`.
+
+    Attributes:
+        normalize: ``none`` ranks labels by their summed log-probability (lm-eval's
+            ``acc``); ``chars`` divides it by the label's length in characters.
+        labels: the candidate labels; None means the task's ``labels``.
+    """
+
+    normalize: Literal["none", "chars"] = "none"
+    labels: tuple[str, ...] | None = None
+
+
+@register_solver
+class LikelihoodClassifier(PromptSolver):
+    """Ranks a classification task's labels by their log-likelihood after the prompt.
+
+    The context is the zero- or k-shot prompt (chat messages, or a plain prompt where each
+    label is scored with a leading space, as ``task.demo`` writes answers). The output is
+    the best label; the record's meta keeps every label's score.
+
+    Example:
+        >>> from metaskill.lm.fake import ScriptedLM
+        >>> LikelihoodClassifier(ScriptedLM(), labels=["no", "yes"]).config.labels
+        ('no', 'yes')
+    """
+
+    kind: ClassVar[str] = "likelihood"
+    config_type: ClassVar[type[PromptConfig]] = LikelihoodConfig
+
+    def labels(self, task: Any) -> list[str]:
+        """The candidate labels (config override, else the task's)."""
+        cfg = self.config
+        assert isinstance(cfg, LikelihoodConfig)
+        labels = list(cfg.labels) if cfg.labels else list(getattr(task, "labels", None) or [])
+        if not labels:
+            raise MetaskillError(
+                f"the likelihood solver needs labels, and task '{task.name}' has none; "
+                "use it on a classification task or give labels in its config."
+            )
+        return labels
+
+    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+        """Score every label after each example's prompt (one ``lm.score`` per example)."""
+        cfg = self.config
+        assert isinstance(cfg, LikelihoodConfig)
+        labels = self.labels(task)
+        out = []
+        for e in examples:
+            t0 = time.perf_counter()
+            ctx = self.context(task, e)
+            if isinstance(ctx, str):
+                conts = [" " + lab for lab in labels]
+                prompt = ctx
+            else:
+                conts = list(labels)
+                prompt = self._prompt_text(Request(messages=tuple(ctx)))
+            values = self.lm.score(ctx, conts)
+            ranked = [
+                v / max(1, len(c)) if cfg.normalize == "chars" else v
+                for v, c in zip(values, conts, strict=True)
+            ]
+            best = max(range(len(labels)), key=ranked.__getitem__)
+            count = getattr(self.lm, "count_tokens", lambda s: max(1, len(s) // 4))
+            usage = Usage(prompt_tokens=count(prompt) + sum(count(c) for c in conts))
+            out.append(Attempt(
+                example_id=e.id, prompt=prompt, output=labels[best], usage=usage,
+                latency_s=time.perf_counter() - t0,
+                meta={"raw": labels[best],
+                      "scores": {lab: _finite(v) for lab, v in zip(labels, values, strict=True)}},
+            ))
+        return out
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _config_error(kind: str, e: ValidationError) -> MetaskillError:
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err.get("loc", ())) or "config"
+    return MetaskillError(f"bad {kind} solver config: field '{field}': {err.get('msg')}.")
+
+
+# ---- JSON save / load -------------------------------------------------------------
+def solver_from_name(
+    name: str, lm: Any, task: Any | None = None, **config: Any
+) -> Solver:
+    """A built-in Solver by CLI name (``zero-shot``, ``k-shot``, ``likelihood``).
+
+    With ``task`` given, demonstrations are drawn now and stored in the Solver's state.
+    """
+    cls = SOLVERS.get(name)
+    if task is not None and hasattr(cls, "for_task"):
+        return cls.for_task(lm, task, **config)  # type: ignore[attr-defined, no-any-return]
+    return cls(lm, **config)  # type: ignore[call-arg]
+
+
+def load_solver(
+    path_or_dict: str | Path | dict[str, Any],
+    lm: Any = None,
+    *,
+    lm_loader: Callable[[str], Any] | None = None,
+) -> Solver:
+    """Rebuild any registered Solver from its schema-versioned JSON.
+
+    Args:
+        path_or_dict: a JSON file path, or the dict :meth:`Solver.to_json` returned.
+        lm: the LM to use; when None, the JSON's ``model`` spec is loaded with
+            ``metaskill.lm.load_lm`` (or ``lm_loader``).
+        lm_loader: how to load a model spec (default :func:`metaskill.lm.load_lm`).
+
+    Raises:
+        MetaskillError: unreadable file, unknown kind, newer schema, or no model.
+
+    Example:
+        >>> from metaskill.lm.fake import ScriptedLM
+        >>> s = load_solver({"schema_version": 1, "kind": "zero-shot", "model": "fake",
+        ...                  "state": {"format": "chat"}}, lm=ScriptedLM())
+        >>> type(s).__name__
+        'ZeroShot'
+    """
+    where = "solver JSON"
+    if isinstance(path_or_dict, dict):
+        data = path_or_dict
+    else:
+        where = str(path_or_dict)
+        p = Path(path_or_dict)
+        if not p.is_file():
+            raise MetaskillError(f"solver file {p} does not exist.")
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise MetaskillError(f"cannot read solver file {p}: {e}.") from e
+    if not isinstance(data, dict) or "kind" not in data:
+        raise MetaskillError(f"{where} is not a solver: it has no 'kind' field.")
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise MetaskillError(
+            f"{where} has schema_version {version}; this metaskill reads up to "
+            f"{SCHEMA_VERSION}. Upgrade metaskill."
+        )
+    cls = SOLVERS.get(str(data["kind"]))
+    if lm is None:
+        spec = data.get("model")
+        if not spec:
+            raise MetaskillError(f"{where} names no model; pass one (--model SPEC).")
+        if lm_loader is None:
+            from metaskill.lm import load_lm
+
+            lm_loader = load_lm
+        lm = lm_loader(str(spec))
+    return cls.from_state(dict(data.get("state") or {}), lm)
+
+
+def save_solver(solver: Solver, path: str | Path) -> Path:
+    """Write a Solver's schema-versioned JSON to ``path`` (folders created) and return it.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from metaskill.lm.fake import ScriptedLM
+        >>> p = save_solver(ZeroShot(ScriptedLM()), pathlib.Path(tempfile.mkdtemp()) / "s.json")
+        >>> load_solver(p, lm=ScriptedLM()).kind
+        'zero-shot'
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(solver.to_json(), indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(p)
+    return p
+
+
+__all__ = [
+    "SOLVERS",
+    "KShot",
+    "LikelihoodClassifier",
+    "LikelihoodConfig",
+    "PromptConfig",
+    "PromptSolver",
+    "ZeroShot",
+    "load_solver",
+    "register_solver",
+    "save_solver",
+    "select_demos",
+    "solver_from_name",
+]
