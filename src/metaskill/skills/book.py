@@ -194,10 +194,10 @@ class SkillBook:
         if self.path == ":memory:":
             self._shared = sqlite3.connect(":memory:", isolation_level=None,
                                            check_same_thread=False)
-        conn = self._conn()
         try:
-            conn.executescript(_TABLES)
+            self._conn().executescript(_TABLES)
         except sqlite3.DatabaseError as e:
+            self._local.conn = None
             raise MetaskillError(f"{self.path} is not a SkillBook (SQLite error: {e}).") from None
         version = self._meta("schema_version")
         if version is None:

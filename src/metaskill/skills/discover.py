@@ -1,0 +1,930 @@
+"""Skill discovery: four ways to fill the same :class:`~metaskill.skills.book.SkillBook`.
+
+1. :func:`discover_from_labels` -- skills the task already carries in ``Example.skills``
+   (MATH subjects, BIG-bench subtasks and keywords, reasoning-gym dataset names). A label
+   ``parent/child`` (also ``parent::child``) makes a two-level hierarchy; the example is
+   labelled with both.
+2. :func:`discover_metacognitive` -- metacognitive labelling after Didolkar et al., 2024
+   ("Metacognitive Capabilities of LLMs: An Exploration in Mathematical Problem Solving",
+   arXiv:2405.12205), as STAT (He et al., 2025, "Skill-Targeted Adaptive Training") and
+   AdaptMI (He et al., 2025, "Adaptive Skill-based In-context Math Instructions for Small
+   Language Models") use it:
+
+   a. a teacher LM names, in free text, the 1-3 skills each training example needs;
+   b. the names are merged into a catalog by clustering their embeddings
+      (agglomerative, cosine, average linkage; the number of skills comes from a distance
+      threshold or a target count);
+   c. the teacher writes a name and a description for each cluster;
+   d. every example is relabelled against the final catalog (the teacher picks 1-3).
+
+   What we changed: Didolkar et al. ask the LM itself to merge the fine-grained names; we
+   merge by embedding clustering (cheap, deterministic, works with a 135M teacher) and let
+   the teacher only name the clusters. In step (d) the teacher sees a shortlist of the
+   catalog (the skills its own step-(a) names fell into plus those nearest the question by
+   embedding, ``shortlist`` in all) so that prompts fit a small model's context.
+3. :func:`discover_from_catalog` -- a user-supplied YAML catalog of names and descriptions;
+   the teacher only picks from it (step d).
+4. :func:`discover_by_embedding` -- no teacher at all: cluster the examples' embeddings
+   (k-means for a target count, agglomerative for a threshold) and name each cluster by
+   its most distinctive TF-IDF terms. Used by ``benchmarks/skills.py``.
+
+Teacher output that cannot be parsed is asked again once with a stricter prompt; if that
+fails too the example is recorded as unlabelled (``SkillBook.unlabelled()``). Nothing a
+teacher writes crashes a run. Every teacher call goes through ``LM.complete`` and so
+through the LM's cache: re-running discovery costs nothing.
+
+:func:`discover` picks the source for a Task and records what it did in the book
+(``SkillBook.info()["discovery"]``).
+
+Example:
+    >>> from metaskill.core.types import Example
+    >>> from metaskill.skills.book import SkillBook
+    >>> from metaskill.skills.embed import HashEmbedder
+    >>> exs = [Example(id=str(i), input=f"q{i}", skills=["algebra" if i % 2 else "geometry"])
+    ...        for i in range(4)]
+    >>> book = discover_from_labels(exs, SkillBook(embedder=HashEmbedder(dim=32)))
+    >>> book.names(), len(book.examples_of("algebra"))
+    (['algebra', 'geometry'], 2)
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, Field, ValidationError
+
+from metaskill.core.errors import (
+    MetaskillError,
+    ModelNotFoundError,
+    ServerUnreachableError,
+)
+from metaskill.core.types import Example, Request, Usage
+from metaskill.skills.book import Skill, SkillBook, make_skill, to_snake
+
+T = TypeVar("T")
+
+Source = Literal["auto", "labels", "metacognitive", "catalog", "embedding"]
+
+
+class DiscoveryConfig(BaseModel):
+    """Settings of teacher-based discovery (metacognitive and catalog modes).
+
+    Attributes:
+        max_skills: most skills a teacher may name or pick for one example (1-3 in the papers).
+        n_skills: target number of skills in the merged catalog; None uses
+            ``distance_threshold`` instead.
+        distance_threshold: cosine distance under which skill names merge into one cluster
+            (0.35 merges paraphrases and near-synonyms with MiniLM).
+        shortlist: catalog entries shown to the teacher when relabelling one example.
+        max_tokens: tokens the teacher may write per answer.
+        batch_size: teacher requests sent per ``LM.complete`` call.
+        exemplars_per_skill: curated exemplars stored on each skill (the most typical ones).
+        question_chars: a question is cut to this many characters in teacher prompts.
+        seed: seed of clustering.
+        progress: show progress bars on stderr.
+    """
+
+    max_skills: int = Field(3, ge=1, le=10)
+    n_skills: int | None = Field(None, ge=1)
+    distance_threshold: float = Field(0.35, gt=0.0, le=2.0)
+    shortlist: int = Field(12, ge=2)
+    max_tokens: int = Field(80, ge=8)
+    batch_size: int = Field(16, ge=1)
+    exemplars_per_skill: int = Field(4, ge=0)
+    question_chars: int = Field(700, ge=50)
+    seed: int = 0
+    progress: bool = True
+
+
+class CatalogEntry(BaseModel):
+    """One skill of a user catalog."""
+
+    name: str
+    description: str = ""
+    parent: str | None = None
+
+
+# ---- teacher plumbing ------------------------------------------------------------------------
+
+
+class _TeacherLog:
+    """Counts teacher calls and tokens (cache hits count as calls with ``cached``)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.cached = 0
+        self.retries = 0
+        self.failures = 0
+        self.usage = Usage()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls, "cached": self.cached, "retries": self.retries,
+                "unparseable": self.failures, "usage": self.usage.model_dump()}
+
+
+def _request(teacher: Any, prompt: str, max_tokens: int) -> Request:
+    if getattr(teacher, "chat", True):
+        return Request(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens)
+    return Request(prompt=prompt.rstrip() + "\n", max_tokens=max_tokens, stop=("\n\n",))
+
+
+def ask_parsed(
+    teacher: Any,
+    prompts: Sequence[str],
+    parse: Callable[[int, str], T | None],
+    retry: Callable[[str], str],
+    *,
+    max_tokens: int = 80,
+    batch_size: int = 16,
+    progress: bool = False,
+    description: str = "asking the teacher",
+    log: _TeacherLog | None = None,
+) -> list[T | None]:
+    """Ask the teacher each prompt, parse each answer, and ask once more where parsing fails.
+
+    Args:
+        teacher: an LM (its cache, if any, is used for every call).
+        prompts: one prompt per item.
+        parse: (item index, answer text) -> value, or None when the text cannot be read.
+        retry: prompt -> a stricter prompt for the second try.
+        max_tokens: tokens per answer.
+        batch_size: requests per ``complete`` call.
+        progress: show a progress bar.
+        description: progress bar label.
+        log: counts calls, tokens, retries and failures.
+
+    Returns:
+        One parsed value per prompt; None where both tries failed.
+    """
+    log = log or _TeacherLog()
+    out: list[T | None] = [None] * len(prompts)
+
+    def run(indices: list[int], texts: list[str], label: str) -> list[int]:
+        failed = []
+        batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+        for batch in _track(batches, label, progress):
+            reqs = [_request(teacher, texts[i], max_tokens) for i in batch]
+            comps = _complete_safely(teacher, reqs)
+            for i, c in zip(batch, comps, strict=True):
+                log.calls += 1
+                if c is None:
+                    failed.append(i)
+                    continue
+                log.cached += int(c.cached)
+                log.usage = log.usage + c.usage
+                value = _safe(parse, i, c.text)
+                if value is None:
+                    failed.append(i)
+                else:
+                    out[i] = value
+        return failed
+
+    idx = list(range(len(prompts)))
+    failed = run(idx, list(prompts), description)
+    if failed:
+        log.retries += len(failed)
+        retry_texts = {i: retry(prompts[i]) for i in failed}
+        texts = [retry_texts.get(i, "") for i in range(len(prompts))]
+        still = run(failed, texts, f"{description} (retry)")
+        log.failures += len(still)
+    return out
+
+
+def _complete_safely(teacher: Any, reqs: list[Request]) -> list[Any]:
+    """``teacher.complete(reqs)``; if the batch fails, one by one, a failure giving None.
+
+    An unreachable server or a missing model still raises: every item would fail.
+    """
+    try:
+        return list(teacher.complete(reqs))
+    except (ServerUnreachableError, ModelNotFoundError):
+        raise
+    except Exception:
+        pass
+    out: list[Any] = []
+    for r in reqs:
+        try:
+            out.append(teacher.complete([r])[0])
+        except (ServerUnreachableError, ModelNotFoundError):
+            raise
+        except Exception as e:  # e.g. a question longer than the context window
+            _warn(f"teacher call failed ({type(e).__name__}: {e}); item left unlabelled")
+            out.append(None)
+    return out
+
+
+def _safe(parse: Callable[[int, str], T | None], i: int, text: str) -> T | None:
+    try:
+        return parse(i, text)
+    except Exception:
+        return None
+
+
+def _warn(msg: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[yellow]warning:[/] {msg}", highlight=False)
+
+
+# ---- parsing ---------------------------------------------------------------------------------
+
+_BULLET = re.compile(r"^\s*(?:[-*•>]+|\(?\d+[.):]|\(?[a-z][.)]|skill\s*\d*\s*[:.-])\s*", re.I)
+_SENTENCE = {"i", "you", "we", "cannot", "can't", "sorry", "here", "sure", "is", "are", "this",
+             "that", "it", "my", "your", "please", "would", "will"}
+_GENERIC = {"skill", "skills", "none", "n_a", "na", "answer", "question", "solution",
+            "the_answer", "skill_name", "example", "task"}
+
+
+def parse_skill_names(text: str, max_n: int = 3) -> list[tuple[str, str]] | None:
+    """Read skill names (with optional descriptions) out of a teacher's free text.
+
+    Accepts JSON (a list of names, or of ``{"name", "description"}`` objects, or
+    ``{"skills": [...]}``), or lines such as ``- fraction_addition: adding fractions``,
+    ``1. Solving linear equations - ...``, or one comma-separated line.
+
+    Returns:
+        Up to ``max_n`` unique (snake_case name, description) pairs; None if none found.
+
+    Example:
+        >>> parse_skill_names("1. Linear equations: solve for x\\n2. fraction_addition")
+        [('linear_equations', 'solve for x'), ('fraction_addition', '')]
+        >>> parse_skill_names("I cannot help with that request, sorry about it.") is None
+        True
+    """
+    found: list[tuple[str, str]] = []
+    stripped = text.strip()
+    if stripped.startswith(("[", "{")):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            data = data.get("skills", [data] if "name" in data else [])
+        if isinstance(data, list):
+            for item in data:
+                if isinstance(item, str):
+                    found.append((item, ""))
+                elif isinstance(item, dict) and isinstance(item.get("name"), str):
+                    found.append((item["name"], str(item.get("description", ""))))
+    if not found:
+        lines = [ln for ln in stripped.splitlines() if ln.strip()]
+        if len(lines) == 1 and "," in lines[0] and ":" not in lines[0]:
+            lines = lines[0].split(",")
+        for ln in lines:
+            ln = _BULLET.sub("", ln.strip()).strip().strip("`*\"'")
+            if not ln:
+                continue
+            m = re.match(r"^(.{1,80}?)\s*(?::|\s-\s|\s–\s|\s—\s)\s*(.*)$", ln)
+            name, desc = (m.group(1), m.group(2)) if m else (ln, "")
+            found.append((name.strip().strip("`*\"'"), desc.strip()))
+    out: list[tuple[str, str]] = []
+    for name, desc in found:
+        words = re.findall(r"[a-z0-9']+", name.lower())
+        if len(words) > 5 or len(name) > 60 or _SENTENCE & set(words):
+            continue
+        snake = to_snake(name)
+        if not snake or snake in _GENERIC or not re.search(r"[a-z]", snake):
+            continue
+        if snake not in [n for n, _ in out]:
+            out.append((snake, desc[:200]))
+        if len(out) >= max_n:
+            break
+    return out or None
+
+
+def parse_choices(text: str, catalog: Sequence[str], max_n: int = 3) -> list[str] | None:
+    """Read picks from a numbered catalog out of a teacher's answer (numbers or names).
+
+    Returns:
+        Up to ``max_n`` catalog names, in the order given; None if nothing matched.
+
+    Example:
+        >>> parse_choices("2, 3", ["algebra", "geometry", "counting"])
+        ['geometry', 'counting']
+        >>> parse_choices("Geometry.", ["algebra", "geometry"])
+        ['geometry']
+    """
+    picks: list[str] = []
+    lowered = text.lower()
+    for tok in re.findall(r"[a-z0-9_]+(?:[ -][a-z0-9_]+)*|\d+", lowered):
+        for part in [tok, *tok.split()]:
+            name: str | None = None
+            if part.isdigit() and 1 <= int(part) <= len(catalog):
+                name = catalog[int(part) - 1]
+            else:
+                snake = to_snake(part)
+                if snake in catalog:
+                    name = snake
+                elif len(snake) > 3:
+                    close = difflib.get_close_matches(snake, catalog, n=1, cutoff=0.88)
+                    name = close[0] if close else None
+            if name is not None and name not in picks:
+                picks.append(name)
+                break
+        if len(picks) >= max_n:
+            break
+    return picks or None
+
+
+# ---- prompts ---------------------------------------------------------------------------------
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _label_prompt(ex: Example, task_desc: str, cfg: DiscoveryConfig) -> str:
+    ctx = f"Task: {task_desc}\n" if task_desc else ""
+    ans = f"Reference answer: {_cut(ex.answer, 200)}\n" if ex.answer else ""
+    return (
+        "You are labelling the skills a question requires.\n"
+        f"{ctx}Question:\n{_cut(ex.text, cfg.question_chars)}\n{ans}\n"
+        f"Name the 1 to {cfg.max_skills} most important skills needed to solve it. "
+        "Write one skill per line as `skill_name: short description`, where skill_name is "
+        "two to four lowercase words joined by underscores. Write nothing else."
+    )
+
+
+def _label_retry(prompt: str) -> str:
+    return (
+        prompt + "\nYour previous answer could not be read. Answer ONLY with lines like:\n"
+        "fraction_addition: adding fractions with unlike denominators"
+    )
+
+
+def _name_prompt(members: list[str], questions: list[str]) -> str:
+    qs = "\n".join(f"- {q}" for q in questions)
+    return (
+        "These skill names were given to similar questions:\n"
+        + ", ".join(members)
+        + (f"\nExample questions:\n{qs}" if qs else "")
+        + "\n\nGive ONE name for the shared skill and a one-sentence description, as "
+        "`skill_name: description` (skill_name: two to four lowercase words joined by "
+        "underscores). Write nothing else."
+    )
+
+
+def _name_retry(prompt: str) -> str:
+    return prompt + "\nAnswer ONLY with one line like:\nlinear_equations: solving for x"
+
+
+def _pick_prompt(ex: Example, options: list[Skill], cfg: DiscoveryConfig, extra: str = "") -> str:
+    lines = "\n".join(
+        f"{i}. {s.name}: {_cut(s.description, 120)}" for i, s in enumerate(options, 1)
+    )
+    return (
+        f"Skills:\n{lines}\n\nQuestion:\n{_cut(ex.text, cfg.question_chars)}\n{extra}\n"
+        f"Which of the skills above does the question need? Answer with 1 to "
+        f"{cfg.max_skills} numbers from the list, comma-separated, most important first."
+    )
+
+
+def _pick_retry(prompt: str) -> str:
+    return prompt + "\nAnswer ONLY with numbers, for example: 2, 5"
+
+
+# ---- the four sources ------------------------------------------------------------------------
+
+def _prepare(book: SkillBook, examples: Sequence[Example], progress: bool) -> list[Example]:
+    exs = list(examples)
+    ids = [e.id for e in exs]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, n in Counter(ids).items() if n > 1)
+        raise MetaskillError(f"example ids must be unique; '{dup}' occurs more than once.")
+    if not exs:
+        raise MetaskillError("no examples to discover skills from.")
+    book.add_examples(exs, progress=progress)
+    return exs
+
+
+def _finish(book: SkillBook, record: dict[str, Any], per_skill: int) -> SkillBook:
+    """Store curated exemplars (the most typical examples) and the discovery record."""
+    if per_skill > 0:
+        for name in book.names():
+            ex = [e.id for e in book.exemplars(name, k=per_skill)]
+            if ex:
+                book.update_skill(name, exemplars=ex)
+    record.setdefault("unlabelled", len(book.unlabelled()))
+    record.setdefault("skills", len(book))
+    record["created"] = time.time()
+    book.set_discovery(record)
+    return book
+
+
+def discover_from_labels(
+    examples: Sequence[Example],
+    book: SkillBook,
+    *,
+    task_name: str = "",
+    descriptions: dict[str, str] | None = None,
+    exemplars_per_skill: int = 4,
+    progress: bool = False,
+) -> SkillBook:
+    """Skills from the labels the examples already carry (``Example.skills``).
+
+    Args:
+        examples: training examples; those without labels are stored unlabelled.
+        book: the SkillBook to fill.
+        task_name: recorded as provenance and used in default descriptions.
+        descriptions: optional label -> description.
+        exemplars_per_skill: curated exemplars per skill.
+        progress: show progress bars.
+
+    Returns:
+        ``book``, filled.
+
+    Raises:
+        MetaskillError: if no example carries a label.
+    """
+    t0 = time.perf_counter()
+    exs = list(examples)
+    raw = {s for e in exs for s in e.skills}
+    if not raw:
+        raise MetaskillError(
+            f"the examples of task '{task_name or '?'}' carry no skill labels; use a teacher "
+            "(--teacher SPEC), a catalog (--catalog FILE) or --source embedding."
+        )
+    descriptions = descriptions or {}
+    leaf_of: dict[str, tuple[str, str | None]] = {}
+    parts = {r: re.split(r"/|::", r, maxsplit=1) for r in raw}
+    leaves = Counter(to_snake(p[-1]) for p in parts.values())
+    for r, p in parts.items():
+        parent = to_snake(p[0]) if len(p) == 2 else None
+        leaf = to_snake(p[-1]) or "unnamed"
+        name = leaf if leaves[leaf] == 1 or parent is None else to_snake(r)
+        leaf_of[r] = (name, parent)
+    skills: dict[str, Skill] = {}
+    counts = Counter(s for e in exs for s in e.skills)
+    for r in sorted(raw, key=lambda r: (-counts[r], r)):
+        name, parent = leaf_of[r]
+        where = f" in task '{task_name}'" if task_name else ""
+        if parent and parent not in skills:
+            skills[parent] = make_skill(
+                name=parent, source="labels",
+                description=descriptions.get(parent, f"Examples labelled '{parent}'{where}."),
+            )
+        if name not in skills:
+            skills[name] = make_skill(
+                name=name, parent=parent, source="labels", metadata={"label": r},
+                description=descriptions.get(r, f"Examples labelled '{r}'{where}."),
+            )
+    ordered = [s for s in skills.values() if s.parent is None] + [
+        s for s in skills.values() if s.parent is not None]
+    book.add_skills(ordered, replace=True)
+    _prepare(book, exs, progress)
+    labels: dict[str, list[str]] = {}
+    for e in exs:
+        names: list[str] = []
+        for r in e.skills:
+            name, parent = leaf_of[r]
+            names.extend([parent, name] if parent else [name])
+        labels[e.id] = list(dict.fromkeys(names))
+    book.label_many(labels)
+    return _finish(book, {"source": "labels", "task": task_name, "examples": len(exs),
+                          "seconds": round(time.perf_counter() - t0, 3)}, exemplars_per_skill)
+
+
+def _cluster(vectors: np.ndarray, n_clusters: int | None, threshold: float) -> np.ndarray:
+    """Agglomerative clustering (cosine, average linkage) -> cluster id per row."""
+    if vectors.shape[0] == 1:
+        return np.zeros(1, dtype=int)
+    from sklearn.cluster import AgglomerativeClustering
+
+    if n_clusters is not None:
+        n = min(n_clusters, vectors.shape[0])
+        model = AgglomerativeClustering(n_clusters=n, metric="cosine", linkage="average")
+    else:
+        model = AgglomerativeClustering(
+            n_clusters=None, distance_threshold=threshold, metric="cosine", linkage="average"
+        )
+    return np.asarray(model.fit_predict(vectors))
+
+
+def discover_metacognitive(
+    examples: Sequence[Example],
+    book: SkillBook,
+    teacher: Any,
+    *,
+    config: DiscoveryConfig | None = None,
+    task_name: str = "",
+    task_description: str = "",
+) -> SkillBook:
+    """Metacognitive skill discovery: teacher names skills, clustering merges, teacher relabels.
+
+    See the module docstring for the four steps and what we changed from the paper.
+
+    Args:
+        examples: training examples.
+        book: the SkillBook to fill.
+        teacher: any LM (``LM.complete``); its cache makes re-runs free.
+        config: clustering and prompting settings.
+        task_name: provenance.
+        task_description: one line shown to the teacher.
+
+    Returns:
+        ``book``, filled; examples whose labels could not be read are unlabelled.
+    """
+    cfg = config or DiscoveryConfig()
+    t0 = time.perf_counter()
+    log = _TeacherLog()
+    exs = _prepare(book, examples, cfg.progress)
+
+    # (a) free-text skill names for every example
+    named = ask_parsed(
+        teacher, [_label_prompt(e, task_description, cfg) for e in exs],
+        lambda i, t: parse_skill_names(t, cfg.max_skills), _label_retry,
+        max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, progress=cfg.progress,
+        description="naming skills", log=log,
+    )
+    raw_counts: Counter[str] = Counter()
+    raw_desc: dict[str, str] = {}
+    raw_examples: dict[str, list[str]] = {}
+    for e, pairs in zip(exs, named, strict=True):
+        for name, desc in pairs or []:
+            raw_counts[name] += 1
+            raw_examples.setdefault(name, []).append(e.id)
+            if desc and name not in raw_desc:
+                raw_desc[name] = desc
+    if not raw_counts:
+        book.set_discovery({"source": "metacognitive", "task": task_name,
+                            "teacher": getattr(teacher, "spec", "?"), "examples": len(exs),
+                            "teacher_log": log.as_dict(), "raw_names": 0})
+        raise MetaskillError(
+            f"the teacher '{getattr(teacher, 'spec', '?')}' gave no readable skill names for "
+            f"any of {len(exs)} examples; try a stronger teacher (--teacher SPEC) or a "
+            "catalog (--catalog FILE)."
+        )
+
+    # (b) merge names by clustering their embeddings
+    raw_names = sorted(raw_counts, key=lambda n: (-raw_counts[n], n))
+    texts = [n.replace("_", " ") for n in raw_names]
+    vecs = book.embedder.encode(texts, progress=cfg.progress)
+    assign = _cluster(vecs, cfg.n_skills, cfg.distance_threshold)
+    clusters: dict[int, list[str]] = {}
+    for name, c in zip(raw_names, assign, strict=True):
+        clusters.setdefault(int(c), []).append(name)
+    groups = sorted(clusters.values(), key=lambda ms: -sum(raw_counts[m] for m in ms))
+
+    # (c) the teacher names and describes each cluster
+    by_id = {e.id: e for e in exs}
+    name_prompts = []
+    for members in groups:
+        qids = list(dict.fromkeys(i for m in members for i in raw_examples[m]))[:2]
+        name_prompts.append(_name_prompt(members[:12], [_cut(by_id[i].text, 200) for i in qids]))
+    names = ask_parsed(
+        teacher, name_prompts, lambda i, t: parse_skill_names(t, 1), _name_retry,
+        max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, progress=cfg.progress,
+        description="naming clusters", log=log,
+    )
+    catalog: list[Skill] = []
+    member_of: dict[str, str] = {}
+    for members, got in zip(groups, names, strict=True):
+        if got:
+            name, desc, by = got[0][0], got[0][1], "teacher"
+        else:  # fall back to the most frequent member name
+            name, desc, by = members[0], raw_desc.get(members[0], ""), "fallback"
+        base, k = name, 2
+        while name in {s.name for s in catalog}:
+            name, k = f"{base}_{k}", k + 1
+        desc = desc or "Covers: " + ", ".join(m.replace("_", " ") for m in members[:8]) + "."
+        catalog.append(make_skill(
+            name=name, description=desc, source="metacognitive",
+            metadata={"members": members, "named_by": by,
+                      "raw_count": sum(raw_counts[m] for m in members)},
+        ))
+        for m in members:
+            member_of[m] = name
+    book.add_skills(catalog, replace=True)
+
+    # (d) relabel every example against the final catalog
+    hints = [[member_of[n] for n, _ in pairs] if pairs else [] for pairs in named]
+    labels = _pick_labels(book, exs, teacher, catalog, cfg, log, hints)
+    book.label_many({i: s for i, s in labels.items() if s})
+    record = {"source": "metacognitive", "task": task_name,
+              "teacher": getattr(teacher, "spec", "?"), "examples": len(exs),
+              "raw_names": len(raw_names), "teacher_log": log.as_dict(),
+              "config": cfg.model_dump(), "seconds": round(time.perf_counter() - t0, 3)}
+    return _finish(book, record, cfg.exemplars_per_skill)
+
+
+def _pick_labels(
+    book: SkillBook,
+    exs: list[Example],
+    teacher: Any,
+    catalog: list[Skill],
+    cfg: DiscoveryConfig,
+    log: _TeacherLog,
+    hints: list[list[str]] | None = None,
+) -> dict[str, list[str]]:
+    """Teacher picks 1..max_skills catalog entries per example, from a shortlist.
+
+    The shortlist is the catalog itself when it is short; otherwise the entries named in
+    ``hints`` (e.g. the clusters of the teacher's own step-(a) names) followed by the
+    entries nearest the question by embedding, ``cfg.shortlist`` in all.
+    """
+    by_name = {s.name: s for s in catalog}
+    names = [s.name for s in catalog]
+    sims = None
+    if len(catalog) > cfg.shortlist:
+        cat_vecs = book.embedder.encode([s.text() for s in catalog])
+        ex_vecs = book.embedder.encode([e.text for e in exs])
+        sims = ex_vecs @ cat_vecs.T
+    prompts, options = [], []
+    for i, e in enumerate(exs):
+        if sims is None:
+            opts = names
+        else:
+            first = list(dict.fromkeys(hints[i] if hints else []))[: cfg.shortlist]
+            nearest = [names[j] for j in np.argsort(-sims[i], kind="stable")]
+            merged = first + [n for n in nearest if n not in set(first)]
+            opts = sorted(merged[: cfg.shortlist], key=names.index)
+        options.append(opts)
+        prompts.append(_pick_prompt(e, [by_name[n] for n in opts], cfg))
+    picks = ask_parsed(
+        teacher, prompts, lambda i, t: parse_choices(t, options[i], cfg.max_skills),
+        _pick_retry, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size,
+        progress=cfg.progress, description="labelling examples", log=log,
+    )
+    return {e.id: (picks[i] or []) for i, e in enumerate(exs)}
+
+
+def load_catalog(path: str | Path) -> list[CatalogEntry]:
+    """Read a skill catalog from YAML (or JSON).
+
+    Accepted shapes: a list of ``{name, description[, parent]}`` mappings, a mapping
+    ``name: description``, or either under a top-level ``skills:`` key. Names are turned
+    into snake_case.
+
+    Raises:
+        MetaskillError: for a missing file, bad YAML, or an entry without a name.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
+        >>> _ = p.write_text("- name: Linear equations\\n  description: solve for x\\n")
+        >>> load_catalog(p)[0].name
+        'linear_equations'
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise MetaskillError(f"catalog file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise MetaskillError(f"catalog {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if isinstance(data, dict) and "skills" in data:
+        data = data["skills"]
+    if isinstance(data, dict):
+        data = [{"name": k, "description": v or ""} for k, v in data.items()]
+    if not isinstance(data, list) or not data:
+        raise MetaskillError(
+            f"catalog {p} must be a non-empty list of {{name, description}} entries "
+            "(or a mapping name: description)."
+        )
+    out: list[CatalogEntry] = []
+    for n, item in enumerate(data, 1):
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict) or not str(item.get("name") or "").strip():
+            raise MetaskillError(f"catalog {p}: entry {n} has no name.")
+        try:
+            entry = CatalogEntry(
+                name=to_snake(str(item["name"]), max_words=12),
+                description=str(item.get("description") or ""),
+                parent=to_snake(str(item["parent"]), max_words=12) if item.get("parent") else None,
+            )
+        except ValidationError as e:
+            raise MetaskillError(f"catalog {p}: entry {n}: {e.errors()[0]['msg']}") from None
+        if not entry.name:
+            raise MetaskillError(f"catalog {p}: entry {n} has no usable name.")
+        out.append(entry)
+    names = [e.name for e in out]
+    dup = [n for n, c in Counter(names).items() if c > 1]
+    if dup:
+        raise MetaskillError(f"catalog {p}: duplicate skill name '{dup[0]}'.")
+    return out
+
+
+def discover_from_catalog(
+    examples: Sequence[Example],
+    book: SkillBook,
+    teacher: Any,
+    catalog: Sequence[CatalogEntry] | str | Path,
+    *,
+    config: DiscoveryConfig | None = None,
+    task_name: str = "",
+) -> SkillBook:
+    """Skills from a user catalog; the teacher only picks, for each example, from it.
+
+    Args:
+        examples: training examples.
+        book: the SkillBook to fill.
+        teacher: any LM.
+        catalog: entries, or the path of a YAML catalog (see :func:`load_catalog`).
+        config: prompting settings.
+        task_name: provenance.
+
+    Returns:
+        ``book``, filled; examples whose picks could not be read are unlabelled.
+    """
+    cfg = config or DiscoveryConfig()
+    t0 = time.perf_counter()
+    entries = load_catalog(catalog) if isinstance(catalog, (str, Path)) else list(catalog)
+    log = _TeacherLog()
+    skills = [make_skill(name=e.name, description=e.description, parent=e.parent,
+                         source="catalog") for e in entries]
+    from metaskill.skills.book import _parents_first
+
+    book.add_skills(_parents_first(skills), replace=True)
+    exs = _prepare(book, examples, cfg.progress)
+    labels = _pick_labels(book, exs, teacher, skills, cfg, log)
+    book.label_many({i: s for i, s in labels.items() if s})
+    record = {"source": "catalog", "task": task_name, "teacher": getattr(teacher, "spec", "?"),
+              "examples": len(exs), "teacher_log": log.as_dict(), "config": cfg.model_dump(),
+              "seconds": round(time.perf_counter() - t0, 3)}
+    return _finish(book, record, cfg.exemplars_per_skill)
+
+
+def cluster_terms(
+    texts: Sequence[str], assign: np.ndarray, n_terms: int = 8
+) -> dict[int, list[str]]:
+    """The most distinctive TF-IDF terms of each cluster (cluster mean minus overall mean).
+
+    Example:
+        >>> t = cluster_terms(["red apple", "green apple", "fast car", "red car"],
+        ...                   np.array([0, 0, 1, 1]), n_terms=1)
+        >>> t[0], t[1]
+        (['apple'], ['car'])
+    """
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b",
+                          sublinear_tf=True, max_features=50000)
+    try:
+        x = vec.fit_transform(texts)
+    except ValueError:  # empty vocabulary
+        return {int(c): [] for c in set(assign.tolist())}
+    vocab = np.array(vec.get_feature_names_out())
+    overall = np.asarray(x.mean(axis=0)).ravel()
+    out: dict[int, list[str]] = {}
+    for c in sorted(set(assign.tolist())):
+        mean = np.asarray(x[assign == c].mean(axis=0)).ravel()
+        score = mean - overall
+        top = [int(j) for j in np.argsort(-score, kind="stable")[:n_terms] if mean[j] > 0]
+        out[int(c)] = [str(vocab[j]) for j in top]
+    return out
+
+
+def discover_by_embedding(
+    examples: Sequence[Example],
+    book: SkillBook,
+    *,
+    n_skills: int | None = None,
+    distance_threshold: float = 0.6,
+    seed: int = 0,
+    exemplars_per_skill: int = 4,
+    task_name: str = "",
+    progress: bool = False,
+) -> SkillBook:
+    """Skills as clusters of the examples' embeddings, named by their top terms; no teacher.
+
+    With ``n_skills`` k-means (``n_init=4``) makes exactly that many clusters; without it,
+    agglomerative clustering (cosine, average linkage) cuts at ``distance_threshold``
+    (quadratic memory: keep it to ~20k examples). Each example gets its cluster's skill.
+
+    Args:
+        examples: training examples.
+        book: the SkillBook to fill.
+        n_skills: target number of skills, or None to use the threshold.
+        distance_threshold: cosine distance cut for agglomerative clustering.
+        seed: k-means seed.
+        exemplars_per_skill: curated exemplars per skill.
+        task_name: provenance.
+        progress: show progress bars.
+
+    Returns:
+        ``book``, filled.
+    """
+    t0 = time.perf_counter()
+    exs = _prepare(book, examples, progress)
+    vecs = book.embedder.encode([e.text for e in exs])
+    if n_skills is not None:
+        if n_skills < 1:
+            raise MetaskillError(f"n_skills must be >= 1, got {n_skills}.")
+        k = min(n_skills, len(exs))
+        from sklearn.cluster import KMeans
+
+        assign = np.asarray(KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(vecs))
+    else:
+        assign = _cluster(vecs, None, distance_threshold)
+    terms = cluster_terms([e.text for e in exs], assign)
+    sizes = Counter(assign.tolist())
+    skills: list[Skill] = []
+    name_of: dict[int, str] = {}
+    for c, _ in sizes.most_common():
+        words = terms.get(int(c), [])
+        base = "_".join(words[:3]) or f"cluster_{c}"
+        name, k = base, 2
+        while name in name_of.values():
+            name, k = f"{base}_{k}", k + 1
+        name_of[int(c)] = name
+        desc = ("Examples about: " + ", ".join(words) + ".") if words else "An example cluster."
+        skills.append(make_skill(name=name, description=desc, source="embedding",
+                                 metadata={"cluster": int(c), "terms": words}))
+    book.add_skills(skills, replace=True)
+    book.label_many({e.id: [name_of[int(c)]] for e, c in zip(exs, assign, strict=True)})
+    record = {"source": "embedding", "task": task_name, "examples": len(exs),
+              "n_skills": n_skills, "distance_threshold": None if n_skills else distance_threshold,
+              "seconds": round(time.perf_counter() - t0, 3)}
+    return _finish(book, record, exemplars_per_skill)
+
+
+def discover(
+    task: Any,
+    book: SkillBook,
+    *,
+    source: Source = "auto",
+    teacher: Any = None,
+    catalog: Sequence[CatalogEntry] | str | Path | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    config: DiscoveryConfig | None = None,
+    n_skills: int | None = None,
+) -> SkillBook:
+    """Discover the skills of a Task's split into ``book``, choosing the source.
+
+    ``source="auto"`` picks: the catalog if one is given (teacher picks from it); else
+    metacognitive labelling if a teacher is given; else the labels the examples carry;
+    else embedding clustering.
+
+    Args:
+        task: a :class:`~metaskill.tasks.base.Task`.
+        book: the SkillBook to fill (new skills replace same-named ones).
+        source: ``auto``, ``labels``, ``metacognitive``, ``catalog`` or ``embedding``.
+        teacher: an LM for ``metacognitive`` and ``catalog``.
+        catalog: entries or a YAML path, for ``catalog``.
+        split: the split to learn from.
+        limit: use only the first ``limit`` examples of the split.
+        config: teacher-mode settings (also gives ``n_skills`` and ``progress``).
+        n_skills: target number of skills (metacognitive, embedding); overrides config.
+
+    Returns:
+        ``book``, filled.
+
+    Raises:
+        MetaskillError: if the source needs a teacher or catalog that was not given, or the
+            split has no labels for ``labels``.
+    """
+    cfg = (config or DiscoveryConfig()).model_copy()
+    if n_skills is not None:
+        cfg.n_skills = n_skills
+    exs = list(task.examples(split))
+    if limit is not None:
+        if limit < 1:
+            raise MetaskillError(f"--limit must be >= 1, got {limit}.")
+        exs = exs[:limit]
+    if source == "auto":
+        if catalog is not None:
+            source = "catalog"
+        elif teacher is not None:
+            source = "metacognitive"
+        elif any(e.skills for e in exs):
+            source = "labels"
+        else:
+            source = "embedding"
+    if source in ("metacognitive", "catalog") and teacher is None:
+        raise MetaskillError(f"source '{source}' needs a teacher LM (--teacher SPEC).")
+    name = getattr(task, "name", "")
+    if source == "labels":
+        return discover_from_labels(exs, book, task_name=name,
+                                    exemplars_per_skill=cfg.exemplars_per_skill,
+                                    progress=cfg.progress)
+    if source == "metacognitive":
+        return discover_metacognitive(exs, book, teacher, config=cfg, task_name=name,
+                                      task_description=getattr(task, "description", ""))
+    if source == "catalog":
+        if catalog is None:
+            raise MetaskillError("source 'catalog' needs a catalog (--catalog FILE).")
+        return discover_from_catalog(exs, book, teacher, catalog, config=cfg, task_name=name)
+    if source == "embedding":
+        return discover_by_embedding(exs, book, n_skills=cfg.n_skills, seed=cfg.seed,
+                                     exemplars_per_skill=cfg.exemplars_per_skill,
+                                     task_name=name, progress=cfg.progress)
+    raise MetaskillError(
+        f"unknown source '{source}'; use auto, labels, metacognitive, catalog or embedding."
+    )
+
+
+def _track(items: list[Any], description: str, enabled: bool) -> Any:
+    from metaskill.skills.embed import _track as track
+
+    return track(items, description, enabled)
