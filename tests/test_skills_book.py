@@ -19,7 +19,8 @@ def _examples() -> list[Example]:
         Example(id="a1", input="What is 12 plus 7?", answer="19"),
         Example(id="a2", input="Add 40 and 2 together.", answer="42"),
         Example(id="a3", input="What is 3 plus 5 plus 1?", answer="9"),
-        Example(id="w1", input="Sort these words alphabetically: pear apple fig", answer="apple fig pear"),
+        Example(id="w1", input="Sort these words alphabetically: pear apple fig",
+                answer="apple fig pear"),
         Example(id="w2", input="Sort the words alphabetically: dog cat", answer="cat dog"),
         Example(id="u1", input="Something with no skill at all", answer="x"),
     ]
@@ -97,7 +98,7 @@ def test_nearest_skills(book):
 
 def test_exemplars(book):
     got = book.exemplars("addition", k=2, query="What is 3 plus 5?")
-    assert [e.id for e in got][0] == "a3"
+    assert got[0].id == "a3"
     assert all(isinstance(e, Example) for e in got)
     got = book.exemplars("addition", k=5, query="What is 3 plus 5?", exclude=["a3"])
     assert {e.id for e in got} == {"a1", "a2"}
