@@ -89,4 +89,17 @@ def method_available(name: str) -> tuple[bool, str]:
     return True, doc[0] if doc else ""
 
 
+def _register_with_harness() -> None:
+    """Make ``metaskill.eval.solvers.load_solver`` know the kinds methods produce."""
+    try:
+        from metaskill.eval.solvers import SOLVERS
+    except ModuleNotFoundError as e:  # the harness is not installed in this tree
+        if e.name != "metaskill.eval.solvers":
+            raise
+        return
+    register_solver_kinds(SOLVERS)
+
+
+_register_with_harness()
+
 __all__ = ["METHODS", "SOLVER_KINDS", "method_available", "register_solver_kinds"]

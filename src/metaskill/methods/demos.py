@@ -36,7 +36,6 @@ Example:
 from __future__ import annotations
 
 import random
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -50,7 +49,7 @@ from metaskill.eval.solver import Attempt, Solver
 from metaskill.methods.base import FitReport
 
 Order = Literal["nearest_last", "nearest_first", "random"]
-PromptFormat = Literal["auto", "chat", "plain"]
+PromptFormat = Literal["auto", "chat", "completion"]
 AnswerMode = Literal["generate", "choices"]
 
 #: kind -> Selector subclass (lazy ``"module:Class"`` targets allowed).
@@ -272,9 +271,10 @@ SELECTORS.register("skill", "metaskill.methods.skill_demos:SkillSelector")
 def parse_answer(task: Any, output: str, example: Example) -> str:
     """Normalise an output to a comparable answer WITHOUT looking at the reference.
 
-    Uses the verifier's ``parse(output, example)`` where it has one; otherwise asks the
-    verifier to judge against a copy of the example with the reference removed and keeps
-    its ``parsed`` field; otherwise falls back to the stripped, lower-cased first line.
+    A label verifier's ``parse(output, labels)`` gives the label (``""`` when the output
+    names none); else a verifier's ``parse(output, example)``; else the ``parsed`` field
+    of a verdict against a copy of the example with the reference removed; else the
+    stripped, lower-cased first line.
 
     Example:
         >>> parse_answer(None, "  Positive\\nbecause", Example(id="a", input="x"))
@@ -282,6 +282,14 @@ def parse_answer(task: Any, output: str, example: Example) -> str:
     """
     verifier = getattr(task, "verifier", None)
     parse = getattr(verifier, "parse", None)
+    labels = (getattr(verifier, "labels", None) or example.metadata.get("choices")
+              or getattr(task, "labels", None))
+    if callable(parse) and labels:  # a label verifier: parse(output, labels)
+        try:
+            got = parse(output, [str(x) for x in labels])
+            return str(got).strip().lower() if got is not None else ""
+        except Exception:
+            pass
     if callable(parse):
         try:
             got = parse(output, example)
@@ -289,7 +297,7 @@ def parse_answer(task: Any, output: str, example: Example) -> str:
                 return str(got).strip().lower()
         except Exception:
             pass
-    elif verifier is not None:
+    if verifier is not None:
         try:
             blind = example.model_copy(update={"answer": None})
             verdict = verifier.verify(output, blind)
@@ -374,15 +382,21 @@ class DemoSolver(Solver):
         k_overrides: per example id, a ``k`` that replaces the default.
         order: ``nearest_last`` (most relevant demo right before the input),
             ``nearest_first``, or ``random`` (seeded by the input's id).
-        prompt_format: ``chat`` (a user/assistant turn per demo), ``plain`` (demos as
-            completion text, for base models), or ``auto`` (chat if the LM has a chat
-            template, i.e. ``lm.chat`` is true).
+        prompt_format: ``chat`` (a user/assistant turn per demo, the instructions at the
+            head of the first user turn), ``completion`` (demos as plain text separated by
+            blank lines, for base models), or ``auto`` (chat if the LM has a chat
+            template, i.e. ``lm.chat`` is true). Both render exactly as the harness's
+            built-in ``k-shot`` Solver does, so the two differ only in which demos.
         answer_mode: ``generate`` (greedy text, first line for classification) or
             ``choices`` (the label with the highest likelihood; classification only).
-        max_tokens: generation limit; None picks 10 for classification, 256 otherwise.
+        max_tokens: generation limit; None picks 16 for classification and multiple
+            choice, 256 otherwise.
         instructions: preamble; None uses the task's instructions.
         temperature: sampling temperature (0 = greedy).
         seed: sampling seed and seed of the ``random`` order.
+
+    Attempts keep the raw text in ``meta["raw"]``, the number of demos in ``meta["k"]`` and
+    their ids in ``meta["demos"]``.
 
     The prompt never exceeds the LM's context window: where ``lm.context_window`` is
     known, demos are dropped from the least relevant end until it fits (the attempt's
@@ -456,7 +470,7 @@ class DemoSolver(Solver):
         """The request that asks ``example`` after ``demos`` (in the order given)."""
         instructions = task.instructions if self.instructions is None else self.instructions
         classify = getattr(task, "kind", "generative") != "generative"
-        max_tokens = self.max_tokens or (10 if classify else 256)
+        max_tokens = self.max_tokens or (16 if classify else 256)
         chat = self.uses_chat()
         choices = None
         if self.answer_mode == "choices":
@@ -471,12 +485,12 @@ class DemoSolver(Solver):
                   "seed": self.seed, "choices": choices}
         if chat:
             msgs: list[Message] = []
-            if instructions:
-                msgs.append(Message(role="system", content=instructions))
+            head = f"{instructions}\n\n" if instructions else ""
             for d in demos:
-                msgs.append(Message(role="user", content=task.render(d)))
+                msgs.append(Message(role="user", content=head + task.render(d)))
                 msgs.append(Message(role="assistant", content=str(d.answer or "")))
-            msgs.append(Message(role="user", content=task.render(example)))
+                head = ""
+            msgs.append(Message(role="user", content=head + task.render(example)))
             return Request(messages=tuple(msgs), **common)
         parts = [instructions] if instructions else []
         parts += [task.demo(d) for d in demos]
@@ -513,10 +527,10 @@ class DemoSolver(Solver):
         return int(self.lm.count_tokens(self.lm.prompt_of(req)))
 
     def postprocess(self, task: Any, text: str) -> str:
-        """The answer text: stripped; first line only for classification tasks."""
+        """The answer text: stripped; the first non-empty line for classification tasks."""
         text = text.strip()
         if getattr(task, "kind", "generative") != "generative":
-            return text.splitlines()[0].strip() if text else ""
+            return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
         return text
 
     # ---- the Solver verbs --------------------------------------------------------------
@@ -535,11 +549,13 @@ class DemoSolver(Solver):
                     completions.append(e)
         out = []
         for ex, (req, demos), c in zip(examples, built, completions, strict=True):
-            meta = {"k": len(demos), "demos": [d.id for d in demos], "lm_calls": 1}
+            meta: dict[str, Any] = {"k": len(demos), "demos": [d.id for d in demos],
+                                    "lm_calls": 1}
             prompt = self.lm.prompt_of(req)
             if isinstance(c, Exception):
                 out.append(Attempt(example_id=ex.id, prompt=prompt, error=str(c), meta=meta))
                 continue
+            meta["raw"] = c.text
             out.append(Attempt(
                 example_id=ex.id, prompt=prompt, output=self.postprocess(task, c.text),
                 usage=c.usage, latency_s=c.latency_s, meta=meta,
@@ -594,23 +610,25 @@ class DemoSolver(Solver):
 
 
 def demo_options_from(solver: Any) -> dict[str, Any]:
-    """Prompt options to carry over from an incoming Solver (a DemoSolver's, else none).
+    """Prompt options to carry over from an incoming Solver.
 
-    Lets a method applied after another keep the prompt format, answer mode and
-    instructions the earlier one chose.
+    A DemoSolver passes on its prompt format, answer mode, token limit, instructions and
+    order; a harness prompting Solver (``zero-shot``, ``k-shot``) its format, instruction
+    override and token limit; a ``likelihood`` Solver also asks for label choices. So a
+    method applied after another keeps the prompt the earlier one chose.
     """
     if isinstance(solver, DemoSolver):
         keep = ("prompt_format", "answer_mode", "max_tokens", "instructions", "order")
         return {k: getattr(solver, k) for k in keep}
-    inst = getattr(solver, "instructions", None)
-    return {"instructions": inst} if isinstance(inst, str) and inst else {}
-
-
-def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    """``fn(*args, **kwargs)`` and the seconds it took."""
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
+    cfg = getattr(solver, "config", None)
+    out: dict[str, Any] = {}
+    if cfg is not None and hasattr(cfg, "format"):
+        out["prompt_format"] = cfg.format
+        out["instructions"] = cfg.instructions
+        out["max_tokens"] = cfg.max_tokens
+        if getattr(solver, "kind", "") == "likelihood":
+            out["answer_mode"] = "choices"
+    return out
 
 
 def usage_of(attempts: Sequence[Attempt]) -> Usage:

@@ -77,7 +77,7 @@ class KnnDemosConfig(MethodConfig):
         False, description="also try the other variant (balanced or not) and keep the better"
     )
     prompt_format: PromptFormat | None = Field(
-        None, description="chat, plain or auto; None keeps the incoming Solver's (else auto)"
+        None, description="chat, completion or auto; None keeps the incoming Solver's (else auto)"
     )
     answer_mode: AnswerMode | None = Field(
         None, description="generate or choices; None keeps the incoming Solver's (else generate)"

@@ -1,0 +1,285 @@
+"""self_refine: answer, critique your own answer, refine; up to R rounds.
+
+Papers:
+    Lu, Zhong, Huang, Wang, Zhu, Mi, Wang, Wang, Zeng, Shang, Jiang, Liu (2023). "SELF:
+    Self-Evolution with Language Feedback" -- at inference, the model gives feedback on
+    its own response and refines it ("online self-refinement").
+
+    Madaan, Tandon, Gupta, Hallinan, Gao, Wiegreffe, Alon, Dziri, Prabhumoye, Yang, Gupta,
+    Majumder, Hermann, Welleck, Yazdanbakhsh, Clark (2023). "Self-Refine: Iterative
+    Refinement with Self-Feedback" -- the feedback -> refine loop with a stop condition.
+
+What we changed: no training (SELF's self-evolution rounds live in
+``methods/self_evolve.py``); the same LM answers, critiques and refines, with fresh
+prompts each step. The critique must end with a machine-readable verdict line
+(``VERDICT: CORRECT`` or ``VERDICT: WRONG``); ``CORRECT`` stops early. A critique without
+a verdict is asked again once with a reminder; if it still has none, the input falls
+back to the unadapted (round-0) answer and the fallback is counted (``meta["fallback"]``
+on the attempt, ``notes["fallbacks"]`` in the fit report). The verifier never sees
+anything but the final answer.
+
+Algorithm (what :class:`SelfRefineSolver` does for a batch):
+
+1. answer_0 <- the inner Solver's answer.
+2. For round r = 1..R, for inputs still active:
+   a. feedback <- LM("critique this answer ... end with VERDICT: ...")
+   b. no verdict -> ask once more; still none -> fall back to answer_0, stop this input.
+   c. VERDICT: CORRECT -> stop this input (its answer stands).
+   d. answer_r <- LM("question, previous answer, feedback -> improved answer").
+3. Output the last answer. ``meta`` keeps every round's feedback and answer.
+
+Example:
+    >>> parse_verdict("The answer fits the review.\\nVERDICT: CORRECT")
+    'correct'
+    >>> parse_verdict("looks fine to me") is None
+    True
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from metaskill.core.errors import MethodError
+from metaskill.core.types import Example, Message, Request, Usage
+from metaskill.eval.solver import Attempt, Solver
+from metaskill.methods.base import FitReport, Method, MethodConfig
+from metaskill.methods.compose import MethodResources
+from metaskill.methods.demos import run_solver
+
+_VERDICT = re.compile(r"verdict\s*[:\-]\s*\**\s*(correct|wrong|incorrect)\b", re.IGNORECASE)
+
+FEEDBACK_PROMPT = (
+    "{instructions}Question:\n{question}\n\nProposed answer:\n{answer}\n\n"
+    "Check the proposed answer carefully. Say briefly what is wrong with it, if anything. "
+    "Then end with exactly one line: 'VERDICT: CORRECT' if the answer is right, or "
+    "'VERDICT: WRONG' if it must change."
+)
+REMINDER = "End your reply with the line 'VERDICT: CORRECT' or 'VERDICT: WRONG'."
+REFINE_PROMPT = (
+    "{instructions}Question:\n{question}\n\nPrevious answer:\n{answer}\n\n"
+    "Feedback on the previous answer:\n{feedback}\n\n"
+    "Using the feedback, write an improved answer. Reply with the answer only, in the "
+    "format the question asks for."
+)
+
+
+def parse_verdict(text: str) -> str | None:
+    """``"correct"``, ``"wrong"``, or None when the critique has no verdict line.
+
+    The last verdict in the text counts.
+    """
+    found = _VERDICT.findall(text)
+    if not found:
+        return None
+    return "correct" if found[-1].lower() == "correct" else "wrong"
+
+
+class SelfRefineSolver(Solver):
+    """An inner Solver's answers, critiqued and refined by the same LM for up to R rounds.
+
+    Args:
+        lm: the LM.
+        inner: the Solver that gives the first answer.
+        rounds: most feedback/refine rounds (R >= 1).
+        feedback_max_tokens: token limit of a critique.
+        refine_max_tokens: token limit of a refined answer (None: 16 for classification
+            and multiple choice, 256 otherwise).
+    """
+
+    kind: ClassVar[str] = "self_refine"
+
+    def __init__(self, lm: Any, inner: Solver, rounds: int = 2, feedback_max_tokens: int = 160,
+                 refine_max_tokens: int | None = None) -> None:
+        super().__init__(lm)
+        if rounds < 1:
+            raise MethodError(f"self_refine: rounds must be >= 1, got {rounds}.")
+        self.inner = inner
+        self.rounds = rounds
+        self.feedback_max_tokens = feedback_max_tokens
+        self.refine_max_tokens = refine_max_tokens
+
+    # ---- prompts -------------------------------------------------------------------
+    def _request(self, text: str, max_tokens: int) -> Request:
+        if getattr(self.lm, "chat", True):
+            return Request(messages=(Message(role="user", content=text),), max_tokens=max_tokens)
+        return Request(prompt=text + "\n\nReply:", max_tokens=max_tokens, stop=("\n\n\n",))
+
+    @staticmethod
+    def _instructions(task: Any) -> str:
+        inst = str(getattr(task, "instructions", "") or "").strip()
+        return f"Task: {inst}\n\n" if inst else ""
+
+    def feedback_request(self, task: Any, example: Example, answer: str,
+                         remind: bool = False) -> Request:
+        """The critique request for one answer (``remind`` adds the verdict reminder)."""
+        text = FEEDBACK_PROMPT.format(instructions=self._instructions(task),
+                                      question=task.render(example), answer=answer)
+        return self._request(text + (f"\n\n{REMINDER}" if remind else ""),
+                             self.feedback_max_tokens)
+
+    def refine_request(self, task: Any, example: Example, answer: str, feedback: str) -> Request:
+        """The refinement request given the previous answer and its critique."""
+        short = getattr(task, "kind", "generative") != "generative"
+        text = REFINE_PROMPT.format(instructions=self._instructions(task),
+                                    question=task.render(example), answer=answer,
+                                    feedback=_VERDICT.sub("", feedback).strip())
+        return self._request(text, self.refine_max_tokens or (16 if short else 256))
+
+    @staticmethod
+    def _extract(task: Any, text: str) -> str:
+        text = text.strip()
+        if getattr(task, "kind", "generative") != "generative":
+            return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        return text
+
+    # ---- the loop --------------------------------------------------------------------
+    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+        """Answer, critique, refine (see the module doc); one Attempt per example."""
+        firsts = self.inner.solve(task, examples)
+        answers = [a.output for a in firsts]
+        usage = [a.usage for a in firsts]
+        calls = [int(a.meta.get("lm_calls", 1)) for a in firsts]
+        trace: list[list[dict[str, Any]]] = [[] for _ in examples]
+        fallback = [False] * len(examples)
+        stopped = ["" for _ in examples]
+        active = [i for i, a in enumerate(firsts) if a.error is None]
+        for i, a in enumerate(firsts):
+            if a.error is not None:
+                stopped[i] = "inner error"
+
+        for r in range(1, self.rounds + 1):
+            if not active:
+                break
+            # a. critique
+            reqs = [self.feedback_request(task, examples[i], answers[i]) for i in active]
+            feedback = self._ask(reqs, active, usage, calls)
+            verdicts = {i: parse_verdict(f) for i, f in zip(active, feedback, strict=True)}
+            # b. no verdict: ask once more with a reminder
+            missing = [i for i in active if verdicts[i] is None]
+            if missing:
+                retry = self._ask(
+                    [self.feedback_request(task, examples[i], answers[i], remind=True)
+                     for i in missing], missing, usage, calls)
+                for i, f in zip(missing, retry, strict=True):
+                    feedback[active.index(i)] = f
+                    verdicts[i] = parse_verdict(f)
+            next_active = []
+            to_refine = []
+            for i, f in zip(active, feedback, strict=True):
+                trace[i].append({"round": r, "feedback": f, "verdict": verdicts[i]})
+                if verdicts[i] is None:
+                    answers[i] = firsts[i].output  # fall back to the unadapted answer
+                    fallback[i] = True
+                    stopped[i] = "unparseable feedback"
+                elif verdicts[i] == "correct":
+                    stopped[i] = "self-check passed"
+                else:
+                    to_refine.append(i)
+            # d. refine the rest
+            if to_refine:
+                fb = {i: trace[i][-1]["feedback"] for i in to_refine}
+                refined = self._ask(
+                    [self.refine_request(task, examples[i], answers[i], fb[i])
+                     for i in to_refine], to_refine, usage, calls)
+                for i, text in zip(to_refine, refined, strict=True):
+                    new = self._extract(task, text)
+                    trace[i][-1]["answer"] = new
+                    if new:
+                        answers[i] = new
+                    next_active.append(i)
+            active = next_active
+        for i in active:
+            stopped[i] = "round limit"
+
+        out = []
+        for i, (ex, first) in enumerate(zip(examples, firsts, strict=True)):
+            meta = {"first_answer": first.output, "rounds": trace[i], "fallback": fallback[i],
+                    "stopped": stopped[i], "lm_calls": calls[i],
+                    "refined": answers[i] != first.output}
+            out.append(Attempt(example_id=ex.id, prompt=first.prompt, output=answers[i],
+                               usage=usage[i], latency_s=first.latency_s, error=first.error,
+                               meta=meta))
+        return out
+
+    def _ask(self, requests: list[Request], idx: list[int], usage: list[Usage],
+             calls: list[int]) -> list[str]:
+        completions = self.lm.complete(requests)
+        for i, c in zip(idx, completions, strict=True):
+            usage[i] = usage[i] + c.usage
+            calls[i] += 1
+        return [c.text for c in completions]
+
+    # ---- JSON ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"inner": self.inner.to_json(), "rounds": self.rounds,
+                "feedback_max_tokens": self.feedback_max_tokens,
+                "refine_max_tokens": self.refine_max_tokens}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], lm: Any) -> SelfRefineSolver:
+        from metaskill.eval.solvers import load_solver
+
+        return cls(lm, load_solver(state["inner"], lm=lm), rounds=state.get("rounds", 2),
+                   feedback_max_tokens=state.get("feedback_max_tokens", 160),
+                   refine_max_tokens=state.get("refine_max_tokens"))
+
+
+class SelfRefineConfig(MethodConfig):
+    """Options of :class:`SelfRefine`."""
+
+    rounds: int = Field(2, ge=1, le=8, description="most feedback/refine rounds (R)")
+    feedback_max_tokens: int = Field(160, ge=8, description="token limit of a critique")
+    refine_max_tokens: int | None = Field(
+        None, ge=1, description="token limit of a refined answer (None: by task kind)"
+    )
+    max_dev: int | None = Field(
+        None, ge=1, description="score at most this many dev examples (cheaper report)"
+    )
+
+
+class SelfRefine(Method):
+    """Self-feedback and refinement rounds around the incoming Solver (SELF, Self-Refine)."""
+
+    name: ClassVar[str] = "self_refine"
+    Config: ClassVar[type[MethodConfig]] = SelfRefineConfig
+
+    def __init__(self, config: SelfRefineConfig | None = None, *,
+                 resources: MethodResources | None = None) -> None:
+        super().__init__(config or SelfRefineConfig())
+        self.config: SelfRefineConfig
+        self.resources = resources or MethodResources()
+
+    def fit(self, solver: Any, task: Any, train: list[Example],
+            dev: list[Example] | None = None) -> SelfRefineSolver:
+        """Wrap ``solver``; with dev examples, report first-answer vs refined dev accuracy.
+
+        Notes: ``dev_accuracy``, ``inner_dev_accuracy`` (the round-0 answers scored by the
+        verifier after the fact), ``fallbacks`` (inputs whose critique never parsed),
+        ``early_stops`` and ``changed`` (answers the loop changed).
+        """
+        cfg = self.config
+        self.report = FitReport()
+        wrapped = SelfRefineSolver(solver.lm, solver, rounds=cfg.rounds,
+                                   feedback_max_tokens=cfg.feedback_max_tokens,
+                                   refine_max_tokens=cfg.refine_max_tokens)
+        dev_set = list(dev or [])[: cfg.max_dev]
+        if dev_set:
+            attempts, scores = run_solver(wrapped, task, dev_set, self.report,
+                                          progress=self.resources.progress,
+                                          label="self_refine dev")
+            firsts = task.verifier.verify_batch([a.meta["first_answer"] for a in attempts],
+                                                dev_set)
+            self.report.notes.update({
+                "dev_accuracy": sum(scores) / len(scores),
+                "inner_dev_accuracy": sum(v.score for v in firsts) / len(firsts),
+                "fallbacks": sum(bool(a.meta.get("fallback")) for a in attempts),
+                "early_stops": sum(a.meta.get("stopped") == "self-check passed"
+                                   for a in attempts),
+                "changed": sum(bool(a.meta.get("refined")) for a in attempts),
+                "dev_n": len(dev_set),
+            })
+        self.report.notes["rounds"] = cfg.rounds
+        return wrapped

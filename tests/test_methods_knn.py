@@ -1,0 +1,157 @@
+"""knn_demos and the shared DemoSolver: selection, ordering, balance, prompts, JSON."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from metaskill.core.errors import MethodError
+from metaskill.core.types import Example
+from metaskill.eval.solvers import ZeroShot, load_solver
+from metaskill.lm.fake import ScriptedLM
+from metaskill.methods.compose import MethodResources, build_method
+from metaskill.methods.demos import DemoSolver, KnnSelector, RandomSelector, run_solver
+from metaskill.methods.knn_demos import KnnDemos, KnnDemosConfig
+from metaskill.skills.embed import HashEmbedder
+from metaskill.tasks.base import Task
+from metaskill.tasks.verifiers import ExactVerifier, LabelVerifier
+
+POS = ["great acting", "lovely music", "great story", "wonderful cast", "lovely film"]
+NEG = ["awful plot", "boring scenes", "awful dialogue", "dull pacing", "boring film"]
+
+
+def toy_task() -> Task:
+    def ex(prefix: str, i: int, text: str, label: str) -> Example:
+        return Example(id=f"{prefix}{i}", input=text, answer=label)
+
+    train = [ex("tr", i, t, "positive") for i, t in enumerate(POS)]
+    train += [ex("tr", 10 + i, t, "negative") for i, t in enumerate(NEG)]
+    dev = [ex("dv", 0, "great ending", "positive"), ex("dv", 1, "awful ending", "negative"),
+           ex("dv", 2, "boring ending", "negative"), ex("dv", 3, "lovely ending", "positive")]
+    test = [ex("te", 0, "awful finale", "negative"), ex("te", 1, "wonderful finale", "positive")]
+    return Task(name="toy", splits={"train": train, "dev": dev, "test": test},
+                template="Review: {input}\nSentiment:", instructions="Say positive or negative.",
+                labels=["negative", "positive"], kind="classification",
+                verifier=LabelVerifier(labels=["negative", "positive"]))
+
+
+def copy_last_demo(prompt: str, request) -> str:
+    """A scripted 'model' that repeats the label of the demo right before the input."""
+    found = re.findall(r"Sentiment: (positive|negative)", prompt)
+    found += re.findall(r"assistant: (positive|negative)", prompt)
+    if not found:
+        return "positive"
+    # the last label written before the final question
+    positions = [(prompt.rfind(f"Sentiment: {w}"), w) for w in ("positive", "negative")]
+    positions += [(prompt.rfind(f"assistant: {w}"), w) for w in ("positive", "negative")]
+    return max(positions)[1]
+
+
+def test_knn_selector_picks_nearest_and_excludes_self() -> None:
+    task = toy_task()
+    sel = KnnSelector(task.splits["train"], embedder=HashEmbedder(dim=128))
+    q = Example(id="q", input="awful ending")
+    picked = sel.select(q, 2)
+    assert picked[0].input == "awful plot" or picked[0].input == "awful dialogue"
+    assert all(p.answer == "negative" for p in picked)
+    own = task.splits["train"][0]
+    assert own.id not in [p.id for p in sel.select(own, 9)]
+
+
+def test_balanced_variant_mixes_labels() -> None:
+    task = toy_task()
+    plain = KnnSelector(task.splits["train"], embedder=HashEmbedder(dim=128))
+    bal = KnnSelector(task.splits["train"], embedder=HashEmbedder(dim=128), balanced=True)
+    q = Example(id="q", input="awful boring dull film")
+    assert [p.answer for p in plain.select(q, 4)].count("negative") == 4
+    labels = [p.answer for p in bal.select(q, 4)]
+    assert labels.count("negative") == 2 and labels.count("positive") == 2
+
+
+def test_order_nearest_last_in_prompt() -> None:
+    task = toy_task()
+    sel = KnnSelector(task.splits["train"], embedder=HashEmbedder(dim=128))
+    q = Example(id="q", input="awful ending")
+    nearest = sel.select(q, 3)[0]
+    last = DemoSolver(ScriptedLM(), sel, k=3, prompt_format="completion")
+    first = DemoSolver(ScriptedLM(), sel, k=3, prompt_format="completion",
+                       order="nearest_first")
+    p_last = last.build_requests(task, [q])[0][0].prompt
+    p_first = first.build_requests(task, [q])[0][0].prompt
+    assert p_last.rfind(nearest.text) > max(p_last.rfind(d.text) for d in sel.select(q, 3)[1:])
+    assert p_first.find(nearest.text) < min(p_first.find(d.text) for d in sel.select(q, 3)[1:])
+    assert p_last.endswith("Review: awful ending\nSentiment:")
+
+
+def test_chat_format_has_one_turn_per_demo() -> None:
+    task = toy_task()
+    sel = RandomSelector(task.splits["train"], seed=0)
+    req = DemoSolver(ScriptedLM(), sel, k=2, prompt_format="chat").build_requests(
+        task, task.splits["test"][:1])[0][0]
+    roles = [m.role for m in req.messages]
+    assert roles == ["user", "assistant", "user", "assistant", "user"]
+    assert req.messages[0].content.startswith("Say positive or negative.")
+
+
+def test_knn_demos_fit_beats_zero_shot_and_round_trips(tmp_path) -> None:
+    task = toy_task()
+    lm = ScriptedLM(copy_last_demo)
+    zs = DemoSolver(lm, None, k=0)
+    _, base = run_solver(zs, task, task.splits["dev"])
+    method = KnnDemos(KnnDemosConfig(k=2), resources=MethodResources(embedder=HashEmbedder(128)))
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    assert method.report.notes["dev_accuracy"] == 1.0 > sum(base) / len(base)
+    assert method.report.lm_calls == len(task.splits["dev"])
+    assert method.report.usage.prompt_tokens > 0
+    # JSON round trip through the harness's loader: same prompts, same answers.
+    data = solver.to_json()
+    assert data["kind"] == "demos" and data["state"]["selector"]["state"]["embedder"] == "hash:128"
+    again = load_solver(data, lm=lm)
+    assert isinstance(again, DemoSolver)
+    a1 = solver.solve(task, task.splits["test"])
+    a2 = again.solve(task, task.splits["test"])
+    assert [a.prompt for a in a1] == [a.prompt for a in a2]
+    assert [a.output for a in a1] == ["negative", "positive"]
+    assert a1[0].meta["k"] == 2 and len(a1[0].meta["demos"]) == 2
+
+
+def test_k_chosen_on_dev_and_ties_prefer_fewer_demos() -> None:
+    task = toy_task()
+    lm = ScriptedLM(copy_last_demo)
+    method = KnnDemos(KnnDemosConfig(k_candidates=[1, 2, 4], try_balanced=True),
+                      resources=MethodResources(embedder=HashEmbedder(128)))
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    table = method.report.notes["candidates"]
+    assert len(table) == 6
+    best = max(r["dev_accuracy"] for r in table)
+    assert solver.k == min(r["k"] for r in table if r["dev_accuracy"] == best)
+
+
+def test_k_overrides_and_context_trimming() -> None:
+    task = toy_task()
+    lm = ScriptedLM(copy_last_demo)
+    lm.context_window = 40  # tiny window: demos must be dropped to fit
+    sel = KnnSelector(task.splits["train"], embedder=HashEmbedder(dim=128))
+    solver = DemoSolver(lm, sel, k=8, k_overrides={"te1": 1}, prompt_format="completion",
+                        max_tokens=4)
+    atts = solver.solve(task, task.splits["test"])
+    assert atts[1].meta["k"] <= 1
+    for a in atts:
+        assert lm.count_tokens(a.prompt) <= 40 - 4
+
+
+def test_bad_requests_are_method_errors() -> None:
+    task = toy_task()
+    gen = Task(name="gen", splits=task.splits, verifier=ExactVerifier())
+    with pytest.raises(MethodError, match=r"knn_demos.*balanced"):
+        KnnDemos(KnnDemosConfig(balanced=True),
+                 resources=MethodResources(embedder=HashEmbedder(64))).fit(
+            ZeroShot(ScriptedLM()), gen, gen.splits["train"])
+    with pytest.raises(MethodError, match=r"knn_demos.*no training examples"):
+        KnnDemos(resources=MethodResources(embedder=HashEmbedder(64))).fit(
+            ZeroShot(ScriptedLM()), task, [Example(id="x", input="a")])
+    with pytest.raises(MethodError, match="knn_demos: bad option 'kk'"):
+        build_method("knn_demos", {"kk": 3})
+    with pytest.raises(MethodError, match="knn_demos: bad option 'k'"):
+        build_method("knn_demos", {"k": 0})
