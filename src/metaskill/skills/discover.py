@@ -312,25 +312,34 @@ def parse_choices(text: str, catalog: Sequence[str], max_n: int = 3) -> list[str
         >>> parse_choices("Geometry.", ["algebra", "geometry"])
         ['geometry']
     """
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    joined = "_" + "_".join(words) + "_"
+    starts, pos = [], 1
+    for w in words:
+        starts.append(pos)
+        pos += len(w) + 1
+    hits: list[tuple[int, int, str]] = []  # (start, end, name)
+    for name in catalog:
+        at = joined.find(f"_{name}_")
+        if at >= 0:
+            hits.append((at + 1, at + 1 + len(name), name))
+    for w, at in zip(words, starts, strict=True):
+        if w.isdigit() and 1 <= int(w) <= len(catalog):
+            if not any(a <= at < b for a, b, _ in hits):
+                hits.append((at, at + len(w), catalog[int(w) - 1]))
+    if not hits:  # near-misses of names, e.g. "word sortings"
+        for n in range(4, 0, -1):
+            for i in range(len(words) - n + 1):
+                cand = "_".join(words[i : i + n])
+                if len(cand) > 3:
+                    close = difflib.get_close_matches(cand, catalog, n=1, cutoff=0.88)
+                    if close:
+                        hits.append((starts[i], starts[i] + len(cand), close[0]))
     picks: list[str] = []
-    lowered = text.lower()
-    for tok in re.findall(r"[a-z0-9_]+(?:[ -][a-z0-9_]+)*|\d+", lowered):
-        for part in [tok, *tok.split()]:
-            name: str | None = None
-            if part.isdigit() and 1 <= int(part) <= len(catalog):
-                name = catalog[int(part) - 1]
-            else:
-                snake = to_snake(part)
-                if snake in catalog:
-                    name = snake
-                elif len(snake) > 3:
-                    close = difflib.get_close_matches(snake, catalog, n=1, cutoff=0.88)
-                    name = close[0] if close else None
-            if name is not None and name not in picks:
-                picks.append(name)
-                break
-        if len(picks) >= max_n:
-            break
+    for _, _, name in sorted(hits):
+        if name not in picks:
+            picks.append(name)
+    picks = picks[:max_n]
     return picks or None
 
 

@@ -1,0 +1,262 @@
+"""Skill discovery: labels, metacognitive teacher (ScriptedLM), catalog, embedding-only."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from metaskill.core.errors import MetaskillError
+from metaskill.core.types import Example
+from metaskill.lm.cache import Cache
+from metaskill.lm.fake import ScriptedLM
+from metaskill.skills.book import SkillBook
+from metaskill.skills.discover import (
+    DiscoveryConfig,
+    discover,
+    discover_by_embedding,
+    discover_from_catalog,
+    discover_from_labels,
+    discover_metacognitive,
+    load_catalog,
+    parse_choices,
+    parse_skill_names,
+)
+from metaskill.skills.embed import HashEmbedder
+from metaskill.tasks.base import Task, Verdict, Verifier
+
+CFG = DiscoveryConfig(progress=False, n_skills=2, exemplars_per_skill=2)
+
+
+def _book() -> SkillBook:
+    return SkillBook(embedder=HashEmbedder(dim=128))
+
+
+def _examples() -> list[Example]:
+    return [
+        Example(id="p1", input="What is 12 plus 7?", answer="19"),
+        Example(id="p2", input="What is 40 plus 2?", answer="42"),
+        Example(id="p3", input="What is 3 plus 5?", answer="8"),
+        Example(id="s1", input="Sort alphabetically: pear apple fig", answer="apple fig pear"),
+        Example(id="s2", input="Sort alphabetically: dog cat", answer="cat dog"),
+        Example(id="BROKEN", input="BROKEN question", answer="?"),
+        Example(id="FLAKY", input="FLAKY plus question", answer="?"),
+    ]
+
+
+def _question(prompt: str) -> str:
+    m = re.search(r"Question:\n(.*?)\n", prompt, re.S)
+    return m.group(1) if m else ""
+
+
+def _pick(prompt: str, skill: str) -> str:
+    for line in prompt.splitlines():
+        m = re.match(r"(\d+)\. (\w+):", line)
+        if m and m.group(2) == skill:
+            return m.group(1)
+    return "none"
+
+
+def teacher_script(prompt: str, request) -> str:
+    """A teacher that answers the four kinds of discovery prompt."""
+    retry = "could not be read" in prompt or "Answer ONLY" in prompt
+    if "You are labelling the skills" in prompt:
+        q = _question(prompt)
+        if "BROKEN" in q:
+            return "I am sorry, I cannot help with that."
+        if "FLAKY" in q and not retry:
+            return "???"
+        if "plus" in q:
+            return "- Number addition: adding two numbers\n- adding_numbers_mentally: in the head"
+        return "1. word sorting: ordering words\n2. sorting words alphabetically: the alphabet"
+    if "These skill names were given" in prompt:
+        if "number_addition" in prompt:
+            return "adding_numbers: adding whole numbers together"
+        return "sorting_words: putting words in alphabetical order"
+    if "Which of the skills above" in prompt:
+        q = _question(prompt)
+        if "BROKEN" in q:
+            return "no idea"
+        return _pick(prompt, "adding_numbers" if "plus" in q else "sorting_words")
+    return "?"
+
+
+def test_parsers():
+    assert parse_skill_names('["Fraction addition", {"name": "ratios", "description": "r"}]') == [
+        ("fraction_addition", ""), ("ratios", "r")]
+    assert parse_skill_names("Skill 1: algebra\nSkill 2: counting") == [
+        ("algebra", ""), ("counting", "")]
+    assert parse_skill_names("skill_name: description") is None
+    assert parse_skill_names("a, b_c, d", max_n=2) == [("a", ""), ("b_c", "")]
+    assert parse_choices("3", ["a", "b"]) is None
+    assert parse_choices("1 and word_sorting", ["addition", "word_sorting"]) == [
+        "addition", "word_sorting"]
+
+
+def test_from_labels_with_hierarchy():
+    exs = [
+        Example(id="1", input="2+2", skills=["arithmetic/1_digit_addition"]),
+        Example(id="2", input="3+3", skills=["arithmetic/1_digit_addition"]),
+        Example(id="3", input="9-3", skills=["arithmetic/1_digit_subtraction"]),
+        Example(id="4", input="sort b a", skills=["Word Sorting"]),
+        Example(id="5", input="no label"),
+    ]
+    book = discover_from_labels(exs, _book(), task_name="mix", exemplars_per_skill=1)
+    assert set(book.names()) == {"arithmetic", "1_digit_addition", "1_digit_subtraction",
+                                 "word_sorting"}
+    assert book.get("1_digit_addition").parent == "arithmetic"
+    assert book.labels("1") == ["arithmetic", "1_digit_addition"]
+    assert book.get("arithmetic").stats.n_examples == 3
+    assert book.unlabelled() == ["5"]
+    assert len(book.get("1_digit_addition").exemplars) == 1
+    assert book.info()["discovery"]["source"] == "labels"
+    with pytest.raises(MetaskillError, match="carry no skill labels"):
+        discover_from_labels([Example(id="x", input="y")], _book())
+
+
+def test_metacognitive_discovery(tmp_path):
+    cache = Cache(tmp_path / "cache.sqlite")
+    teacher = ScriptedLM(teacher_script, cache=cache)
+    book = discover_metacognitive(_examples(), _book(), teacher, config=CFG, task_name="toy")
+    assert sorted(book.names()) == ["adding_numbers", "sorting_words"]
+    add = book.get("adding_numbers")
+    assert add.description == "adding whole numbers together"
+    assert set(add.metadata["members"]) == {"number_addition", "adding_numbers_mentally"}
+    assert add.metadata["named_by"] == "teacher"
+    assert book.examples_of("adding_numbers") == ["p1", "p2", "p3", "FLAKY"]
+    assert book.examples_of("sorting_words") == ["s1", "s2"]
+    # unparseable twice -> recorded unlabelled, never a crash
+    assert book.unlabelled() == ["BROKEN"]
+    rec = book.info()["discovery"]
+    assert rec["source"] == "metacognitive" and rec["raw_names"] == 4
+    assert rec["teacher_log"]["retries"] == 3  # BROKEN and FLAKY in step a, BROKEN in step d
+    assert rec["teacher_log"]["unparseable"] == 2
+    # the BROKEN example was asked exactly twice in step (a): first try + one retry
+    broken_label_calls = [p for p in teacher.calls
+                          if "You are labelling" in p and "BROKEN question" in p]
+    assert len(broken_label_calls) == 2
+    # every call went through the LM cache: a second run asks the backend nothing
+    n = len(teacher.calls)
+    again = discover_metacognitive(_examples(), _book(), teacher, config=CFG)
+    assert len(teacher.calls) == n
+    assert again.all_labels() == book.all_labels()
+
+
+def test_metacognitive_threshold_and_fallback_names():
+    def script(prompt, request):
+        if "These skill names were given" in prompt:
+            return "!!!"  # cluster naming fails -> most frequent member name
+        return teacher_script(prompt, request)
+
+    cfg = DiscoveryConfig(progress=False, distance_threshold=0.05)
+    book = discover_metacognitive(_examples(), _book(), ScriptedLM(script), config=cfg)
+    assert len(book) == 4  # nothing merges at a tiny threshold
+    assert all(s.metadata["named_by"] == "fallback" for s in book.skills())
+    assert "number_addition" in book.names()
+
+
+def test_metacognitive_all_unparseable_is_a_clear_error():
+    with pytest.raises(MetaskillError, match="no readable skill names"):
+        discover_metacognitive(_examples(), _book(), ScriptedLM(default="Sorry, I cannot do that."),
+                               config=CFG)
+
+
+def test_teacher_exceptions_do_not_crash():
+    class Flaky(ScriptedLM):
+        def _complete(self, requests):
+            if any("FLAKY" in self.prompt_of(r) for r in requests):
+                raise RuntimeError("boom")
+            return super()._complete(requests)
+
+    book = discover_metacognitive(_examples(), _book(), Flaky(teacher_script), config=CFG)
+    assert "FLAKY" in book.unlabelled() and "p1" not in book.unlabelled()
+
+
+def test_catalog_mode(tmp_path):
+    cat = tmp_path / "catalog.yaml"
+    cat.write_text(
+        "skills:\n"
+        "  - name: Adding Numbers\n    description: adding whole numbers together\n"
+        "  - name: sorting_words\n    description: putting words in alphabetical order\n"
+        "  - name: geometry\n    description: shapes and angles\n"
+    )
+    teacher = ScriptedLM(teacher_script)
+    book = discover_from_catalog(_examples(), _book(), teacher, cat,
+                                 config=DiscoveryConfig(progress=False))
+    assert book.names() == ["adding_numbers", "sorting_words", "geometry"]
+    assert book.examples_of("adding_numbers") == ["p1", "p2", "p3", "FLAKY"]
+    assert book.get("geometry").stats.n_examples == 0
+    assert book.unlabelled() == ["BROKEN"]
+    # the teacher never invents names in catalog mode: it is only asked to pick
+    assert not any("You are labelling" in p for p in teacher.calls)
+    assert book.get("adding_numbers").source == "catalog"
+
+
+def test_catalog_shortlist_for_long_catalogs():
+    entries = [{"name": f"filler_skill_{i}", "description": f"unrelated topic {i}"}
+               for i in range(30)]
+    from metaskill.skills.discover import CatalogEntry
+
+    cat = [CatalogEntry(**e) for e in entries] + [
+        CatalogEntry(name="adding_numbers", description="what is a number plus a number")]
+    teacher = ScriptedLM(teacher_script)
+    cfg = DiscoveryConfig(progress=False, shortlist=5)
+    book = discover_from_catalog(_examples()[:3], _book(), teacher, cat, config=cfg)
+    assert book.examples_of("adding_numbers") == ["p1", "p2", "p3"]
+    pick_prompts = [p for p in teacher.calls if "Which of the skills" in p]
+    assert all(len(re.findall(r"^\d+\. ", p, re.M)) == 5 for p in pick_prompts)
+
+
+def test_load_catalog_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("algebra: equations\ngeometry: shapes\n")
+    assert [e.name for e in load_catalog(p)] == ["algebra", "geometry"]
+    p.write_text("- description: no name\n")
+    with pytest.raises(MetaskillError, match="no name"):
+        load_catalog(p)
+    p.write_text("- a\n- A\n")
+    with pytest.raises(MetaskillError, match="duplicate"):
+        load_catalog(p)
+    p.write_text("[unclosed")
+    with pytest.raises(MetaskillError, match="not valid YAML"):
+        load_catalog(p)
+    with pytest.raises(MetaskillError, match="not found"):
+        load_catalog(tmp_path / "nope.yaml")
+
+
+def test_embedding_discovery():
+    exs = [Example(id=f"a{i}", input=f"apple banana fruit salad number {i}") for i in range(6)]
+    exs += [Example(id=f"c{i}", input=f"engine wheels car garage number {i}") for i in range(6)]
+    book = discover_by_embedding(exs, _book(), n_skills=2)
+    assert len(book) == 2
+    groups = [set(book.examples_of(n)) for n in book.names()]
+    assert {f"a{i}" for i in range(6)} in groups and {f"c{i}" for i in range(6)} in groups
+    names = " ".join(book.names())
+    assert "apple" in names or "banana" in names or "fruit" in names
+    assert not book.unlabelled()
+    book2 = discover_by_embedding(exs, _book(), distance_threshold=0.8)
+    assert len(book2) >= 2
+
+
+class _Exact(Verifier):
+    name = "exact"
+
+    def verify(self, output, example):
+        ok = output.strip() == (example.answer or "")
+        return Verdict(score=float(ok), parsed=output.strip())
+
+
+def test_discover_dispatch():
+    labelled = [e.model_copy(update={"skills": ["addition" if "plus" in e.text else "sorting"]})
+                for e in _examples()]
+    task = Task(name="toy", splits={"train": labelled}, verifier=_Exact())
+    assert discover(task, _book()).info()["discovery"]["source"] == "labels"
+    assert discover(task, _book(), teacher=ScriptedLM(teacher_script),
+                    config=CFG).info()["discovery"]["source"] == "metacognitive"
+    plain = Task(name="plain", splits={"train": _examples()}, verifier=_Exact())
+    book = discover(plain, _book(), n_skills=2, limit=5)
+    assert book.info()["discovery"]["source"] == "embedding" and len(book.example_ids()) == 5
+    with pytest.raises(MetaskillError, match="needs a teacher"):
+        discover(plain, _book(), source="catalog")
+    with pytest.raises(MetaskillError, match="has no split"):
+        discover(plain, _book(), split="validation")
