@@ -1,0 +1,118 @@
+"""raml: label fusion of LM likelihoods and retrieved neighbours, fitted on dev."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from metaskill.core.errors import MethodError
+from metaskill.core.types import Example
+from metaskill.eval.solvers import ZeroShot, load_solver
+from metaskill.lm.fake import ScriptedLM
+from metaskill.methods.compose import MethodResources, fit_chain
+from metaskill.methods.raml import Raml, RamlConfig, RamlSolver, fuse
+from metaskill.skills.embed import HashEmbedder
+from metaskill.tasks.base import Task
+from metaskill.tasks.verifiers import ExactVerifier, LabelVerifier
+
+POS = ["great acting", "lovely music", "great story", "wonderful cast", "lovely film",
+       "great ending"]
+NEG = ["awful plot", "boring scenes", "awful dialogue", "dull pacing", "boring film",
+       "awful ending"]
+
+
+def toy_task() -> Task:
+    train = [Example(id=f"p{i}", input=t, answer="positive") for i, t in enumerate(POS)]
+    train += [Example(id=f"n{i}", input=t, answer="negative") for i, t in enumerate(NEG)]
+    dev = [Example(id="d0", input="great finale", answer="positive"),
+           Example(id="d1", input="awful finale", answer="negative"),
+           Example(id="d2", input="boring finale", answer="negative"),
+           Example(id="d3", input="lovely finale", answer="positive"),
+           Example(id="d4", input="dull finale", answer="negative"),
+           Example(id="d5", input="wonderful finale", answer="positive")]
+    return Task(name="toy", splits={"train": train, "dev": dev, "test": dev},
+                template="Review: {input}\nSentiment:", labels=["negative", "positive"],
+                kind="classification", verifier=LabelVerifier(labels=["negative", "positive"]))
+
+
+def biased_scores(prompt: str, cont: str) -> float:
+    """An LM that knows 'awful' and 'boring' are negative but leans to 'positive' otherwise."""
+    question = prompt.rsplit("Review:", 1)[-1]
+    neg = any(w in question for w in ("awful", "boring"))
+    if cont.strip() == "negative":
+        return -0.5 if neg else -2.0
+    return -1.0
+
+
+def resources() -> MethodResources:
+    return MethodResources(embedder=HashEmbedder(dim=256))
+
+
+def test_fuse_endpoints() -> None:
+    lm = np.array([[0.9, 0.1]])
+    ret = np.array([[0.2, 0.8]])
+    assert np.allclose(fuse(lm, ret, 0.0), lm, atol=1e-6)
+    assert np.allclose(fuse(lm, ret, 1.0), ret, atol=1e-6)
+    prior = np.array([0.75, 0.25])
+    assert fuse(lm, ret, 0.0, prior)[0, 0] < 0.9  # calibration lowers the favoured label
+
+
+def test_fit_reports_three_accuracies_and_picks_weight_on_dev() -> None:
+    task = toy_task()
+    lm = ScriptedLM(scores=biased_scores)
+    method = Raml(RamlConfig(k_neighbours=4, calibrate=False), resources=resources())
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    notes = method.report.notes
+    # The LM misses 'dull' (leans positive); retrieval knows 'dull pacing' is negative.
+    assert notes["dev_accuracy_lm_only"] == pytest.approx(5 / 6)
+    assert notes["dev_accuracy_fused"] >= max(notes["dev_accuracy_lm_only"],
+                                              notes["dev_accuracy_retrieval_only"])
+    grid = {r["weight"]: r["dev_accuracy"] for r in notes["grid"]}
+    assert grid[0.0] == notes["dev_accuracy_lm_only"]
+    assert grid[1.0] == notes["dev_accuracy_retrieval_only"]
+    assert solver.weight == notes["weight"]
+    assert method.report.lm_calls == len(task.splits["dev"])
+    assert method.report.usage.prompt_tokens > 0
+    # Every attempt keeps the three predictions.
+    atts = solver.solve(task, task.splits["test"])
+    for a in atts:
+        assert {"pred_lm", "pred_retrieval", "pred_fused"} <= set(a.meta)
+        assert a.output == a.meta["pred_fused"]
+    assert [a.meta["pred_lm"] for a in atts].count("positive") == 4
+
+
+def test_round_trip_gives_identical_answers() -> None:
+    task = toy_task()
+    lm = ScriptedLM(scores=biased_scores)
+    result = fit_chain(ZeroShot(lm), task, task.splits["train"], task.splits["dev"],
+                       [("raml", {"k_neighbours": 4})], resources=resources())
+    solver = result.solver
+    data = solver.to_json()
+    assert data["kind"] == "raml"
+    again = load_solver(data, lm=lm)
+    assert isinstance(again, RamlSolver)
+    assert again.weight == solver.weight and again.prior == solver.prior
+    a1 = solver.solve(task, task.splits["test"])
+    a2 = again.solve(task, task.splits["test"])
+    assert [a.meta["p_fused"] for a in a1] == [a.meta["p_fused"] for a in a2]
+
+
+def test_prompt_demos_inherited_from_knn_demos() -> None:
+    task = toy_task()
+    lm = ScriptedLM(scores=biased_scores)
+    result = fit_chain(ZeroShot(lm), task, task.splits["train"], task.splits["dev"],
+                       ["knn_demos", "raml"], options={"k": 2}, resources=resources())
+    assert result.methods == ["knn_demos", "raml"]
+    assert result.solver.k == 2 and result.reports[1].notes["k"] == 2
+    att = result.solver.solve(task, task.splits["test"][:1])[0]
+    assert att.meta["k"] == 2 and att.prompt.count("Review:") == 3
+
+
+def test_generative_task_is_a_clear_error() -> None:
+    task = toy_task()
+    gen = Task(name="qa", splits=task.splits, verifier=ExactVerifier())
+    with pytest.raises(MethodError, match=r"raml: needs a classification task.*'qa'"):
+        Raml(resources=resources()).fit(ZeroShot(ScriptedLM()), gen, gen.splits["train"],
+                                        gen.splits["dev"])
+    with pytest.raises(MethodError, match=r"raml: needs dev examples"):
+        Raml(resources=resources()).fit(ZeroShot(ScriptedLM()), task, task.splits["train"], [])
