@@ -27,11 +27,19 @@ from metaskill.core.types import Example
 
 
 class Verdict(BaseModel):
-    """A verifier's judgement of one output."""
+    """A verifier's judgement of one output.
+
+    Attributes:
+        score: in [0, 1].
+        reason: a short reason, one line.
+        parsed: the answer the verifier parsed from the output (None if none).
+        meta: anything longer (an LM judge's full critique, a program's stderr).
+    """
 
     score: float = Field(ge=0.0, le=1.0)
     reason: str = ""
     parsed: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
 
 
 class Verifier(ABC):
@@ -41,7 +49,12 @@ class Verifier(ABC):
 
     @abstractmethod
     def verify(self, output: str, example: Example) -> Verdict:
-        """Judge ``output`` (the model's text) against ``example``'s reference."""
+        """Judge ``output`` (the model's text) against ``example``'s reference.
+
+        May raise (a crashing scorer, a broken judge LM): the harness catches the
+        exception and records the example as failed, or use
+        :func:`metaskill.tasks.verifiers.safe_verify` to turn it into a score-0 Verdict.
+        """
 
     def verify_batch(self, outputs: list[str], examples: list[Example]) -> list[Verdict]:
         """Judge many outputs; verifiers that batch (an LM judge) override this."""
