@@ -151,6 +151,8 @@ def _records(
         else:
             v = verdicts[i]
             rec.score, rec.reason, rec.parsed = float(v.score), v.reason, v.parsed
+            if getattr(v, "meta", None):
+                rec.meta["verdict"] = v.meta
         out.append(rec)
     return out
 

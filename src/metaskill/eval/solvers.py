@@ -467,7 +467,10 @@ def load_solver(
             f"{where} has schema_version {version}; this metaskill reads up to "
             f"{SCHEMA_VERSION}. Upgrade metaskill."
         )
-    cls = SOLVERS.get(str(data["kind"]))
+    kind = str(data["kind"])
+    if kind not in SOLVERS:
+        _discover_solver_kinds()
+    cls = SOLVERS.get(kind)
     if lm is None:
         spec = data.get("model")
         if not spec:
@@ -478,6 +481,22 @@ def load_solver(
             lm_loader = load_lm
         lm = lm_loader(str(spec))
     return cls.from_state(dict(data.get("state") or {}), lm)
+
+
+def _discover_solver_kinds() -> None:
+    """Let installed method packages register their Solver kinds (lazy ``module:Class``).
+
+    ``metaskill.methods`` registers the kinds its methods produce into :data:`SOLVERS` when
+    imported; importing it only here, when a JSON names a kind not yet known, keeps the
+    eval layer free of a static dependency on the methods layer.
+    """
+    import importlib
+
+    try:
+        importlib.import_module("metaskill.methods")
+    except ModuleNotFoundError as e:
+        if e.name != "metaskill.methods":
+            raise
 
 
 def save_solver(solver: Solver, path: str | Path) -> Path:
