@@ -19,8 +19,36 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
+from metaskill.core.errors import InvalidParameterError
 from metaskill.core.types import Completion, Message, Request, Sample, Usage
 from metaskill.lm.cache import Cache, stable_hash
+
+
+def as_request(obj: Request | dict[str, Any]) -> Request:
+    """Validate ``obj`` into a :class:`Request`; bad fields raise a one-line error.
+
+    Raises:
+        InvalidParameterError: a field is out of range or of the wrong type.
+
+    Example:
+        >>> as_request({"prompt": "hi", "temperature": -1})
+        Traceback (most recent call last):
+        ...
+        metaskill.core.errors.InvalidParameterError: temperature must be in [0, 5], got -1.0.
+    """
+    if isinstance(obj, Request):
+        return obj
+    try:
+        return Request(**obj)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            loc = ".".join(str(x) for x in err.get("loc", ()))
+            msgs.append(f"{loc}: {msg}" if loc else msg)
+        raise InvalidParameterError("; ".join(msgs)) from None
 
 
 class LM(ABC):
@@ -63,21 +91,27 @@ class LM(ABC):
             cache: set False to bypass the cache for this call (neither read nor written).
 
         Returns:
-            One Completion per request. Cached ones have ``cached=True`` and the usage
-            the backend originally reported.
+            One Completion per request. Cached ones have ``cached=True``, the usage the
+            backend originally reported, and ``latency_s`` = the time the lookup took.
+
+        Raises:
+            InvalidParameterError: a request (given as a dict) has invalid fields.
         """
-        reqs = [r if isinstance(r, Request) else Request(**r) for r in requests]
+        reqs = [as_request(r) for r in requests]
         out: list[Completion | None] = [None] * len(reqs)
         use_cache = cache and self.cache is not None
         keys = [self.request_key(r) for r in reqs] if use_cache else []
         if use_cache:
             assert self.cache is not None
+            t0 = time.perf_counter()
             hits = self.cache.get_many(keys)
-            for i, k in enumerate(keys):
-                if k in hits:
-                    c = Completion.model_validate(hits[k])
-                    c.cached = True
-                    out[i] = c
+            found = [i for i, k in enumerate(keys) if k in hits]
+            per_hit = (time.perf_counter() - t0) / max(1, len(found))
+            for i in found:
+                c = Completion.model_validate(hits[keys[i]])
+                c.cached = True
+                c.latency_s = per_hit  # what serving it took now; usage stays the original
+                out[i] = c
         todo = [i for i, c in enumerate(out) if c is None]
         gen = [i for i in todo if reqs[i].choices is None]
         chosen = [i for i in todo if reqs[i].choices is not None]
@@ -86,7 +120,7 @@ class LM(ABC):
             for i, c in zip(gen, results, strict=True):
                 out[i] = c
         for i in chosen:
-            out[i] = self._complete_choice(reqs[i])
+            out[i] = self._complete_choice(reqs[i], cache=cache)
         if use_cache and todo:
             assert self.cache is not None
             self.cache.put_many(
@@ -159,18 +193,18 @@ class LM(ABC):
         assert request.messages is not None
         return self.render_chat(request.messages)
 
-    def _complete_choice(self, request: Request) -> Completion:
+    def _complete_choice(self, request: Request, cache: bool = True) -> Completion:
         """Answer a ``choices`` request by ranking the choices with :meth:`score`."""
         assert request.choices is not None
         t0 = time.perf_counter()
         prompt = self.prompt_of(request)
-        values = self.score(prompt, list(request.choices))
+        values = self.score(prompt, list(request.choices), cache=cache)
         best = max(range(len(values)), key=values.__getitem__)
         n_prompt = self.count_tokens(prompt)
         n_choice = sum(self.count_tokens(c) for c in request.choices)
         return Completion(
             samples=[Sample(text=request.choices[best], finish_reason="choice",
-                            logprobs=[values[best]])] * request.n,
+                            logprobs=[values[best]]) for _ in range(request.n)],
             usage=Usage(prompt_tokens=n_prompt + n_choice, completion_tokens=0),
             latency_s=time.perf_counter() - t0,
         )

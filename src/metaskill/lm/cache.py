@@ -102,6 +102,18 @@ class Cache:
             conn.execute("ROLLBACK")
             raise
 
+    def delete(self, keys: list[str]) -> int:
+        """Delete the entries under ``keys``; returns how many existed."""
+        conn = self._conn()
+        n = 0
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            cur = conn.execute(
+                f"DELETE FROM entries WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            )
+            n += cur.rowcount
+        return n
+
     def stats(self) -> dict[str, Any]:
         """Entry counts per model, total entries and file size in bytes."""
         conn = self._conn()
