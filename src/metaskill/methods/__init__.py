@@ -54,6 +54,9 @@ SOLVER_KINDS = {
     "raml": "metaskill.methods.raml:RamlSolver",
     "self_consistency": "metaskill.methods.self_consistency:SelfConsistencySolver",
     "self_refine": "metaskill.methods.self_refine:SelfRefineSolver",
+    "adaptmi": "metaskill.methods.adaptmi:AdaptMISolver",
+    "meta_prompting": "metaskill.methods.meta_prompting:MetaPromptingSolver",
+    "multi_critique": "metaskill.methods.multi_critique:MultiCritiqueSolver",
 }
 
 

@@ -49,7 +49,6 @@ from pydantic import Field, model_validator
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver
-from metaskill.eval.solvers import register_solver
 from metaskill.methods.base import FitReport, Method, MethodConfig
 from metaskill.methods.compose import MethodResources
 from metaskill.methods.demos import (
@@ -120,7 +119,6 @@ def parse_skill_names(text: str, candidates: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------
 # The Solver
 # ---------------------------------------------------------------------------------------
-@register_solver
 class AdaptMISolver(Solver):
     """Answer plainly; re-ask only the inputs a reference-free gate calls hard.
 

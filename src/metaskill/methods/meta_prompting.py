@@ -53,7 +53,6 @@ from pydantic import Field
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver
-from metaskill.eval.solvers import register_solver
 from metaskill.methods.base import FitReport, Method, MethodConfig
 from metaskill.methods.compose import MethodResources
 from metaskill.methods.demos import run_solver
@@ -127,7 +126,6 @@ class _Episode:
     trace: list[dict[str, str]] = field(default_factory=list)
 
 
-@register_solver
 class MetaPromptingSolver(Solver):
     """A conductor LM that consults expert instances of itself and a Python sandbox.
 

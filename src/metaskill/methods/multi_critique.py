@@ -44,7 +44,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Usage
 from metaskill.eval.solver import Attempt, Solver
-from metaskill.eval.solvers import register_solver
 from metaskill.methods.base import FitReport, Method, MethodConfig
 from metaskill.methods.compose import MethodResources
 from metaskill.methods.demos import run_solver
@@ -109,7 +108,6 @@ def question_text(task: Any, example: Example) -> str:
     return f"{head}\n\n{task.render(example)}{tail}".strip()
 
 
-@register_solver
 class MultiCritiqueSolver(Solver):
     """Answer, gather several critiques, aggregate them, refine once.
 
