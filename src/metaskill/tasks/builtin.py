@@ -152,6 +152,10 @@ def _classification_task(
     licence: str,
     extra_meta: dict[str, Any] | None = None,
 ) -> Task:
+    for s in plan:
+        if s.stop is not None and s.stop <= s.start:
+            raise TaskError(f"split '{s.split}' of task '{name}' would be empty; "
+                            f"give n_{s.split} >= 1.")
     recs, counts, origin = load_plan(name, plan, seed, path)
     splits: dict[str, list[Example]] = {}
     for split, rs in recs.items():
