@@ -177,5 +177,7 @@ def export(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``tasks`` verb group to the root app."""
+    """Add the ``tasks`` verb group to the root app, and register the user's task files
+    (``$METASKILL_HOME/tasks/*.yaml``) so every verb (``eval --task NAME`` too) sees them."""
     app.add_typer(tasks_app, name="tasks")
+    _registry()

@@ -9,8 +9,10 @@ Used by the code-execution Verifier and by methods that execute model-written co
   no script directory on ``sys.path``) and, by default, ``-S`` too (no site-packages:
   the standard library only; pass ``site_packages=True`` to allow installed packages).
   The environment is replaced by a minimal one (no inherited secrets).
-* **Resources.** ``resource.setrlimit``: address space (``mem_mb``), CPU seconds, the size
-  of any file written (``file_mb``), open files, no core dumps. Wall time is enforced by
+* **Resources.** ``resource.setrlimit`` (set by the child before the code runs, soft and
+  hard, so they cannot be raised; no ``preexec_fn``, so it is safe to call from threads):
+  address space (``mem_mb``), CPU seconds, the size of any file written (``file_mb``),
+  open files, no core dumps. Wall time is enforced by
   the parent, which kills the child's whole process group.
 * **Network.** If ``unshare`` can create a network namespace (``unshare -rn``, or ``-n``
   as root), the child runs in one with no interfaces but a down loopback: no network.
@@ -38,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import signal
@@ -107,6 +110,17 @@ def _metaskill_sandbox(root):
         elif event == "import" and args and args[0] in ("_posixsubprocess",):
             raise ImportError(f"sandbox: importing {args[0]} is not allowed")
     sys.addaudithook(hook)
+def _metaskill_limits(mem_mb, cpu_s, file_mb):
+    import resource
+    for what, value in ((resource.RLIMIT_AS, mem_mb << 20), (resource.RLIMIT_CPU, cpu_s),
+                        (resource.RLIMIT_FSIZE, file_mb << 20), (resource.RLIMIT_NOFILE, 64),
+                        (resource.RLIMIT_CORE, 0)):
+        try:
+            resource.setrlimit(what, (value, value))
+        except (ValueError, OSError):
+            pass
+_metaskill_limits(*(int(a) for a in sys.argv[1:4]))
+del _metaskill_limits
 _root = os.getcwd()
 _metaskill_sandbox(_root)
 del _metaskill_sandbox
@@ -180,25 +194,6 @@ def network_isolation_prefix() -> tuple[str, ...]:
     return ()
 
 
-def _limits(mem_mb: int, cpu_s: int, file_mb: int):
-    def apply() -> None:
-        import resource
-
-        def set_(what: int, value: int) -> None:
-            try:
-                resource.setrlimit(what, (value, value))
-            except (ValueError, OSError):
-                pass
-
-        set_(resource.RLIMIT_AS, mem_mb * 1024 * 1024)
-        set_(resource.RLIMIT_CPU, cpu_s)
-        set_(resource.RLIMIT_FSIZE, file_mb * 1024 * 1024)
-        set_(resource.RLIMIT_NOFILE, 64)
-        set_(resource.RLIMIT_CORE, 0)
-
-    return apply
-
-
 def run_code(
     code: str,
     timeout_s: float = 10.0,
@@ -245,7 +240,8 @@ def run_code(
         target.write_text(content, encoding="utf-8")
     (workdir / "main.py").write_text(code, encoding="utf-8")
     flags = ["-I"] if site_packages else ["-I", "-S"]
-    cmd = [python or sys.executable, *flags, "-c", _BOOT]
+    limits = [str(mem_mb), str(max(1, math.ceil(timeout_s))), str(file_mb)]
+    cmd = [python or sys.executable, *flags, "-c", _BOOT, *limits]
     isolation = ["tempdir", "python-isolated", "rlimits", "audit-hook"]
     if not site_packages:
         isolation.append("no-site-packages")
@@ -274,7 +270,6 @@ def run_code(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_limits(mem_mb, max(1, int(timeout_s + 0.999)), file_mb),
         )
     except OSError as e:
         shutil.rmtree(workdir, ignore_errors=True)
