@@ -124,6 +124,9 @@ def test_numeric_gsm8k_and_tolerance() -> None:
     ("$x = 2\\sqrt{2}$", "\\sqrt{8}", True),
     ("\\boxed{3}", "4", False),
     ("The final answer is $\\boxed{10\\%}$", "10", True),
+    ("The total is \\boxed{32348}", "\\$32,\\!348", True),
+    ("so \\boxed{3\\sqrt{13}}", "3\\sqrt{13}", True),
+    ("\\boxed{3}", "3\\sqrt{13}", False),
 ])
 def test_math_verify_equivalences(output: str, gold: str, ok: bool) -> None:
     pytest.importorskip("math_verify")

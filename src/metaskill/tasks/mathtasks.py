@@ -145,7 +145,8 @@ def load_math(
         levels: keep only these levels (1-5).
 
     The verifier is math-equivalence (``math-verify``). Train files are pooled in sorted
-    subject order before the permutation; ids are the dataset's ``unique_id``.
+    subject order before the permutation; ids are the dataset's ``unique_id``. Records
+    without a reference answer (4 in MATH train) are dropped and listed in the metadata.
     """
     if subset not in ("math500", "full"):
         raise TaskError(f"math subset must be 'math500' or 'full', got '{subset}'.")
@@ -167,8 +168,9 @@ def load_math(
         ok = subjects is None or subject_skill(str(r.data.get("subject", ""))) in subjects
         return ok and (levels is None or _level(r.data.get("level")) in levels)
 
-    train_recs = [r for r in train_recs if keep(r)]
-    test_recs = [r for r in test_recs if keep(r)]
+    no_answer = [r.id for r in train_recs + test_recs if r.data.get("answer") in (None, "")]
+    train_recs = [r for r in train_recs if keep(r) and r.data.get("answer") not in (None, "")]
+    test_recs = [r for r in test_recs if keep(r) and r.data.get("answer") not in (None, "")]
     test_name = "math500_test.jsonl" if subset == "math500" else "test/*.jsonl"
     counts = {"train/*.jsonl": len(train_recs), test_name: len(test_recs)}
     plan = _train_test_plan("train/*.jsonl", test_name, n_train, n_dev, n_test)
@@ -190,7 +192,8 @@ def load_math(
     splits = {sp: [ex(src[sp][i]) for i in idx[sp]] for sp in ("train", "dev", "test")}
     proto = protocol_metadata(plan, counts, seed, pooling="train/ and test/ files are "
                               "concatenated in sorted file-name order, then filtered by "
-                              "subjects/levels, before the permutation")
+                              "subjects/levels, before the permutation; records without an "
+                              "answer are dropped", dropped_no_answer=no_answer)
     return Task(
         name="math" if subset == "full" else "math500", version="1",
         description="MATH competition problems" + (" (MATH-500 test)" if subset == "math500"

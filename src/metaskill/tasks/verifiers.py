@@ -294,12 +294,18 @@ class MathVerifier(_Spec):
         except ImportError:
             raise TaskError("the 'math' verifier needs math-verify; pip install math-verify"
                             ) from None
-        gold_text = example.answer or ""
-        if "$" not in gold_text and "\\boxed" not in gold_text:
-            gold_text = f"${gold_text}$"
+        ref = (example.answer or "").strip()
         main = threading.current_thread() is threading.main_thread()
         timeout = self.timeout_s if main else None
-        gold = parse(gold_text, parsing_timeout=timeout)
+        # A bare reference ("\\frac{1}{2}", "\\$32,\\!348") parses best inside $...$;
+        # one that is already boxed or delimited parses as it is.
+        tries = [ref] if ref.startswith("$") or "\\boxed" in ref else [
+            f"${ref}$", f"\\boxed{{{ref}}}", ref]
+        gold: list[Any] = []
+        for text in tries:
+            gold = parse(text, parsing_timeout=timeout)
+            if gold:
+                break
         if not gold:
             raise TaskError(f"math-verify cannot parse the reference of example "
                             f"'{example.id}': {_clip(example.answer or '', 60)!r}")
