@@ -292,8 +292,11 @@ class LlamaLM(LM):
         )
         if self.lora_path is not None:
             kwargs.update(lora_path=str(self.lora_path), lora_scale=self.lora_scale)
+        from llama_cpp._utils import suppress_stdout_stderr
+
         try:
-            with _model_defaults(self.extra_bufts):
+            # verbose=False still lets a few load-time notices through; silence them.
+            with _model_defaults(self.extra_bufts), suppress_stdout_stderr(disable=False):
                 return llama_cpp.Llama(**kwargs)
         except ValueError as e:
             raise ModelNotFoundError(
@@ -516,3 +519,23 @@ class LlamaLM(LM):
                 lse = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
                 total += float((rows[np.arange(len(targets)), targets] - lse).sum())
         return total
+
+
+# ---- serving -----------------------------------------------------------------------------
+def serve(argv: Sequence[str] | None = None) -> None:
+    """Run ``python -m llama_cpp.server`` with the same AMX-safe loading as :class:`LlamaLM`.
+
+    ``python -m metaskill.lm.llama --model PATH --host 127.0.0.1 --port 8000`` takes exactly
+    llama_cpp.server's arguments. On CPUs that advertise AMX, llama.cpp's extra buffer types
+    are turned off (see :class:`LlamaLM`), since ggml's AMX kernels crash on some VMs.
+    """
+    import runpy
+    import sys
+
+    sys.argv = ["llama_cpp.server", *(sys.argv[1:] if argv is None else argv)]
+    with _model_defaults(extra_bufts=not _cpu_has_amx()):
+        runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    serve()
