@@ -19,7 +19,7 @@ $(VENV)/.run-deps: $(PY) pyproject.toml
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.run-deps pyproject.toml
-	$(PIP) install -q -e '.[local,embed,tasks,serve,train,dev]'
+	$(PIP) install -q -e '.[local,embed,tasks,serve,train,hf,dev]'
 	touch $@
 
 run: $(VENV)/.run-deps
