@@ -65,6 +65,15 @@ def find_run(store: RunStore, task: Any, solver_json: dict[str, Any], model: str
     return None
 
 
+def _deadline(hhmm: str | None) -> float | None:
+    if not hhmm:
+        return None
+    h, m = (int(x) for x in hhmm.split(":"))
+    now = time.gmtime()
+    t = time.mktime((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0, 0, 0, 0))
+    return t - time.timezone  # mktime reads local time; we gave UTC
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="local")
@@ -77,6 +86,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="llama.cpp threads (1: on a shared 2-core machine, 2 threads "
                          "contend with other jobs and run ~10x slower)")
+    ap.add_argument("--chunk", type=int, default=48,
+                    help="examples per solver per round-robin pass")
+    ap.add_argument("--deadline", default=None,
+                    help="UTC time HH:MM after which no new slice starts (runs stay resumable)")
     ap.add_argument("--report-only", action="store_true",
                     help="evaluate nothing; write the table from the stored runs")
     args = ap.parse_args()
@@ -85,28 +98,33 @@ def main() -> None:
     lm = None if args.report_only else load_lm(args.model, cache=False, **(
         {"n_threads": args.threads} if args.model.startswith(("local", "gguf")) else {}))
     tasks = {name: get_task(name) for name in args.tasks.split(",")}
-    plan = [(name, label, make) for phase in range(5) for name in tasks
-            for i, (label, make) in enumerate(configs(name)) if i == phase]
+    plan = [(name, label, make(lm, tasks[name])) for name in tasks
+            for label, make in configs(name)]
     results: dict[tuple[str, str], Run] = {}
-    for name, label, make in plan:  # cheap solvers first on every task, then 4-, 8-shot
-        task = tasks[name]
-        solver = make(lm, task)
-        prev = find_run(store, task, solver.to_json(), args.model, args.limit)
-        if args.report_only or (prev is not None and prev.status == "done"):
-            if prev is None:
+    deadline = _deadline(args.deadline)
+    # Round robin in slices of --chunk examples, so that every solver has results when the
+    # deadline stops the work; every slice is committed and the next pass resumes it.
+    while True:
+        progressed = False
+        for name, label, solver in plan:
+            task = tasks[name]
+            prev = find_run(store, task, solver.to_json(), args.model, args.limit)
+            if args.report_only or (prev is not None and prev.status == "done") or (
+                    deadline is not None and time.time() > deadline):
+                if prev is not None:
+                    results[(name, label)] = store.get(prev.id)
                 continue
-            run = store.get(prev.id)
-            print(f"{name:8s} {label:38s} stored {run.id} ({run.status})", flush=True)
-        else:
-            print(f"{name:8s} {label:38s} " + (f"resume {prev.id}" if prev else "new"),
-                  flush=True)
             run = evaluate(solver, task, "test", limit=args.limit, seed=0, store=store,
                            resume=prev.id if prev else None, batch_size=args.batch_size,
-                           progress=sys.stderr.isatty())
-        print(f"{'':8s} {'':38s} acc {pct(run.accuracy)} {interval_text(*run.interval)} "
-              f"n={run.n} tokens={run.totals.tokens} wall={human_seconds(run.totals.wall_s)}",
-              flush=True)
-        results[(name, label)] = run
+                           progress=sys.stderr.isatty(), max_new=args.chunk)
+            progressed = True
+            results[(name, label)] = run
+            print(f"{time.strftime('%H:%M:%S')} {name:8s} {label:38s} n={run.n:3d}/"
+                  f"{len(run.selection)} acc {pct(run.accuracy)} "
+                  f"{interval_text(*run.interval)} tokens={run.totals.tokens} "
+                  f"wall={human_seconds(run.totals.wall_s)}", flush=True)
+        if not progressed:
+            break
     if lm is not None:
         lm.close()
     rows = [(name, label, results[(name, label)]) for name in tasks
@@ -127,7 +145,10 @@ def main() -> None:
         "95%. Tokens = prompt + completion tokens over the whole split, as llama.cpp "
         "counted them (likelihood: prompt once plus each label). Wall = seconds in the "
         "harness on a shared 2-core machine (other jobs were running): compare within a "
-        "table, not across machines.",
+        "table, not across machines. The solvers are evaluated round robin in slices of "
+        f"{args.chunk} examples until a deadline; a row with `n of 300` is an unfinished "
+        "run: its first n examples of the seeded, shuffled test split (itself a random "
+        "sample), and running the same command again resumes it.",
         "",
         "| task | solver | accuracy | 95% CI | n | errors | tokens | tokens/ex | wall | run |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",

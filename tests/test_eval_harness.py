@@ -342,3 +342,45 @@ def test_run_model_from_records():
     run = Run(id="x", task="t", records=recs)
     assert run.totals == Totals().add(recs) and run.accuracy == 0.5
     assert run.per_skill == []
+
+
+def test_max_new_slices_a_run_and_resume_finishes_it(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    task = make_task(40)
+    run = evaluate(ZeroShot(parity_lm()), task, store=store, progress=False, batch_size=8,
+                   max_new=12, run_id="slice")
+    assert run.status == "interrupted" and run.totals.n == 12 and "28 examples left" in run.note
+    assert [r.index for r in run.records] == list(range(12))
+    run = evaluate(ZeroShot(parity_lm()), task, store=store, progress=False, resume="slice",
+                   max_new=20)
+    assert run.status == "interrupted" and run.totals.n == 32
+    run = evaluate(ZeroShot(parity_lm()), task, store=store, progress=False, resume="slice",
+                   max_new=20)
+    assert run.status == "done" and run.totals.n == 40 and store.get("slice").status == "done"
+    with pytest.raises(MetaskillError, match="max_new"):
+        evaluate(ZeroShot(parity_lm()), task, progress=False, max_new=0)
+
+
+def test_resume_refused_while_another_live_process_owns_the_run(tmp_path):
+    import subprocess
+    import sys
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    task = make_task(20)
+    evaluate(ZeroShot(parity_lm()), task, store=store, progress=False, max_new=8, run_id="own")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        import socket
+
+        conn = store._conn()
+        conn.execute("UPDATE runs SET status='running', owner=? WHERE id='own'",
+                     (f"{socket.gethostname()}:{other.pid}",))
+        with pytest.raises(MetaskillError, match="being evaluated right now"):
+            evaluate(ZeroShot(parity_lm()), task, store=store, progress=False, resume="own")
+    finally:
+        other.kill()
+        other.wait()
+    # the owner is gone: resuming works, and totals are recounted from the records
+    conn.execute("UPDATE runs SET totals=? WHERE id='own'", (Totals(n=99).model_dump_json(),))
+    run = evaluate(ZeroShot(parity_lm()), task, store=store, progress=False, resume="own")
+    assert run.status == "done" and run.totals.n == 20 and store.get("own").totals.n == 20

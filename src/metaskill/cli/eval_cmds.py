@@ -46,10 +46,15 @@ def _load_task(name: str) -> Any:
     return get_task(name)
 
 
-def _load_lm(spec: str, cache: bool = True) -> Any:
+def _load_lm(spec: str, cache: bool = True, threads: int | None = None) -> Any:
     from metaskill.lm import load_lm
 
-    return load_lm(spec, cache=cache)
+    kwargs: dict[str, Any] = {}
+    if threads is not None:
+        if not spec.startswith(("local", "gguf:")):
+            raise MetaskillError("--threads applies to llama.cpp models (local, gguf:PATH).")
+        kwargs["n_threads"] = threads
+    return load_lm(spec, cache=cache, **kwargs)
 
 
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:
@@ -121,6 +126,9 @@ def eval_cmd(
         "--no-progress", help="Hide the progress bar.")] = False,
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="Neither read nor write the LM cache.")] = False,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="CPU threads of a llama.cpp model (default: all cores; use 1 on "
+        "a machine busy with other jobs).")] = None,
 ) -> None:
     """Evaluate a solver on a task split; print the run id, accuracy, per-skill table, cost."""
     from metaskill.eval.harness import evaluate
@@ -132,6 +140,7 @@ def eval_cmd(
     _positive("--batch-size", batch_size)
     _positive("--max-errors", max_errors, minimum=0)
     _positive("--k", k, minimum=0)
+    _positive("--threads", threads)
     if fmt not in ("auto", "chat", "completion"):
         raise MetaskillError(f"--format must be auto, chat or completion, got '{fmt}'.")
     out = Console()
@@ -145,7 +154,7 @@ def eval_cmd(
         spec = model or prev.model
         if not spec:
             raise MetaskillError(f"run {prev.id} names no model; pass --model.")
-        lm = _load_lm(spec, cache=not no_cache)
+        lm = _load_lm(spec, cache=not no_cache, threads=threads)
         solver_obj = load_solver(prev.solver, lm=lm)
         split, run_id = prev.split, prev.id
         out.print(f"resuming run [bold]{prev.id}[/] ({prev.totals.n}/{len(prev.selection)} "
@@ -155,7 +164,7 @@ def eval_cmd(
             raise MetaskillError("eval needs --task and --model (or --resume RUN).")
         task_obj = _load_task(task)
         task_obj.examples(split)  # a missing or empty split fails before the model loads
-        lm = _load_lm(model, cache=not no_cache)
+        lm = _load_lm(model, cache=not no_cache, threads=threads)
         solver_obj = _build_solver(solver, lm, task_obj, k,
                                    seed if demo_seed is None else demo_seed, fmt)
         run_id = new_run_id()

@@ -212,6 +212,7 @@ def evaluate(
     max_errors: int | None = None,
     progress: bool = True,
     run_id: str | None = None,
+    max_new: int | None = None,
 ) -> Run:
     """Evaluate ``solver`` on ``task``'s ``split`` and return the :class:`Run`.
 
@@ -229,6 +230,9 @@ def evaluate(
             have failed (None: never stop).
         progress: show a rich progress bar on stderr.
         run_id: id of a new run (default: a fresh time-based id).
+        max_new: evaluate at most this many not-yet-finished examples in this call, then
+            return the run with status ``interrupted`` (resume it later); for work done
+            in time-boxed slices.
 
     Returns:
         The Run with all its records (those of a resumed run included).
@@ -264,10 +268,11 @@ def evaluate(
                 f"'{task.name}' no longer has; start a new run."
             )
         selection = [by_id[i] for i in run.selection]
-        done = store.done_ids(run.id)
-        totals = run.totals
+        store.claim(run.id)  # refuses a run another live process is evaluating
+        run = store.get(run.id)
+        done = {r.example_id for r in run.records}
+        totals = store.recount(run.id)  # from the records themselves
         records = list(run.records)
-        store.set_status(run.id, "running")
         run.status = "running"
     else:
         selection = select(examples, limit, seed)
@@ -284,6 +289,11 @@ def evaluate(
 
     index = {e.id: i for i, e in enumerate(selection)}
     todo = [e for e in selection if e.id not in done]
+    if max_new is not None:
+        if max_new < 1:
+            raise MetaskillError(f"max_new must be >= 1, got {max_new}.")
+        todo = todo[:max_new]
+    remaining = len(selection) - len(done) - len(todo)
     bar = _Progress(progress, f"{task.name}/{split} {solver.kind}", len(selection),
                     len(selection) - len(todo))
     n_done = len(selection) - len(todo)
@@ -330,10 +340,10 @@ def evaluate(
     finally:
         bar.close()
 
-    run.status = "done"
-    run.note = ""
+    run.status, run.note = ("done", "") if remaining == 0 else (
+        "interrupted", f"{remaining} examples left (max_new={max_new}); resume to finish")
     if store is not None:
-        store.set_status(run.id, "done")
+        store.set_status(run.id, run.status, run.note)
     run.totals = totals
     run.records = sorted(records, key=lambda r: r.index)
     return run

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -56,7 +58,8 @@ CREATE TABLE IF NOT EXISTS runs (
     lim INTEGER,
     selection TEXT NOT NULL,
     totals TEXT NOT NULL,
-    note TEXT NOT NULL DEFAULT ''
+    note TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS runs_task ON runs(task, created);
 CREATE TABLE IF NOT EXISTS records (
@@ -72,6 +75,25 @@ CREATE TABLE IF NOT EXISTS records (
 
 _RUN_COLS = ("id, created, updated, task, task_version, split, solver, model, status, seed, "
              "lim, selection, totals, note")
+
+
+def owner_id() -> str:
+    """``host:pid`` of this process (the owner of the runs it evaluates)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str) -> bool:
+    """Whether ``host:pid`` is a live process on this machine (False for other hosts)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def new_run_id() -> str:
@@ -115,6 +137,9 @@ class RunStore:
         self._local = threading.local()
         conn = self._conn()
         conn.executescript(_SCHEMA)
+        cols = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+        if "owner" not in cols:  # a store made before the owner column existed
+            conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                      (str(STORE_SCHEMA_VERSION),))
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -151,10 +176,11 @@ class RunStore:
         conn = self._conn()
         try:
             conn.execute(
-                f"INSERT INTO runs({_RUN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO runs({_RUN_COLS}, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run.id, run.created, time.time(), run.task, run.task_version, run.split,
                  json.dumps(run.solver), run.model, run.status, run.seed, run.limit,
-                 json.dumps(run.selection), run.totals.model_dump_json(), run.note),
+                 json.dumps(run.selection), run.totals.model_dump_json(), run.note,
+                 owner_id()),
             )
         except sqlite3.IntegrityError as e:
             raise MetaskillError(f"a run with id '{run.id}' already exists.") from e
@@ -195,6 +221,46 @@ class RunStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def claim(self, run_id: str) -> None:
+        """Mark a run as being evaluated by this process (refused if another live one is).
+
+        The owner is ``host:pid``. A run whose status is ``running`` and whose owner is a
+        live process on this machine is being evaluated right now: writing to it from a
+        second process would mix two sets of running totals, so that is an error.
+
+        Raises:
+            MetaskillError: another live process on this machine owns the run.
+        """
+        me = owner_id()
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT status, owner FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"unknown run '{run_id}' in {self.path}.")
+            status, owner = row
+            if status == "running" and owner and owner != me and _alive(owner):
+                raise MetaskillError(
+                    f"run {run_id} is being evaluated right now by process {owner}; wait "
+                    "for it to finish or stop it before resuming."
+                )
+            conn.execute("UPDATE runs SET status='running', owner=?, updated=? WHERE id=?",
+                         (me, time.time(), run_id))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def recount(self, run_id: str) -> Totals:
+        """The run's totals recomputed from its stored records (wall time kept)."""
+        rid = self.resolve(run_id)
+        conn = self._conn()
+        row = conn.execute("SELECT totals FROM runs WHERE id=?", (rid,)).fetchone()
+        wall = Totals.model_validate_json(row[0]).wall_s
+        recs = [Record.model_validate_json(d) for (d,) in conn.execute(
+            "SELECT data FROM records WHERE run_id=?", (rid,))]
+        return Totals().add(recs, wall_s=wall)
 
     def set_status(self, run_id: str, status: RunStatus, note: str = "") -> None:
         """Set a run's status (and why, for failed or interrupted runs)."""
