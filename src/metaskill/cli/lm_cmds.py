@@ -77,6 +77,8 @@ def ask(
     plain: bool = typer.Option(False, "--plain", help="Send a plain prompt, not chat "
                                "(needed for base models such as local:gemma3-270m)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the cache."),
+    retries: int | None = typer.Option(None, "--retries", min=0,
+                                       help="HTTP retries (openai: specs only; default 5)."),
 ) -> None:
     """Ask a model one question; prints the answer, then usage on stderr."""
     from metaskill.lm.base import as_request
@@ -90,7 +92,10 @@ def ask(
         msgs = [{"role": "system", "content": system}] if system else []
         fields["messages"] = [*msgs, {"role": "user", "content": prompt}]
     request = as_request(fields)  # invalid parameters fail here, before loading a model
-    lm = load_lm(model, cache=not no_cache, settings=Settings.from_env())
+    extra: dict[str, Any] = {}
+    if retries is not None and model.startswith("openai:"):
+        extra["max_retries"] = retries
+    lm = load_lm(model, cache=not no_cache, settings=Settings.from_env(), **extra)
     c = lm.complete([request])[0]
     Console(highlight=False, soft_wrap=True).print(c.text, markup=False)
     Console(stderr=True, highlight=False).print(
@@ -155,7 +160,7 @@ def demo(
     lm.cache.delete([lm.request_key(r) for r in requests])
 
     table = Table(title=f"metaskill demo: {lm.spec}, cache at {lm.cache.path}")
-    table.add_column("pass", no_wrap=True)
+    table.add_column("pass", no_wrap=True, min_width=8)
     table.add_column("prompt", max_width=24, no_wrap=True, overflow="ellipsis")
     table.add_column("answer", ratio=1, no_wrap=True, overflow="ellipsis")
     for col in ("prompt tok", "compl. tok", "latency"):
