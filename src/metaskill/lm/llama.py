@@ -25,6 +25,7 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
+import math
 import os
 import threading
 import time
@@ -421,6 +422,7 @@ class LlamaLM(LM):
         lps: list[float] = []
         finish = "length"
         cut: int | None = None
+        buf = np.empty(n_vocab, dtype=np.float32)
         llm.set_seed(seed & 0xFFFFFFFF)
         if fresh:
             llm.reset()
@@ -432,8 +434,10 @@ class LlamaLM(LM):
                     finish = "stop"
                     break
                 row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
-                top = float(row.max())
-                lps.append(float(row[tok]) - top - float(np.log(np.exp(row - top).sum())))
+                top = row.max()
+                np.subtract(row, top, out=buf)
+                np.exp(buf, out=buf)
+                lps.append(float(row[tok] - top) - math.log(float(buf.sum(dtype=np.float64))))
                 ids.append(tok)
                 if stops:
                     text = llm.detokenize(ids, prev_tokens=toks).decode("utf-8", "ignore")
