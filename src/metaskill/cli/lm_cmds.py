@@ -149,7 +149,7 @@ def demo(
     console = Console()
     lm = load_lm(model, cache=True, settings=settings)
     assert lm.cache is not None
-    chat = model != "local:gemma3-270m"
+    chat = bool(getattr(lm, "chat", True))  # base models (local:gemma3-270m): plain prompts
     requests = [
         as_request({"messages": [{"role": "user", "content": p}], "max_tokens": max_tokens}
                    if chat else {"prompt": f"Q: {p}\nA:", "max_tokens": max_tokens,

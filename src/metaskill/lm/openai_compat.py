@@ -12,7 +12,11 @@ of the cache identity, not in ``repr`` and not in any error message.
 Chat requests go to ``/v1/chat/completions``, plain prompts to ``/v1/completions``; sample
 ``i`` of a request is its own HTTP request with seed ``seed + i``. ``score`` uses
 ``/v1/completions`` with ``echo`` and ``logprobs`` (vLLM and the llama.cpp server support
-it; hosted chat-only APIs do not, and get a clear :class:`MethodError`).
+it; hosted chat-only APIs do not, and get a clear :class:`MethodError`). Caveat, measured
+with llama-cpp-python 0.3.36: its server pairs each echoed prompt token with the logits
+*after* that token (off by one) for models that add no BOS token -- SmolLM2 is one -- so
+its prompt log-probabilities, and scores computed from them, are wrong for such models.
+Score with the embedded backend (``local``/``gguf:``) or a vLLM server instead.
 
 Example:
     >>> lm = OpenAICompatLM("qwen2.5:0.5b", "http://127.0.0.1:11434/v1")  # Ollama
