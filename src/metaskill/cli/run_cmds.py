@@ -1,0 +1,66 @@
+"""``metaskill run``: the main job (see :mod:`metaskill.pipeline.main_job`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``run`` verb to ``app``."""
+
+    @app.command("run")
+    def run(
+        task: list[str] = typer.Option(
+            None, "--task", "-t",
+            help="Task name or YAML path; repeat for several (default: sst2, trec)."),
+        model: str = typer.Option("local", "--model", "-m", help="Model spec."),
+        teacher: str | None = typer.Option(
+            None, help="LM spec that labels skills and names missing ones (default: none)."),
+        methods: str | None = typer.Option(
+            None, help="Comma-separated candidate chains; join a chain with '+', e.g. "
+            "'knn_demos,raml,knn_demos+self_refine' (default: knn_demos,raml,dynaicl)."),
+        train: bool = typer.Option(False, "--train", help="Also LoRA-train the model."),
+        train_steps: int = typer.Option(120, help="Optimiser steps of the training stage."),
+        budget_tokens: int | None = typer.Option(
+            None, help="Most prompt+completion tokens per input a candidate may spend."),
+        time_budget: float | None = typer.Option(
+            None, help="Wall-clock budget in minutes; later candidates are skipped."),
+        n_dev: int = typer.Option(60, help="Dev examples for profiling and selection."),
+        n_test: int = typer.Option(150, help="Test examples per task."),
+        k: int = typer.Option(4, help="Demonstrations per input for demo methods."),
+        seed: int = typer.Option(0, help="Seed of subsets and demo draws."),
+        embedder: str = typer.Option("minilm", help="Embedder spec: minilm or hash:DIM."),
+        out: Path = typer.Option(Path("metaskill-run"), help="Run folder (resumable)."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    ) -> None:
+        """Measure a model, find its missing skills, adapt and (optionally) train it, and
+        write a report. Every stage resumes from --out."""
+        from pydantic import ValidationError
+
+        from metaskill.core.errors import InvalidParameterError
+        from metaskill.pipeline.main_job import RunConfig, run_job
+
+        values: dict[str, object] = {
+            "model": model, "teacher": teacher, "train": train, "train_steps": train_steps,
+            "budget_tokens": budget_tokens, "n_dev": n_dev, "n_test": n_test, "k": k,
+            "seed": seed, "embedder": embedder, "out": out, "progress": not no_progress,
+            "time_budget_s": time_budget * 60 if time_budget is not None else None,
+        }
+        if task:
+            values["tasks"] = task
+        if methods:
+            values["methods"] = [m.strip() for m in methods.split(",") if m.strip()]
+        try:
+            cfg = RunConfig(**values)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            raise InvalidParameterError(f"--{loc.replace('_', '-')}: {err['msg']}.") from None
+        from metaskill.methods import METHODS
+
+        for chain in cfg.method_chains():
+            for m in chain:
+                METHODS.get(m)  # unknown names fail now, with close-name suggestions
+        run_job(cfg)
