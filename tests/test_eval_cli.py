@@ -106,9 +106,11 @@ def test_resume_via_cli_finishes_a_partial_run(home):
     # would hold them, and put the totals back to what the second commit wrote.
     db = sqlite3.connect(home / "runs.sqlite")
     db.execute("DELETE FROM records WHERE run_id=? AND idx >= 16", (rid,))
-    totals = json.loads(db.execute("SELECT totals FROM runs WHERE id=?", (rid,)).fetchone()[0])
+    totals = json.loads(db.execute("SELECT totals FROM progress WHERE run_id=?",
+                                   (rid,)).fetchone()[0])
     totals["n"] = 16
-    db.execute("UPDATE runs SET totals=?, status='running' WHERE id=?", (json.dumps(totals), rid))
+    db.execute("UPDATE progress SET totals=? WHERE run_id=?", (json.dumps(totals), rid))
+    db.execute("UPDATE runs SET status='running' WHERE id=?", (rid,))
     db.commit()
     db.close()
     res = cli("eval", "--resume", rid, "--no-progress", home=home)

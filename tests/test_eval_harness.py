@@ -381,6 +381,8 @@ def test_resume_refused_while_another_live_process_owns_the_run(tmp_path):
         other.kill()
         other.wait()
     # the owner is gone: resuming works, and totals are recounted from the records
-    conn.execute("UPDATE runs SET totals=? WHERE id='own'", (Totals(n=99).model_dump_json(),))
+    conn.execute("UPDATE progress SET totals=? WHERE run_id='own'",
+                 (Totals(n=99).model_dump_json(),))
+    assert store.get("own").totals.n == 99
     run = evaluate(ZeroShot(parity_lm()), task, store=store, progress=False, resume="own")
     assert run.status == "done" and run.totals.n == 20 and store.get("own").totals.n == 20

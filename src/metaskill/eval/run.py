@@ -82,16 +82,18 @@ class Totals(BaseModel):
 
     def add(self, records: Iterable[Record], wall_s: float = 0.0) -> Totals:
         """A new Totals with ``records`` and ``wall_s`` added."""
-        t = self.model_copy()
+        n, score, errors, pt, ct, lat = 0, 0.0, 0, 0, 0, 0.0
         for r in records:
-            t.n += 1
-            t.score += r.score
-            t.errors += r.error is not None
-            t.prompt_tokens += r.usage.prompt_tokens
-            t.completion_tokens += r.usage.completion_tokens
-            t.latency_s += r.latency_s
-        t.wall_s += wall_s
-        return t
+            n += 1
+            score += r.score
+            errors += r.error is not None
+            pt += r.usage.prompt_tokens
+            ct += r.usage.completion_tokens
+            lat += r.latency_s
+        return Totals(n=self.n + n, score=self.score + score, errors=self.errors + errors,
+                      prompt_tokens=self.prompt_tokens + pt,
+                      completion_tokens=self.completion_tokens + ct,
+                      wall_s=self.wall_s + wall_s, latency_s=self.latency_s + lat)
 
 
 class SkillStat(BaseModel):

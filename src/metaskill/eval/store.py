@@ -9,6 +9,10 @@ Layout (schema version 1)::
     runs(id PRIMARY KEY, created, updated, task, task_version, split, solver JSON,
          model, status, seed, lim, selection JSON, totals JSON, note)
     records(run_id, example_id, idx, score, error, data JSON, PRIMARY KEY(run_id, example_id))
+    progress(run_id PRIMARY KEY, totals JSON, updated)
+
+The running totals live in the small ``progress`` table, so the per-batch write touches
+only the new records and one short row (never the run's selection or solver JSON).
 
 Example:
     >>> import tempfile, pathlib
@@ -71,10 +75,20 @@ CREATE TABLE IF NOT EXISTS records (
     data TEXT NOT NULL,
     PRIMARY KEY (run_id, example_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS progress (
+    run_id TEXT PRIMARY KEY,
+    totals TEXT NOT NULL,
+    updated REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 _RUN_COLS = ("id, created, updated, task, task_version, split, solver, model, status, seed, "
              "lim, selection, totals, note")
+# Runs with their latest totals (from ``progress`` where a batch has been committed).
+_SELECT = ("SELECT r.id, r.created, COALESCE(p.updated, r.updated), r.task, r.task_version, "
+           "r.split, r.solver, r.model, r.status, r.seed, r.lim, r.selection, "
+           "COALESCE(p.totals, r.totals), r.note FROM runs r "
+           "LEFT JOIN progress p ON p.run_id = r.id")
 
 
 def owner_id() -> str:
@@ -211,12 +225,12 @@ class RunStore:
                 "VALUES (?,?,?,?,?,?)",
                 rows,
             )
-            if status is None:
-                conn.execute("UPDATE runs SET totals=?, updated=? WHERE id=?",
-                             (totals.model_dump_json(), time.time(), run_id))
-            else:
-                conn.execute("UPDATE runs SET totals=?, updated=?, status=? WHERE id=?",
-                             (totals.model_dump_json(), time.time(), status, run_id))
+            now = time.time()
+            conn.execute("INSERT OR REPLACE INTO progress(run_id, totals, updated) "
+                         "VALUES (?,?,?)", (run_id, totals.model_dump_json(), now))
+            if status is not None:
+                conn.execute("UPDATE runs SET status=?, updated=? WHERE id=?",
+                             (status, now, run_id))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -256,8 +270,7 @@ class RunStore:
         """The run's totals recomputed from its stored records (wall time kept)."""
         rid = self.resolve(run_id)
         conn = self._conn()
-        row = conn.execute("SELECT totals FROM runs WHERE id=?", (rid,)).fetchone()
-        wall = Totals.model_validate_json(row[0]).wall_s
+        wall = self.get(rid, records=False).totals.wall_s
         recs = [Record.model_validate_json(d) for (d,) in conn.execute(
             "SELECT data FROM records WHERE run_id=?", (rid,))]
         return Totals().add(recs, wall_s=wall)
@@ -274,6 +287,7 @@ class RunStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("DELETE FROM records WHERE run_id=?", (rid,))
+            conn.execute("DELETE FROM progress WHERE run_id=?", (rid,))
             conn.execute("DELETE FROM runs WHERE id=?", (rid,))
             conn.execute("COMMIT")
         except BaseException:
@@ -321,7 +335,7 @@ class RunStore:
         """A run (by id or unique id prefix), with its records in selection order."""
         rid = self.resolve(run_id)
         conn = self._conn()
-        row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id=?", (rid,)).fetchone()
+        row = conn.execute(f"{_SELECT} WHERE r.id=?", (rid,)).fetchone()
         run = self._run(row)
         if records:
             run.records = [
@@ -339,12 +353,12 @@ class RunStore:
 
     def list(self, task: str | None = None, limit: int | None = None) -> list[Run]:
         """Runs, newest first, without their records (optionally of one task)."""
-        sql = f"SELECT {_RUN_COLS} FROM runs"
+        sql = _SELECT
         args: list[Any] = []
         if task is not None:
-            sql += " WHERE task=?"
+            sql += " WHERE r.task=?"
             args.append(task)
-        sql += " ORDER BY created DESC"
+        sql += " ORDER BY r.created DESC"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
