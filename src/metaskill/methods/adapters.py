@@ -1,0 +1,235 @@
+"""LoRA adapters: PEFT format on disk, export to a GGUF LoRA adapter for llama.cpp.
+
+The GGUF export follows llama.cpp's ``convert_lora_to_gguf.py`` conventions:
+
+* metadata ``general.type = "adapter"``, ``general.architecture`` = the base model's
+  (llama.cpp refuses an adapter whose architecture differs), ``adapter.type = "lora"``,
+  ``adapter.lora.alpha`` (llama.cpp scales the update by alpha / rank, as PEFT does);
+* for every adapted base tensor (e.g. ``blk.3.attn_q.weight``) two F32 tensors,
+  ``blk.3.attn_q.weight.lora_a`` holding PEFT's ``lora_A`` (shape rank x in) and
+  ``blk.3.attn_q.weight.lora_b`` holding ``lora_B`` (shape out x rank);
+* llama-family q/k projections are stored in GGUF with llama.cpp's head permutation
+  (transformers undoes it when it loads a GGUF), so ``lora_B`` of ``q_proj``/``k_proj`` gets
+  the same row permutation.
+
+Example:
+    >>> export_gguf("runs/r1/adapter", base_gguf="SmolLM2.gguf")   # doctest: +SKIP
+    PosixPath('runs/r1/adapter/adapter.gguf')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from metaskill.core.errors import MethodError, ModelNotFoundError
+
+GGUF_NAME = "adapter.gguf"
+
+# HF module name -> llama.cpp tensor name (llama-family blocks).
+_MODULE_MAP = {
+    "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+    "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
+}
+_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+
+
+def _permute_rows(w: Any, n_head: int) -> Any:
+    """llama.cpp's q/k permutation (convert_hf_to_gguf.LlamaModel.permute) over rows."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def read_gguf_arch(gguf_path: str | Path) -> dict[str, Any]:
+    """Architecture name and head counts of a GGUF model file."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(gguf_path))
+
+    def field(name: str) -> Any:
+        f = r.fields.get(name)
+        if f is None:
+            return None
+        v = f.parts[f.data[0]]
+        if f.types and f.types[0].name == "STRING":
+            return bytes(v).decode()
+        return v.tolist()[0]
+
+    arch = field("general.architecture")
+    return {"architecture": arch,
+            "n_head": field(f"{arch}.attention.head_count"),
+            "n_head_kv": field(f"{arch}.attention.head_count_kv")}
+
+
+def adapter_meta(adapter_dir: str | Path) -> dict[str, Any]:
+    """The ``metaskill_train.json`` written next to an adapter (empty dict if absent)."""
+    p = Path(adapter_dir) / "metaskill_train.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def export_gguf(
+    adapter_dir: str | Path,
+    out_path: str | Path | None = None,
+    *,
+    base_gguf: str | Path | None = None,
+    architecture: str | None = None,
+    n_head: int | None = None,
+    n_head_kv: int | None = None,
+) -> Path:
+    """Write a PEFT LoRA adapter folder as a llama.cpp GGUF LoRA adapter.
+
+    Args:
+        adapter_dir: a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+        out_path: the .gguf to write (default ``adapter_dir/adapter.gguf``); written to a
+            temp name and renamed.
+        base_gguf: the base model's GGUF; its architecture and head counts are read from it.
+            Defaults to the base recorded in ``metaskill_train.json``.
+        architecture, n_head, n_head_kv: given explicitly instead of ``base_gguf``.
+
+    Returns:
+        The path of the written GGUF adapter.
+
+    Raises:
+        MethodError: an adapter that targets modules llama.cpp cannot adapt, or uses
+            options (rslora, DoRA) whose scaling llama.cpp does not apply.
+    """
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    adir = Path(adapter_dir)
+    cfg_path = adir / "adapter_config.json"
+    if not cfg_path.exists():
+        raise ModelNotFoundError(f"'{adir}' has no adapter_config.json; not a PEFT adapter.")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("use_rslora") or cfg.get("use_dora"):
+        raise MethodError("GGUF export supports plain LoRA only (no rslora/DoRA): llama.cpp "
+                          "scales by alpha/rank.")
+    if architecture is None:
+        base = base_gguf or adapter_meta(adir).get("base", {}).get("source")
+        if base is None or not str(base).endswith(".gguf"):
+            raise MethodError(
+                "export_gguf needs the base model's GGUF (base_gguf=...) or architecture="
+                " and head counts; the adapter records no GGUF base."
+            )
+        a = read_gguf_arch(base)
+        architecture = a["architecture"]
+        n_head = n_head or a["n_head"]
+        n_head_kv = n_head_kv or a["n_head_kv"]
+    tensors = load_file(str(adir / "adapter_model.safetensors"))
+    pairs: dict[str, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        m = _KEY.search(key)
+        if m is None or m.group(2) not in _MODULE_MAP:
+            raise MethodError(f"cannot export adapter tensor '{key}' to GGUF: only llama-style "
+                              f"block linears ({', '.join(_MODULE_MAP)}) are supported.")
+        layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
+        name = f"blk.{layer}.{_MODULE_MAP[module]}.weight"
+        w = value.astype(np.float32)
+        if ab == "B" and architecture == "llama" and module in ("q_proj", "k_proj"):
+            heads = n_head if module == "q_proj" else (n_head_kv or n_head)
+            if not heads:
+                raise MethodError("head counts are needed to permute q/k LoRA for llama.cpp.")
+            w = _permute_rows(w, int(heads))
+        pairs.setdefault(name, {})[ab] = np.ascontiguousarray(w)
+
+    out = Path(out_path) if out_path else adir / GGUF_NAME
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(str(tmp), arch=architecture)
+    try:
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(cfg["lora_alpha"]))
+        for name in sorted(pairs):
+            if set(pairs[name]) != {"A", "B"}:
+                raise MethodError(f"adapter tensor '{name}' lacks its lora_A or lora_B half.")
+            writer.add_tensor(f"{name}.lora_a", pairs[name]["A"])
+            writer.add_tensor(f"{name}.lora_b", pairs[name]["B"])
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp, out)
+    return out
+
+
+# ---- glue between LMs, training and Solvers -------------------------------------------------
+def base_model_path(lm: Any) -> str:
+    """The model file/folder an LM runs, so the HF trainer can load the same weights.
+
+    Understands the HF backend (``base_path``), llama.cpp backends (``model_path``/``path``
+    attributes, or the ``gguf:PATH`` / ``local`` spec).
+    """
+    from metaskill.lm.hf import embedded_gguf_path, split_adapter
+
+    for attr in ("base_path", "model_path", "path", "gguf_path"):
+        v = getattr(lm, attr, None)
+        if isinstance(v, (str, Path)) and str(v):
+            return split_adapter(str(v))[0]
+    spec = split_adapter(str(getattr(lm, "spec", "")))[0]
+    if spec in ("local", "gguf:local", "hf:local"):
+        return str(embedded_gguf_path())
+    for prefix in ("gguf:", "hf:"):
+        if spec.startswith(prefix):
+            return spec[len(prefix):]
+    raise MethodError(
+        f"cannot tell which model file the LM '{spec}' runs; LoRA training needs a local GGUF "
+        "or HF model (specs local, gguf:PATH or hf:PATH)."
+    )
+
+
+def train_for_lm(lm: Any, pairs: list[Any], config: Any, out_dir: str | Path, *,
+                 settings: Any = None, init_adapter: str | Path | None = None,
+                 progress: bool = True, on_step: Any = None) -> Any:
+    """Train a LoRA adapter for the model behind ``lm`` and export it to GGUF when the
+    base is a GGUF file. Returns the :class:`~metaskill.methods.sft.TrainResult`."""
+    from metaskill.lm.hf import load_hf_model
+    from metaskill.methods.sft import train_lora
+
+    base = base_model_path(lm)
+    model, tok, info = load_hf_model(base, settings=settings)
+    meta: dict[str, Any] = {"base": {"source": info["source"], "hash": info["hash"],
+                                     "kind": info["kind"],
+                                     "model_type": getattr(model.config, "model_type", None)}}
+    res = train_lora(model, tok, pairs, config, out_dir, init_adapter=init_adapter,
+                     meta=meta, progress=progress, on_step=on_step)
+    if info["kind"] == "gguf":
+        export_gguf(res.adapter_dir, base_gguf=info["source"])
+    return res
+
+
+def adapter_spec(lm: Any, adapter_dir: str | Path) -> str:
+    """The spec string of ``lm``'s base model plus an adapter.
+
+    A llama.cpp LM gets the GGUF export (``local+adapter:DIR/adapter.gguf``), the HF
+    backend the PEFT folder (``hf:PATH+adapter:DIR``).
+    """
+    from metaskill.lm.hf import ADAPTER_SEP, split_adapter
+
+    base_spec = split_adapter(str(getattr(lm, "spec", "")))[0]
+    adir = Path(adapter_dir)
+    if base_spec.startswith("hf:"):
+        return f"{base_spec}{ADAPTER_SEP}{adir}"
+    return f"{base_spec}{ADAPTER_SEP}{adir / GGUF_NAME}"
+
+
+def solver_with_adapter(solver: Any, adapter_dir: str | Path, *, settings: Any = None) -> Any:
+    """A new Solver with ``solver``'s state whose LM is its base model plus the adapter."""
+    lm = solver.lm
+    if type(lm).__name__ == "HFLM":
+        from metaskill.lm.hf import HFLM
+
+        new_lm: Any = HFLM(base_model_path(lm), adapter=adapter_dir, settings=settings,
+                           cache=lm.cache)
+    else:
+        from metaskill.lm import load_lm
+
+        new_lm = load_lm(adapter_spec(lm, adapter_dir), cache=getattr(lm, "cache", None))
+    return type(solver).from_state(solver.state(), new_lm)

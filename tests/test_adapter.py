@@ -1,0 +1,143 @@
+"""Adapters: PEFT save, GGUF LoRA export layout, and HF vs llama.cpp parity (real model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("gguf")
+
+from metaskill.core.types import Message
+from metaskill.methods.adapters import _permute_rows, export_gguf
+from metaskill.methods.sft import ChatPair, SFTConfig, train_lora
+
+
+def test_qk_permutation_inverts_transformers_gguf_loader() -> None:
+    """transformers un-permutes q/k when it loads a GGUF; our export must redo exactly that."""
+    import numpy as np
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    proc = LlamaTensorProcessor(config={"num_attention_heads": 9, "num_key_value_heads": 3})
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(9 * 8, 5)).astype(np.float32)
+    k = rng.normal(size=(3 * 8, 5)).astype(np.float32)
+    assert np.array_equal(proc._reverse_permute_weights(_permute_rows(q, 9), 9, 9), q)
+    assert np.array_equal(proc._reverse_permute_weights(_permute_rows(k, 3), 9, 3), k)
+    assert not np.array_equal(_permute_rows(q, 9), q)
+
+
+def _tiny_adapter(tmp_path: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from metaskill.lm.hf import embedded_gguf_path
+
+    try:
+        g = embedded_gguf_path()
+    except Exception:
+        pytest.skip("embedded model not installed")
+    tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=128)
+    pairs = [ChatPair(id="a", messages=[Message(role="user", content="hi")], answer="yo")]
+    out = tmp_path / "adapter"
+    train_lora(LlamaForCausalLM(cfg), tok, pairs,
+               SFTConfig(rank=4, alpha=8, steps=2, target_modules=["q_proj", "k_proj",
+                                                                   "v_proj", "down_proj"]),
+               out, progress=False)
+    return out
+
+
+def test_export_gguf_layout(tmp_path: Path) -> None:
+    from gguf import GGUFReader
+
+    adir = _tiny_adapter(tmp_path)
+    assert (adir / "adapter_config.json").exists()
+    path = export_gguf(adir, architecture="llama", n_head=4, n_head_kv=2)
+    assert path == adir / "adapter.gguf"
+    r = GGUFReader(str(path))
+
+    def s(key: str) -> str:
+        f = r.fields[key]
+        return bytes(f.parts[f.data[0]]).decode()
+
+    assert s("general.type") == "adapter"
+    assert s("general.architecture") == "llama"
+    assert s("adapter.type") == "lora"
+    alpha = r.fields["adapter.lora.alpha"]
+    assert float(alpha.parts[alpha.data[0]][0]) == 8.0
+    shapes = {t.name: [int(x) for x in t.shape] for t in r.tensors}
+    assert len(shapes) == 2 * 2 * 4  # 2 layers x 4 modules x (a, b)
+    # GGUF lists dims innermost first: lora_a is [in, rank], lora_b is [rank, out].
+    assert shapes["blk.0.attn_q.weight.lora_a"] == [32, 4]
+    assert shapes["blk.0.attn_q.weight.lora_b"] == [4, 32]
+    assert shapes["blk.1.attn_k.weight.lora_b"] == [4, 16]
+    assert shapes["blk.1.ffn_down.weight.lora_a"] == [64, 4]
+    assert not [p for p in adir.iterdir() if p.name.startswith(".")]
+
+
+def test_export_refuses_unknown_modules(tmp_path: Path) -> None:
+    import json
+
+    from metaskill.core.errors import MethodError
+
+    adir = _tiny_adapter(tmp_path)
+    with pytest.raises(MethodError, match="needs the base model's GGUF"):
+        export_gguf(adir)
+    cfg = json.loads((adir / "adapter_config.json").read_text())
+    cfg["use_dora"] = True
+    (adir / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MethodError, match="plain LoRA only"):
+        export_gguf(adir, architecture="llama", n_head=4, n_head_kv=2)
+
+
+# ---- parity on the real embedded model -------------------------------------------------------
+WORDS = ("apple river stone light cloud green music paper table horse bread chair water "
+         "plant smile dream brick storm tiger lemon candle forest silver button garden "
+         "rocket pencil bottle window marble").split()
+HELD_OUT = ("ocean planet violin copper basket desert falcon ginger hammer island jacket "
+            "kettle ladder magnet napkin orange parrot quartz rabbit saddle tunnel velvet "
+            "walnut yellow zipper anchor bamboo cactus dragon engine feather glider harbor "
+            "igloo jungle kitten lizard meadow needle oyster pepper quiver ribbon spider "
+            "turtle umpire valley wizard yogurt zebra").split()
+
+
+@pytest.mark.slow
+def test_hf_and_llama_cpp_adapter_agree(tmp_path: Path, tmp_home: Path) -> None:
+    """Greedy outputs of HF+adapter and llama.cpp+adapter agree on >= 90% of 50 prompts,
+    and the adapter really changes llama.cpp's outputs (a no-op export would not)."""
+    pytest.importorskip("llama_cpp")
+    from metaskill.core.types import Request
+    from metaskill.lm.hf import HFLM, embedded_gguf_path
+    from metaskill.lm.llama import LlamaLM
+
+    gguf_path = embedded_gguf_path()
+    lm = HFLM(gguf_path)
+    pairs = [ChatPair(id=w, messages=[Message(role="user", content=f"Reverse the word: {w}")],
+                      answer=w[::-1]) for w in WORDS]
+    cfg = SFTConfig(rank=8, alpha=16, steps=24, batch_size=4, learning_rate=2e-3, seed=0)
+    res = train_lora(lm.model, lm.tokenizer, pairs, cfg, tmp_path / "adapter", progress=False)
+    gguf_adapter = export_gguf(res.adapter_dir, base_gguf=gguf_path)
+    hf_tuned = HFLM(gguf_path, adapter=res.adapter_dir)  # fresh base + saved adapter
+
+    assert len(HELD_OUT) == 50
+    reqs = [Request(messages=[Message(role="user", content=f"Reverse the word: {w}")],
+                    max_tokens=12) for w in HELD_OUT]
+    hf_out = [c.text.strip() for c in hf_tuned.complete(reqs, cache=False)]
+    cpp_tuned = LlamaLM(gguf_path, lora_path=gguf_adapter)
+    cpp_base = LlamaLM(gguf_path)
+    try:
+        cpp_out = [c.text.strip() for c in cpp_tuned.complete(reqs, cache=False)]
+        base_out = [c.text.strip() for c in cpp_base.complete(reqs, cache=False)]
+    finally:
+        cpp_tuned.close()
+        cpp_base.close()
+    agree = sum(a == b for a, b in zip(hf_out, cpp_out, strict=True))
+    changed = sum(a != b for a, b in zip(base_out, cpp_out, strict=True))
+    assert agree >= 45, list(zip(hf_out, cpp_out, strict=True))
+    assert changed >= 25, "the GGUF adapter barely changed llama.cpp's outputs"
