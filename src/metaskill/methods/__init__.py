@@ -15,6 +15,18 @@ Shared pieces other methods build on:
   chain of methods in order; :func:`~metaskill.methods.compose.build_method` builds one
   method from its name, options and :class:`~metaskill.methods.compose.MethodResources`.
 
+Writing a method (the conventions :func:`~metaskill.methods.compose.build_method` relies on):
+
+* subclass :class:`~metaskill.methods.base.Method`, set ``name`` and ``Config`` (a
+  :class:`~metaskill.methods.base.MethodConfig` subclass, every field with a description);
+* take ``(config=None, *, resources=None)`` in ``__init__`` (a
+  :class:`~metaskill.methods.compose.MethodResources` with the embedder, SkillBook, teacher);
+* ``fit`` returns a NEW Solver, fills ``self.report`` (usage, ``lm_calls``, and
+  ``notes["dev_accuracy"]`` when it scored dev), and raises
+  :class:`~metaskill.core.errors.MethodError` naming the method and the missing piece;
+* a new Solver kind goes into :data:`SOLVER_KINDS` (lazily) so saved Solvers reload;
+* register the method here, lazily, so ``metaskill methods ls`` lists it.
+
 Example:
     >>> "knn_demos" in METHODS
     True
