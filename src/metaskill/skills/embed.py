@@ -196,7 +196,8 @@ class Embedder(ABC):
         found: dict[str, np.ndarray] = (
             self.cache.get_many(self.model_id, unique) if self.cache is not None else {}
         )
-        todo = [t for t in unique if t not in found]
+        # longest first, so each batch holds texts of similar length (less padding)
+        todo = sorted((t for t in unique if t not in found), key=len, reverse=True)
         if todo:
             parts = []
             batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
