@@ -100,3 +100,39 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         stop_process(proc.pid)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-extensions",
+                  "--disable-default-apps", "--proxy-server=127.0.0.1:9",
+                  "--proxy-bypass-list=<-loopback>"]
+
+
+@pytest.fixture
+def chromium(tmp_path: Path):
+    """Run headless Chromium (fresh profile, no network) with extra args; skip if absent.
+
+    Returns a function ``run(args, timeout=90) -> CompletedProcess`` (stdout as bytes).
+    """
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    counter = iter(range(1000))
+
+    def run(args: list[str], timeout: int = 90) -> subprocess.CompletedProcess[bytes]:
+        profile = tmp_path / f"chromium-profile-{next(counter)}"
+        cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"chromium timed out: {err[-2000:]!r}")
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+    return run

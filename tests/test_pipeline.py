@@ -1,0 +1,122 @@
+"""The main job (`metaskill run`) end to end on the scripted fake LM, plus its report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metaskill.lm.fake import ScriptedLM
+from metaskill.pipeline.main_job import RunConfig, run_job
+from metaskill.pipeline.report import paired_gain, pareto
+
+
+def _positive_lm() -> ScriptedLM:
+    # Says "positive" unless the prompt's last review mentions a negative cue word; with
+    # demonstrations the prompt grows, which the harness counts as tokens.
+    def answer(prompt: str, request: object) -> str:
+        last = prompt.rsplit("Review", 1)[-1].lower()
+        bad = any(w in last for w in ("bad", "dull", "worst", "boring", "n't", "fails"))
+        return "negative" if bad else "positive"
+
+    return ScriptedLM(answer)
+
+
+def _cfg(out: Path, **kw: object) -> RunConfig:
+    values: dict[str, object] = dict(tasks=["sst2"], model="fake", methods=["knn_demos", "raml"],
+                                     n_dev=10, n_test=12, embedder="hash:64", out=out,
+                                     progress=False)
+    values.update(kw)
+    return RunConfig(**values)
+
+
+def test_paired_gain_and_pareto():
+    gain, lo, hi = paired_gain([1, 1, 1, 0], [0, 1, 1, 0], seed=0)
+    assert gain == 0.25 and lo <= gain <= hi
+    assert paired_gain([1, 0], [1, 0])[1:] == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        paired_gain([1], [1, 0])
+    assert pareto([(10, 0.5), (20, 0.7), (30, 0.6), (10, 0.4)]) == [0, 1]
+
+
+def test_run_job_end_to_end_and_resume(tmp_path, tmp_home):
+    lm = _positive_lm()
+    job = run_job(_cfg(tmp_path / "run"), lm=lm)
+    (t,) = job.tasks
+    names = [c.name for c in t.candidates]
+    assert names == ["zero-shot", "knn_demos", "raml"]
+    assert all(c.test_run for c in t.candidates)
+    # selection happened on dev: the selected candidate has the best dev accuracy
+    best_dev = max(c.dev_accuracy for c in t.candidates)
+    assert next(c for c in t.candidates if c.name == t.selected).dev_accuracy == best_dev
+    assert t.profile is not None and t.profile["n"] == 10
+    assert t.skills, "embedding discovery should give sst2 some skills"
+    report = Path(job.report)
+    html = report.read_text()
+    for title in ("Headline", "Per-skill accuracy, before and after", "Accuracy versus tokens",
+                  "Missing-Skill Profile", "Examples fixed and still failing"):
+        assert title in html, title
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["schema_version"] == 1 and saved["tasks"][0]["selected"] == t.selected
+
+    # a second run with the same inputs recomputes nothing: every stage is cached and
+    # every evaluation is read back from the run store (the LM is never called)
+    lm2 = _positive_lm()
+    job2 = run_job(_cfg(tmp_path / "run"), lm=lm2)
+    assert lm2.calls == []
+    assert all(s["cached"] for s in job2.stage_log)
+    assert job2.tasks[0].selected == t.selected
+
+
+def test_time_budget_skips_and_is_reported(tmp_path, tmp_home):
+    job = run_job(_cfg(tmp_path / "run", time_budget_s=1e-9), lm=_positive_lm())
+    assert any("time budget" in s for s in job.skipped)
+    assert job.tasks[0].selected == "zero-shot"
+    assert "Skipped" in Path(job.report).read_text()
+
+
+def test_token_budget_makes_expensive_candidates_ineligible(tmp_path, tmp_home):
+    job = run_job(_cfg(tmp_path / "run", budget_tokens=80), lm=_positive_lm())
+    (t,) = job.tasks
+    demo = [c for c in t.candidates if c.name != "zero-shot"]
+    assert demo and all(not c.eligible and "over budget" in c.note for c in demo)
+    assert t.selected == "zero-shot"
+
+
+def test_cli_run_as_a_user(tmp_path, tmp_home):
+    out = tmp_path / "cli-run"
+    cmd = [sys.executable, "-m", "metaskill", "run", "-t", "sst2", "--model", "fake",
+           "--methods", "knn_demos", "--n-dev", "6", "--n-test", "6", "--embedder", "hash:64",
+           "--out", str(out), "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "report.html").is_file() and (out / "result.json").is_file()
+    assert "report:" in res.stderr
+
+    bad_cmd = [("knn_demo" if a == "knn_demos" else a) for a in cmd]
+    bad = subprocess.run(bad_cmd, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    assert "Traceback" not in bad.stderr and "knn_demos" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+    neg = subprocess.run([*cmd, "--n-test", "1"], capture_output=True, text=True, timeout=120)
+    assert neg.returncode == 1 and "Traceback" not in neg.stderr and "n-test" in neg.stderr
+
+
+def test_report_renders_in_chromium(tmp_path, tmp_home, chromium):
+    job = run_job(_cfg(tmp_path / "run"), lm=_positive_lm())
+    url = Path(job.report).resolve().as_uri()
+    dom = chromium(["--dump-dom", url])
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    text = dom.stdout.decode()
+    assert text.count("<svg") >= 2 and "Headline" in text and "Pareto front" in text
+    shot = tmp_path / "shot.png"
+    res = chromium([f"--screenshot={shot}", "--window-size=1200,1800", url])
+    assert res.returncode == 0 and shot.is_file()
+    from PIL import Image
+
+    colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # not a blank page
