@@ -113,3 +113,24 @@ def test_parse_action() -> None:
     assert parse_action("**Expert Poet**: write a haiku")[0:2] == ("expert", "Poet")
     assert parse_action("nothing here") is None
     assert parse_action("```python\nprint(1)\n```\nFINAL ANSWER: 1") == ("final", "", "1")
+
+
+@pytest.mark.slow
+def test_real_model_respects_limits_and_counts_fallbacks(local_lm) -> None:
+    """SmolLM2-135M as conductor and experts: every input ends answered or counted."""
+    from metaskill.tasks.registry import get_task
+
+    t = get_task("sst2")
+    qs = t.splits["test"][:2]
+    s = MetaPromptingSolver(local_lm, ZeroShot(local_lm), max_rounds=2, max_expert_calls=1,
+                            allow_python=False, conductor_max_tokens=48,
+                            expert_max_tokens=32)
+    out = s.solve(t, qs)
+    assert len(out) == 2
+    for a in out:
+        assert a.usage.prompt_tokens > 0 and a.output is not None
+        assert a.meta["expert_calls"] <= 1
+        # 2 rounds + 1 demanded final reply, 1 expert, and the plain answer at most
+        assert a.meta["lm_calls"] <= 2 + 1 + 1 + 1
+        assert a.meta["fallback"] in (None, "unparseable", "limit")
+        assert (a.meta["fallback"] is None) or a.meta["lm_calls"] >= 2
