@@ -220,16 +220,21 @@ def adapter_spec(lm: Any, adapter_dir: str | Path) -> str:
     return f"{base_spec}{ADAPTER_SEP}{adir / GGUF_NAME}"
 
 
-def solver_with_adapter(solver: Any, adapter_dir: str | Path, *, settings: Any = None) -> Any:
-    """A new Solver with ``solver``'s state whose LM is its base model plus the adapter."""
-    lm = solver.lm
+def lm_with_adapter(lm: Any, adapter_dir: str | Path, *, settings: Any = None,
+                    cache: Any = None) -> Any:
+    """A new LM: ``lm``'s base model plus the adapter in ``adapter_dir`` (GGUF export for
+    llama.cpp backends, the PEFT folder for the HF backend)."""
+    cache = cache if cache is not None else getattr(lm, "cache", None)
     if type(lm).__name__ == "HFLM":
         from metaskill.lm.hf import HFLM
 
-        new_lm: Any = HFLM(base_model_path(lm), adapter=adapter_dir, settings=settings,
-                           cache=lm.cache)
-    else:
-        from metaskill.lm import load_lm
+        return HFLM(base_model_path(lm), adapter=adapter_dir, settings=settings, cache=cache)
+    from metaskill.lm import load_lm
 
-        new_lm = load_lm(adapter_spec(lm, adapter_dir), cache=getattr(lm, "cache", None))
+    return load_lm(adapter_spec(lm, adapter_dir), cache=cache if cache is not None else False)
+
+
+def solver_with_adapter(solver: Any, adapter_dir: str | Path, *, settings: Any = None) -> Any:
+    """A new Solver with ``solver``'s state whose LM is its base model plus the adapter."""
+    new_lm = lm_with_adapter(solver.lm, adapter_dir, settings=settings)
     return type(solver).from_state(solver.state(), new_lm)

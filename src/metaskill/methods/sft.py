@@ -191,6 +191,7 @@ class StepInfo:
     loss: float
     elapsed_s: float  # training seconds so far, excluding time spent in callbacks
     model: Any = None
+    cpu_s: float = 0.0  # process CPU seconds of training so far (robust on a shared machine)
 
 
 @dataclass
@@ -203,6 +204,7 @@ class TrainResult:
     seconds: float
     seconds_per_step: float
     peak_rss_mb: float
+    cpu_seconds: float
     n_examples: int
     model: Any = field(default=None, repr=False)
 
@@ -318,6 +320,7 @@ def train_lora(
     losses: list[float] = []
     t0 = time.perf_counter()
     paused = 0.0  # time spent in on_step (evaluation), not counted as training time
+    c0, cpu_paused = time.process_time(), 0.0
     bar = _progress(progress)
     try:
         with bar:
@@ -343,23 +346,26 @@ def train_lora(
                 losses.append(value)
                 bar.update(task_id, advance=1, loss=value)
                 if on_step is not None:
-                    t_cb = time.perf_counter()
+                    t_cb, c_cb = time.perf_counter(), time.process_time()
                     peft_model.eval()
                     stop = on_step(StepInfo(step + 1, total, value, t_cb - t0 - paused,
-                                            peft_model))
+                                            peft_model, c_cb - c0 - cpu_paused))
                     peft_model.train()
                     paused += time.perf_counter() - t_cb
+                    cpu_paused += time.process_time() - c_cb
                     if stop:
                         total = step + 1
                         break
     finally:
         peft_model.eval()
     seconds = time.perf_counter() - t0 - paused
+    cpu_seconds = time.process_time() - c0 - cpu_paused
     info = {
         "config": config.model_dump(mode="json"),
         "steps": total,
         "losses": losses,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "n_examples": len(encoded),
         "init_adapter": str(init_adapter) if init_adapter else None,
         **(meta or {}),
@@ -367,6 +373,7 @@ def train_lora(
     save_adapter_atomically(peft_model, out, info)
     return TrainResult(adapter_dir=out, steps=total, losses=losses, seconds=seconds,
                        seconds_per_step=seconds / max(1, total), peak_rss_mb=peak_rss_mb(),
+                       cpu_seconds=cpu_seconds,
                        n_examples=len(encoded), model=peft_model)
 
 
