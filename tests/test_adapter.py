@@ -129,8 +129,9 @@ def test_hf_and_llama_cpp_adapter_agree(tmp_path: Path, tmp_home: Path) -> None:
     reqs = [Request(messages=[Message(role="user", content=f"Reverse the word: {w}")],
                     max_tokens=12) for w in HELD_OUT]
     hf_out = [c.text.strip() for c in hf_tuned.complete(reqs, cache=False)]
-    cpp_tuned = LlamaLM(gguf_path, lora_path=gguf_adapter)
-    cpp_base = LlamaLM(gguf_path)
+    # One thread: llama.cpp's spinning worker threads crawl on an oversubscribed machine.
+    cpp_tuned = LlamaLM(gguf_path, lora_path=gguf_adapter, n_threads=1)
+    cpp_base = LlamaLM(gguf_path, n_threads=1)
     try:
         cpp_out = [c.text.strip() for c in cpp_tuned.complete(reqs, cache=False)]
         base_out = [c.text.strip() for c in cpp_base.complete(reqs, cache=False)]
