@@ -25,6 +25,10 @@ def test_bad_input_is_one_line_error(tmp_path: Path) -> None:
     assert r.returncode == 1 and "--task is required" in r.stderr
     r = metaskill("train", "--task", "sst2", "--steps", "0", home=tmp_path)
     assert r.returncode == 1 and "--steps must be >= 1" in r.stderr
+    r = metaskill("train", "--task", "sst2", "--method", "stat-sel", home=tmp_path)
+    assert r.returncode == 1 and "needs --profile" in r.stderr
+    r = metaskill("evolve", "--task", "sst2", "--rounds", "0", home=tmp_path)
+    assert r.returncode == 1 and "--rounds must be >= 1" in r.stderr
 
 
 def test_resume_refuses_changed_arguments(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ Examples::
     metaskill train --task reasoning_gym -o dataset=spell_backward --model local \\
         --steps 150 --out runs/reverse
     metaskill train --out runs/reverse          # resume: finished stages are not redone
+    metaskill train --task math -o path=DIR --method stat-sel --profile profile.json
     metaskill evolve --task reasoning_gym -o dataset=spell_backward --rounds 3 --out runs/self
 
 A run directory holds ``run.json`` (the arguments), ``stages/*.json`` (each finished stage,
@@ -23,7 +24,7 @@ from rich.console import Console
 
 from metaskill.core.errors import MetaskillError
 
-METHODS = ("sft",)
+METHODS = ("sft", "stat-sel", "stat-syn")
 
 
 def _options(items: list[str] | None) -> dict[str, Any]:
@@ -103,6 +104,12 @@ def train_cmd(
         "--method", help=f"Training method: {', '.join(METHODS)}.")] = "sft",
     skills: Annotated[str | None, typer.Option(
         "--skills", help="Train only on examples with these skills (comma-separated).")] = None,
+    profile: Annotated[Path | None, typer.Option(
+        "--profile", help="Missing-Skill Profile JSON (stat-sel, stat-syn).")] = None,
+    teacher: Annotated[str | None, typer.Option(
+        "--teacher", help="Teacher model spec for stat-syn on a non-procedural task.")] = None,
+    per_pair: Annotated[int, typer.Option(
+        "--per-pair", help="STAT examples per (difficult example, missing skill).")] = 2,
     steps: Annotated[int, typer.Option("--steps", help="LoRA optimizer steps.")] = 100,
     rank: Annotated[int, typer.Option("--rank", help="LoRA rank.")] = 8,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
@@ -126,9 +133,16 @@ def train_cmd(
     for name, v in (("--steps", steps), ("--rank", rank), ("--batch-size", batch_size)):
         if v < 1:
             raise MetaskillError(f"{name} must be >= 1, got {v}.")
+    if method.startswith("stat") and profile is None and task is not None:
+        raise MetaskillError(f"--method {method} needs --profile PROFILE.json (build one with "
+                             "the skills profile verb).")
+    if profile is not None and not profile.is_file():
+        raise MetaskillError(f"profile file '{profile}' does not exist.")
     settings = Settings.from_env()
     given: dict[str, Any] = {
         "task": task, "options": _options(option), "model": model, "method": method,
+        "profile": str(profile) if profile else None, "teacher": teacher,
+        "per_pair": per_pair,
         "skills": [s.strip() for s in skills.split(",") if s.strip()] if skills else None,
         "steps": steps, "rank": rank, "lr": lr, "batch_size": batch_size, "seed": seed,
         "n_train": n_train, "eval_limit": eval_limit, "max_tokens": max_tokens,
@@ -161,14 +175,17 @@ def _train_run(out: Path, args: dict[str, Any], settings: Any, console: Console)
             train = [e for e in train if wanted & set(e.skills)]
         if args["n_train"]:
             train = train[: args["n_train"]]
+        if args["method"] != "sft":
+            train = _stat_data(args, task, train)
         pairs = pairs_from_examples(task, train)
         with open(out / "data.jsonl", "w") as f:
             for p in pairs:
                 f.write(p.model_dump_json() + "\n")
         return {"n": len(pairs)}
 
-    data = runner.run("data", {k: args[k] for k in ("task", "options", "skills", "n_train")},
-                      make_data)
+    data = runner.run("data", {k: args.get(k) for k in ("task", "options", "skills", "n_train",
+                                                         "method", "profile", "teacher",
+                                                         "per_pair")}, make_data)
     console.print(f"training data: {data['n']} examples ({out / 'data.jsonl'})")
     pairs = [ChatPair.model_validate_json(line)
              for line in (out / "data.jsonl").read_text().splitlines() if line.strip()]
@@ -198,6 +215,28 @@ def _train_run(out: Path, args: dict[str, Any], settings: Any, console: Console)
                       f"{scores['trained']['accuracy']:.1%} (n={scores['trained']['n']})")
     (out / "scores.json").write_text(json.dumps(scores, indent=1))
     typer.echo(json.dumps(scores))
+
+
+def _stat_data(args: dict[str, Any], task: Any, train: list[Any]) -> list[Any]:
+    """STAT-Sel / STAT-Syn training data for the run's profile."""
+    from metaskill.methods import stat
+    from metaskill.skills.profile import Profile
+
+    prof = Profile.load(args["profile"])
+    if args["method"] == "stat-sel":
+        return stat.stat_sel(prof, train, args["per_pair"], args["seed"])
+    if args["task"] == "reasoning_gym":
+        gen = stat.reasoning_gym_generator(args["options"].get("config"))
+        return stat.stat_syn_procedural(prof, gen, args["per_pair"], args["seed"] + 10_000)
+    if not args.get("teacher"):
+        raise MetaskillError("stat-syn on a non-procedural task needs --teacher SPEC.")
+    lm = _load_any(args["teacher"])
+    try:
+        data, _stats = stat.stat_syn_teacher(lm, task, prof, train,
+                                             per_pair=args["per_pair"], seed=args["seed"])
+    finally:
+        lm.close()
+    return data
 
 
 def register(app: typer.Typer) -> None:
