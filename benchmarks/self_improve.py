@@ -96,6 +96,72 @@ def main(argv: list[str] | None = None) -> None:
     curve: list[dict[str, Any]] = [{"step": 0, "train_s": 0.0, "cpu_s": 0.0, "loss": None,
                                     "accuracy": base_acc}]
 
+    state: dict[str, Any] = {"res": None, "parity": None}
+
+    def write_report() -> None:
+        """Write the results file (also after every checkpoint, so a run cut short by a
+        deadline still leaves its curve)."""
+        res = state["res"]
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        best = max(c["accuracy"] for c in curve)
+        reached = next((c for c in curve if c["accuracy"] >= 0.5), None)
+        cmd = "python benchmarks/self_improve.py " + " ".join(argv or sys.argv[1:])
+        lines = [
+            "# Parametric self-improvement: new skill by LoRA SFT",
+            "",
+            f"- command: `{cmd}`",
+            f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
+            f"nproc: {os.cpu_count()}; torch threads: {a.threads}",
+            f"- load average at start: {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} "
+            "(1/5/15 min); the 2 cores were shared with other jobs, so wall seconds are "
+            "pessimistic; CPU seconds are this process's own",
+            "- model: SmolLM2-135M-Instruct Q4_1 GGUF; trained in transformers+peft (fp32, "
+            f"dequantized from the same GGUF; HF copy load {load_s:.1f} s), evaluated by "
+            "llama.cpp with the exported GGUF LoRA adapter (`local+adapter:PATH`)",
+            f"- task: reasoning-gym `{a.dataset}` ({a.config}), {len(pairs)} training answers, "
+            f"{len(task.examples('test'))} held-out test examples, scored by the task's "
+            "verifier, greedy decoding",
+            f"- LoRA: rank {a.rank}, alpha {2 * a.rank}, all attention+MLP linears, lr {a.lr}, "
+            f"batch {a.batch_size}, seed 0; budget {a.budget_s:.0f} s of training "
+            f"({a.clock} clock)",
+            f"- status: {'finished' if res is not None else 'IN PROGRESS (partial curve)'}",
+            "",
+            "## Learning curve (test accuracy vs training time)",
+            "",
+            "| step | training s (wall) | training s (CPU) | loss | test accuracy |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for c in curve:
+            loss = "" if c["loss"] is None else f"{c['loss']:.3f}"
+            lines.append(f"| {c['step']} | {c['train_s']:.0f} | {c['cpu_s']:.0f} | {loss} | "
+                         f"{c['accuracy']:.1%} |")
+        last = curve[-1]
+        lines += ["", "## Result", "",
+                  f"- base {base_acc:.1%} -> best {best:.1%}; last {last['accuracy']:.1%} "
+                  f"after {last['step']} steps / {last['train_s']:.0f} s wall / "
+                  f"{last['cpu_s']:.0f} s CPU of training",
+                  "- reached 50%: " + (f"yes, at step {reached['step']} "
+                                       f"({reached['train_s']:.0f} s wall, "
+                                       f"{reached['cpu_s']:.0f} s CPU)" if reached else "no")]
+        if res is not None:
+            lines.append(
+                f"- training cost: {res.seconds_per_step:.2f} s wall and "
+                f"{res.cpu_seconds / max(1, res.steps):.2f} s CPU per step (batch "
+                f"{a.batch_size}), peak resident memory {peak:.0f} MiB (whole process: HF "
+                "model, optimizer, llama.cpp evaluator)")
+        elif last["step"]:
+            lines.append(f"- training cost so far: {last['train_s'] / last['step']:.2f} s wall "
+                         f"and {last['cpu_s'] / last['step']:.2f} s CPU per step, peak "
+                         f"resident memory {peak:.0f} MiB")
+        if state["parity"] is not None:
+            lines.append(f"- parity: greedy outputs of HF+adapter and llama.cpp+adapter agree "
+                         f"on {state['parity']:.0%} of the {len(task.examples('test'))} "
+                         "test prompts")
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text("\n".join(lines) + "\n")
+        if res is not None:
+            print("\n".join(lines))
+
     def checkpoint(s: StepInfo) -> bool:
         over = (s.cpu_s if a.clock == "cpu" else s.elapsed_s) >= a.budget_s
         if s.step % a.eval_every and not over:
@@ -108,13 +174,13 @@ def main(argv: list[str] | None = None) -> None:
                       "cpu_s": round(s.cpu_s, 1), "loss": round(s.loss, 4), "accuracy": acc})
         print(json.dumps(curve[-1]), outs[:3], flush=True)
         shutil.rmtree(ck, ignore_errors=True)
+        write_report()
         return over
 
     res = train_lora(model, tok, pairs, cfg, work / "adapter", on_step=checkpoint,
                      progress=sys.stderr.isatty())
     final_lora = export_gguf(res.adapter_dir, base_gguf=gguf)
 
-    parity = None
     if a.parity:
         prompts = [user_text(task, e) for e in task.examples("test")]
         reqs = [Request(messages=[Message(role="user", content=p)], max_tokens=a.max_tokens)
@@ -126,59 +192,9 @@ def main(argv: list[str] | None = None) -> None:
         cpp = LlamaLM(gguf, lora_path=final_lora, n_threads=a.threads)
         cpp_out = [c.text.strip() for c in cpp.complete(reqs, cache=False)]
         cpp.close()
-        parity = sum(x == y for x, y in zip(hf_out, cpp_out, strict=True)) / len(reqs)
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    best = max(c["accuracy"] for c in curve)
-    reached = next((c for c in curve if c["accuracy"] >= 0.5), None)
-    cmd = "python benchmarks/self_improve.py " + " ".join(argv or sys.argv[1:])
-    lines = [
-        "# Parametric self-improvement: new skill by LoRA SFT",
-        "",
-        f"- command: `{cmd}`",
-        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
-        f"nproc: {os.cpu_count()}; torch threads: {a.threads}",
-        f"- load average at start: {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} "
-        f"(1/5/15 min; the 2 cores were shared with other jobs, so seconds are pessimistic)",
-        f"- model: SmolLM2-135M-Instruct Q4_1 GGUF; trained in transformers+peft (fp32, "
-        f"dequantized from the same GGUF; HF copy load {load_s:.1f} s), evaluated by "
-        "llama.cpp with the exported GGUF LoRA adapter (`local+adapter:PATH`)",
-        f"- task: reasoning-gym `{a.dataset}` ({a.config}), {len(pairs)} training answers, "
-        f"{len(task.examples('test'))} "
-        "held-out test words, scored by the task's verifier, greedy decoding",
-        f"- LoRA: rank {a.rank}, alpha {2 * a.rank}, all attention+MLP linears, lr {a.lr}, "
-        f"batch {a.batch_size}, seed 0; budget {a.budget_s:.0f} s of training "
-        f"({a.clock} clock)",
-        "",
-        "## Learning curve (test accuracy vs training time)",
-        "",
-        "| step | training s (wall) | training s (CPU) | loss | test accuracy |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for c in curve:
-        loss = "" if c["loss"] is None else f"{c['loss']:.3f}"
-        lines.append(f"| {c['step']} | {c['train_s']:.0f} | {c['cpu_s']:.0f} | {loss} | "
-                     f"{c['accuracy']:.1%} |")
-    lines += [
-        "",
-        "## Result",
-        "",
-        f"- base {base_acc:.1%} -> best {best:.1%}; final {curve[-1]['accuracy']:.1%} after "
-        f"{res.steps} steps / {res.seconds:.0f} s wall / {res.cpu_seconds:.0f} s CPU of "
-        "training",
-        "- reached 50%: " + (f"yes, at step {reached['step']} ({reached['train_s']:.0f} s "
-                             f"wall, {reached['cpu_s']:.0f} s CPU)" if reached else "no"),
-        f"- training cost: {res.seconds_per_step:.2f} s wall and "
-        f"{res.cpu_seconds / max(1, res.steps):.2f} s CPU per step (batch {a.batch_size}), "
-        f"peak resident memory {peak:.0f} MiB (whole process: HF model, optimizer, "
-        "llama.cpp evaluator)",
-    ]
-    if parity is not None:
-        lines.append(f"- parity: greedy outputs of HF+adapter and llama.cpp+adapter agree on "
-                     f"{parity:.0%} of the {len(task.examples('test'))} test prompts")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        state["parity"] = sum(x == y for x, y in zip(hf_out, cpp_out, strict=True)) / len(reqs)
+    state["res"] = res
+    write_report()
 
 
 if __name__ == "__main__":
