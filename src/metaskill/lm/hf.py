@@ -384,8 +384,12 @@ def load_hf(spec_rest: str, *, cache: Cache | None = None, settings: Settings | 
     """Build an :class:`HFLM` from the part of a spec after ``hf:``.
 
     ``PATH`` or ``PATH+adapter:DIR``; ``PATH`` may be ``local`` (the embedded SmolLM2 GGUF).
+    ``lora_path=`` (what :func:`metaskill.lm.spec.load_lm` passes for ``+adapter:``) is
+    accepted as the adapter too, so ``load_lm`` can route ``hf:`` here in one line.
     """
     base, adapter = split_adapter(spec_rest)
+    lora_path = kwargs.pop("lora_path", None)
+    adapter = adapter or (str(lora_path) if lora_path else None)
     if base in ("", "local", "smollm2"):
         base = str(embedded_gguf_path())
     return HFLM(base, adapter=adapter, cache=cache, settings=settings, **kwargs)
