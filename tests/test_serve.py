@@ -229,6 +229,61 @@ def test_solver_failure_is_a_500_not_a_hang() -> None:
         assert r.status_code == 200
 
 
+def test_queue_full_is_429_not_a_lost_request() -> None:
+    import threading
+
+    release = threading.Event()
+
+    def blocked(prompt: str, request: object) -> str:
+        release.wait(10)
+        return "done"
+
+    app = create_app(ZeroShot(ScriptedLM(blocked)), model_id=MODEL,
+                     limits=ServeLimits(max_queue=1))
+
+    async def run(base_url: str) -> list[object]:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
+        user = [{"role": "user", "content": "x"}]
+        first = asyncio.create_task(client.chat.completions.create(model=MODEL, messages=user))
+        await asyncio.sleep(0.3)  # the first one holds the only slot
+        try:
+            await client.chat.completions.create(model=MODEL, messages=user)
+            second: object = "accepted"
+        except openai.RateLimitError as e:
+            second = e.body
+        release.set()
+        out = [await first, second]
+        await client.close()
+        return out
+
+    with ServerThread(app) as srv:
+        first, second = asyncio.run(run(srv.base_url))
+    assert first.choices[0].message.content == "done"  # type: ignore[attr-defined]
+    assert second["code"] == "queue_full"  # type: ignore[index]
+
+
+def test_context_reaches_completion_prompts_and_scores() -> None:
+    """Base-model (completion) prompts and likelihood scoring also get the system prompt."""
+    from metaskill.eval.solvers import LikelihoodClassifier
+
+    task = sentiment_task()
+    lm = ScriptedLM(default="positive")
+    with ServerThread(create_app(ZeroShot(lm, format="completion"), task,
+                                 model_id=MODEL)) as srv:
+        _client(srv).chat.completions.create(model=MODEL, messages=[
+            {"role": "system", "content": "SYSTEM-NOTE"}, {"role": "user", "content": "meh"}])
+    assert lm.calls[-1].startswith("SYSTEM-NOTE\n\nAnswer positive or negative.")
+    assert lm.calls[-1].endswith("Review: meh\nSentiment:")
+    lm2 = ScriptedLM(default="negative")
+    with ServerThread(create_app(LikelihoodClassifier(lm2, format="chat"), task,
+                                 model_id=MODEL)) as srv:
+        r = _client(srv).chat.completions.create(model=MODEL, messages=[
+            {"role": "developer", "content": "SYSTEM-NOTE"},
+            {"role": "user", "content": "meh"}])
+    assert r.choices[0].message.content == "negative"
+    assert lm2.calls[-1].startswith("system: SYSTEM-NOTE")
+
+
 # ---- concurrency ----------------------------------------------------------------------------
 def test_load_200_requests_concurrency_8_nothing_lost() -> None:
     """200 requests, 8 at a time: every one answered, with its own answer, no error, and the
@@ -324,6 +379,18 @@ def test_cli_bad_inputs_are_one_line(tmp_path: Path, tmp_home: Path) -> None:
                             "fake"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and needle in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+    # a port already taken: one line, before any model loads
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ok = save_solver(ZeroShot(ScriptedLM()), tmp_path / "ok.json")
+        r = subprocess.run([sys.executable, "-m", "metaskill", "serve", "--solver", str(ok),
+                            "--model", "fake", "--port", str(port)], capture_output=True,
+                           text=True, timeout=60)
+    assert r.returncode == 1 and "cannot bind" in r.stderr and "Traceback" not in r.stderr
     # a k-shot solver without stored demos cannot answer the plain chat task
     path = tmp_path / "k.json"
     path.write_text(json.dumps({"schema_version": 1, "kind": "k-shot", "model": "fake",
@@ -369,23 +436,22 @@ def test_real_model_kshot_sst2(tmp_path: Path, tmp_home: Path) -> None:
     path.write_text(json.dumps(data))
     port = free_port()
     log = tmp_path / "serve.log"
-    proc = _serve(["--solver", str(path), "--port", str(port), "--no-cache"], log)
+    proc = _serve(["--solver", str(path), "--port", str(port), "--no-cache", "--threads", "2"],
+                  log)
     base = f"http://127.0.0.1:{port}/v1"
     try:
         _wait_ready(proc, base, log, timeout=180)
         client = openai.OpenAI(base_url=base, api_key="x", max_retries=0, timeout=120)
-        answers = []
-        for review in ("an utterly delightful, moving and funny film",
-                       "a boring, ugly and painfully stupid waste of time"):
-            r = client.chat.completions.create(
-                model="metaskill-sst2_4shot", messages=[{"role": "user", "content": review}])
-            answers.append(r.choices[0].message.content.strip().lower())
-            assert r.usage.prompt_tokens > 50  # the four demonstrations are in the prompt
-        assert all(a in task.labels for a in answers), answers
+        r = client.chat.completions.create(
+            model="metaskill-sst2_4shot",
+            messages=[{"role": "user", "content": "an utterly delightful, moving film"}])
+        assert r.choices[0].message.content.strip().lower() in task.labels
+        assert r.usage.prompt_tokens > 50  # the four demonstrations are in the prompt
         stream = client.chat.completions.create(
             model="metaskill-sst2_4shot", stream=True,
-            messages=[{"role": "user", "content": "a masterpiece"}])
-        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices).strip()
+            messages=[{"role": "user", "content": "a boring, painfully stupid film"}])
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text.strip().lower() in task.labels
     finally:
         stop_process(proc.pid)
-    assert "task sst2 (from solver JSON)" in log.read_text()
+    assert "task sst2 (from the solver JSON)" in log.read_text()

@@ -16,8 +16,9 @@ Then, from any OpenAI client::
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -59,6 +60,8 @@ def serve_cmd(
     max_n: Annotated[int, typer.Option("--max-n", help="Most choices (n) per request.")] = 4,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", help="Most requests in flight; more get HTTP 429.")] = 64,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="CPU threads for a llama.cpp model (local, gguf:PATH).")] = None,
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="Neither read nor write the LM cache.")] = False,
 ) -> None:
@@ -68,6 +71,7 @@ def serve_cmd(
     check_binding(host, token)  # before anything slow: refuse an open bind at once
     if not 0 < port < 65536:
         raise MetaskillError(f"--port must be in 1..65535, got {port}.")
+    sock = _bind(host, port)  # before the model loads: a taken port fails at once
     limits = ServeLimits(max_tokens=max_tokens, max_input_chars=max_input_chars, max_n=max_n,
                          max_queue=max_queue)
     try:
@@ -78,28 +82,46 @@ def serve_cmd(
     from metaskill.lm import load_lm
     from metaskill.serve.server import load_served_solver
 
-    lm = load_lm(model, cache=not no_cache) if model is not None else None
-    if lm is None and no_cache:
+    spec = model
+    if spec is None and (no_cache or threads is not None):
         import json
 
         try:
             spec = json.loads(solver.read_text()).get("model")
         except (OSError, ValueError, AttributeError):
             spec = None  # load_served_solver reports the unreadable file
-        if spec:
-            lm = load_lm(str(spec), cache=False)
+    kwargs: dict[str, Any] = {}
+    if threads is not None:
+        if threads < 1:
+            raise MetaskillError(f"--threads must be >= 1, got {threads}.")
+        if spec is None or not str(spec).startswith(("local", "gguf:")):
+            raise MetaskillError("--threads applies to llama.cpp models (local, gguf:PATH).")
+        kwargs["n_threads"] = threads
+    lm = load_lm(str(spec), cache=not no_cache, **kwargs) if spec else None
     served = load_served_solver(solver, task=task, model_id=name, lm=lm)
     app = create_app(served.solver, served.task, model_id=served.model_id, token=token,
                      limits=limits, system_prompt=system_prompt, history=history)
     url_host = f"[{host}]" if ":" in host else host
     typer.echo(f"serving solver {served.solver.kind} ({solver}) on "
                f"{getattr(served.solver.lm, 'spec', '?')} as model '{served.model_id}', "
-               f"task {served.task.name} (from {served.task_source}), at "
+               f"task {served.task.name} ({served.task_source}), at "
                f"http://{url_host}:{port}/v1" + (" (bearer token required)" if token else ""))
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket bound to ``host:port`` (handed to uvicorn, so no race)."""
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
     except OSError as e:
-        raise MetaskillError(f"cannot bind {host}:{port}: {e.strerror or e}.") from None
+        raise MetaskillError(f"cannot bind {host}:{port}: {e.strerror or e}; pick another "
+                             "--port or --host.") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def register(app: typer.Typer) -> None:

@@ -19,9 +19,11 @@ How a chat request becomes a Solver call (the Solver answers Examples of a Task)
    the Solver builds (after the system message), or as ``User:``/``Assistant:`` lines in
    front of a plain prompt.
 4. The client's ``max_tokens`` (or ``max_completion_tokens``) caps every generation the
-   Solver asks for; ``temperature``, ``top_p`` and ``seed``, when given, override the
-   Solver's; ``stop`` adds to its stop strings. ``n`` > 1 solves the input ``n`` times with
-   seeds ``seed``, ``seed + 1`` ... (identical answers at temperature 0).
+   Solver asks for; ``temperature`` and ``top_p``, when given, override the Solver's;
+   ``seed`` shifts every seed the Solver uses by that much (so a Solver that samples with
+   distinct seeds keeps them distinct); ``stop`` adds to its stop strings. ``n`` > 1
+   solves the input ``n`` times, choice ``i`` with the shift ``seed + i`` (identical
+   answers at temperature 0).
 5. The answer is the Solver's answer (``Attempt.output``: e.g. the first line for a
    classification task), and ``usage`` sums every LM call it made.
 
@@ -282,7 +284,7 @@ class _CallContext:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-    seed: int | None = None
+    seed: int = 0  # added to every request's seed
     stop: tuple[str, ...] = ()
 
 
@@ -330,8 +332,8 @@ class RequestContextLM:
             fields["temperature"] = ctx.temperature
         if ctx.top_p is not None:
             fields["top_p"] = ctx.top_p
-        if ctx.seed is not None:
-            fields["seed"] = ctx.seed
+        if ctx.seed:
+            fields["seed"] = r.seed + ctx.seed  # shift, so a Solver's distinct seeds stay distinct
         if ctx.stop:
             fields["stop"] = tuple(dict.fromkeys((*r.stop, *ctx.stop)))
         if ctx.prefix:
@@ -413,9 +415,9 @@ class SolverService:
         example = Example(id=f"chat-{digest}", input=inp.text)
         outputs, reasons, usage = [], [], Usage()
         for i in range(inp.n):
-            seed = (inp.seed or 0) + i if (inp.seed is not None or inp.n > 1) else None
             ctx = _CallContext(prefix=inp.prefix, max_tokens=inp.max_tokens,
-                               temperature=inp.temperature, top_p=inp.top_p, seed=seed,
+                               temperature=inp.temperature, top_p=inp.top_p,
+                               seed=(inp.seed or 0) + i,
                                stop=inp.stop)
             token = _CALL.set(ctx)
             try:

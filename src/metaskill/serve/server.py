@@ -81,9 +81,9 @@ def load_served_solver(
         from metaskill.tasks import get_task
 
         task_obj = get_task(task_name)
-        source = "--task" if task else "solver JSON"
+        source = "from --task" if task else "from the solver JSON"
     else:
-        task_obj, source = chat_task(), "default: plain chat input"
+        task_obj, source = chat_task(), "no --task: the input as-is, no template"
     solver = load_solver(data, lm=lm)
     probe = Example(id="probe", input="probe input")
     try:
