@@ -69,12 +69,12 @@ def test_models_lists_the_served_id(server: ServerThread) -> None:
 
 def test_non_streaming_applies_solver_and_reports_usage(lm: ScriptedLM) -> None:
     task = sentiment_task()
-    solver = KShot.for_task(ScriptedLM(default="positive\nbecause I said so"), task, k=2,
-                            format="chat")
+    backend = ScriptedLM(default="positive\nbecause I said so")
+    solver = KShot.for_task(backend, task, k=2, format="chat")
     with ServerThread(create_app(solver, task, model_id=MODEL)) as srv:
         r = _client(srv).chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "what a great movie"}])
-        backend = solver.lm.inner
+    assert solver.lm is backend  # the given Solver is not modified
     assert r.object == "chat.completion"
     assert r.choices[0].message.role == "assistant"
     # classification: the Solver keeps the first line of the raw text
@@ -87,6 +87,30 @@ def test_non_streaming_applies_solver_and_reports_usage(lm: ScriptedLM) -> None:
     assert "Answer positive or negative." in prompt
     assert "Review: a lovely film" in prompt and "Review: a dull mess" in prompt
     assert "Review: what a great movie\nSentiment:" in prompt
+
+
+def test_knn_demos_solver_retrieves_demos_per_request() -> None:
+    """A knn_demos Solver, saved and served, picks each request's nearest demonstration."""
+    from metaskill.methods.compose import MethodResources
+    from metaskill.methods.demos import DemoSolver
+    from metaskill.methods.knn_demos import KnnDemos, KnnDemosConfig
+
+    task = sentiment_task()
+    pool = [Example(id="a", input="great film", answer="positive"),
+            Example(id="b", input="awful plot", answer="negative")]
+    lm = ScriptedLM(default="negative")
+    method = KnnDemos(KnnDemosConfig(k=1), resources=MethodResources(embedder_spec="hash:64"))
+    solver = method.fit(DemoSolver(lm, None, k=0), task, pool)
+    with ServerThread(create_app(solver, task, model_id=MODEL)) as srv:
+        c = _client(srv)
+        c.chat.completions.create(model=MODEL,
+                                  messages=[{"role": "user", "content": "awful acting"}])
+        first = lm.calls[-1]
+        c.chat.completions.create(model=MODEL,
+                                  messages=[{"role": "user", "content": "great acting"}])
+        second = lm.calls[-1]
+    assert "awful plot" in first and "great film" not in first
+    assert "great film" in second and "awful plot" not in second
 
 
 def test_streaming_matches_non_streaming(server: ServerThread) -> None:

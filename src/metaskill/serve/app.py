@@ -365,6 +365,19 @@ class RequestContextLM:
         return self.inner.score(context, continuations, **kwargs)
 
 
+def with_request_context(solver: Any) -> Any:
+    """A copy of ``solver`` whose every LM call carries the current request's context.
+
+    The copy is rebuilt from the Solver's JSON around a :class:`RequestContextLM`, so
+    nested Solvers (an inner Solver of self-consistency, a refinement loop) share the
+    wrapper too, and the given Solver is left untouched.
+    """
+    from metaskill.eval.solvers import load_solver
+
+    lm = solver.lm if isinstance(solver.lm, RequestContextLM) else RequestContextLM(solver.lm)
+    return load_solver(solver.to_json(), lm=lm)
+
+
 # ---- the service: one worker thread in front of the Solver --------------------------------------
 @dataclass
 class Answer:
@@ -395,7 +408,8 @@ class SolverService:
     """Runs a Solver for chat inputs, one call at a time on a single worker thread.
 
     Args:
-        solver: a Solver whose LM is a :class:`RequestContextLM` (``create_app`` wraps it).
+        solver: a Solver whose LM is a :class:`RequestContextLM` (see
+            :func:`with_request_context`).
         task: the Task the Solver answers (its template, instructions, labels).
         limits: the request limits (``max_queue`` bounds the requests in flight).
     """

@@ -23,11 +23,11 @@ from starlette.requests import Request as HttpRequest
 from metaskill.core.types import Usage
 from metaskill.serve.app import (
     ApiError,
-    RequestContextLM,
     ServeLimits,
     SolverService,
     chat_task,
     parse_chat_request,
+    with_request_context,
 )
 
 _WORD = re.compile(r"\s*\S+|\s+")
@@ -55,7 +55,8 @@ def build_app(
     """The FastAPI app serving ``solver`` (see the module doc for the behaviour).
 
     Args:
-        solver: any Solver; its LM is wrapped so each request's context reaches every call.
+        solver: any Solver (not modified: the app serves a copy rebuilt from its JSON around
+            a :class:`~metaskill.serve.app.RequestContextLM`).
         task: the Task whose template/instructions the Solver uses; None: :func:`chat_task`.
         model_id: the id listed by ``/v1/models`` and required in each request's ``model``.
         token: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``.
@@ -67,8 +68,7 @@ def build_app(
         A FastAPI application; ``app.state.service`` is its :class:`SolverService`.
     """
     limits = limits or ServeLimits()
-    if not isinstance(solver.lm, RequestContextLM):
-        solver.lm = RequestContextLM(solver.lm)
+    solver = with_request_context(solver)
     service = SolverService(solver, task if task is not None else chat_task(), limits)
     created = int(time.time())
 
