@@ -177,7 +177,7 @@ def main() -> None:
         how = ("`--model gguf` against `llama_cpp.server` on 127.0.0.1 (echo + logprobs)")
     else:
         model = ["--model", "hf", "--model_args",
-                 f"pretrained={gguf.parent},gguf_file={gguf.name},dtype=float32,device=cpu"]
+                 f"pretrained={gguf.parent},gguf_file={gguf.name},dtype=float32", "--device", "cpu"]
         how = ("`--model hf`: transformers loads the same GGUF file (weights dequantized "
                "from Q4_1 to float32)")
     try:
@@ -242,6 +242,8 @@ def main() -> None:
         + f"; per-label log-likelihoods differ by a median of {_q(diffs, 0.5):.4f} and at "
         f"most {diffs[-1]:.4f} nats.",
         "",
+        GGUF_SERVER_NOTE,
+        "",
         "Command: `.venv/bin/python benchmarks/lm_eval_crosscheck.py "
         + " ".join(sys.argv[1:]) + "` (lm-eval installed in `benchmarks/.venv-lmeval`).",
         f"Machine: {os.cpu_count()} cores, {platform.machine()}. Date: "
@@ -250,6 +252,19 @@ def main() -> None:
     ]
     write_section("\n".join(section))
     print("\n".join(section))
+
+
+GGUF_SERVER_NOTE = (
+    "Why not lm-eval's `gguf` model type against `llama_cpp.server` "
+    "(`--backend gguf-server`): tried first, it cannot agree. llama-cpp-python 0.3.36's "
+    "echo logprobs are shifted by one position (`_create_completion` zips the prompt tokens "
+    "with `Llama.logits_to_logprobs(self._scores)[token_offset:]`, so token i gets the row "
+    "that predicts token i+1; e.g. `iment` after `Sent` scores -13 nats), and lm-eval's "
+    "`gguf.get_result` sums `token_logprobs[idx:-1]`, assuming one generated token after "
+    "the echo, so when the model stops at once the continuation scores 0. On 10 examples "
+    "the predicted label differed on 10 of 10. (The server also computes a sorted "
+    "full-vocabulary top-k for every echoed token: ~25 s per request here.)"
+)
 
 
 def _q(xs: list[float], q: float) -> float:
