@@ -230,12 +230,11 @@ def main() -> None:
         f"- load average (1 min) at start / end: {load0[0]:.1f} / {load1[0]:.1f} -- the "
         "machine is shared, so absolute times are noisy; the ratios are measured side by "
         "side, prompt by prompt, with the order rotated.",
-        "- threads: with the machine oversubscribed (load ~14 on 2 cores), 2 llama.cpp "
-        "threads spin-wait against other jobs and a first attempt at 2 threads managed 12 of "
-        "50 prompts in 37 minutes, so this run used 1. Slower generation makes the fixed "
-        "per-token Python cost (one log-softmax over the 49,152-token vocabulary, ~0.1 ms) "
-        "a smaller fraction than on an idle machine at ~80-125 tokens/s (~1-1.5% there)."
-        if args.threads < (os.cpu_count() or 1) else "- threads: all cores.",
+        f"- threads: {args.threads} of {os.cpu_count()} cores. On an oversubscribed machine "
+        "llama.cpp threads that spin-wait against other jobs slow down badly, so fewer "
+        "threads can be faster. Slower generation makes the fixed per-token Python cost "
+        "(one log-softmax over the 49,152-token vocabulary, ~0.1 ms) a smaller fraction "
+        "than at full speed (~1-1.5% at 80-125 tokens/s).",
         "",
         f"## 1. metaskill.lm vs llama_cpp directly ({len(ps)} SST-2 prompts, one run)",
         "",
