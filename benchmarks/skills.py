@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -359,6 +360,9 @@ def main() -> None:
     ap.add_argument("--model", default="local")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-profile", action="store_true")
+    ap.add_argument("--parts", default="quality,profile,timings",
+                    help="comma-separated parts to run; sections of parts not run are kept "
+                         "from the existing results file")
     ap.add_argument("--cache-dir", default=None,
                     help="folder for the embedding/LM caches of the quality and profile "
                          "parts (default: a fresh temp folder)")
@@ -391,25 +395,48 @@ def main() -> None:
         "sentence-transformers on CPU (torch 2.13.0).",
         "",
     ]
-    sections: list[list[str]] = []
+
+    parts = set(args.parts.split(","))
+    if args.skip_profile:
+        parts.discard("profile")
+    new: dict[str, list[str]] = {}
 
     def write() -> None:
         RESULTS.mkdir(exist_ok=True)
+        old: dict[str, str] = {}
+        f = RESULTS / "skills.md"
+        if f.exists():  # keep sections of parts not run now
+            text = f.read_text()
+            m = re.search(r"Command: `([^`]*)`.*?\nDate: ([^;]*);", text, re.S)
+            who = f"_(section written by `{m.group(1)}`, {m.group(2)})_" if m else ""
+            for chunk in text.split("\n## ")[1:]:
+                sec = "## " + chunk.split("\nLoad average at the end")[0].rstrip()
+                if "_(section written by" not in sec and who:
+                    sec += "\n\n" + who
+                old[chunk[:1]] = sec
+        body: list[str] = []
+        for key in "123":
+            if key in new:
+                body += [*new[key], f"_(section written by `{cmd.strip()}`, {started}, "
+                         f"load average at start {load0[0]:.1f})_", ""]
+            elif key in old:
+                body += [old[key], ""]
         tail = [f"Load average at the end of the last part: {os.getloadavg()[0]:.1f}.", ""]
-        lines = header + [ln for sec in sections for ln in sec] + tail
-        (RESULTS / "skills.md").write_text("\n".join(lines))
+        f.write_text("\n".join(header + body + tail))
 
-    qrows = discovery("MATH train", math_s, cache, [7, 14], args.seed)
-    qrows += discovery("BIG-bench 6-task mix", bb, cache, [6, 12], args.seed)
-    sections.append(quality_section(qrows, math_s, math_all, args))
-    write()
-    if not args.skip_profile:
-        prof = profile_mix(data, args.model, args.profile_n, cache_dir, args.seed)
-        sections.append(profile_section(prof, args))
+    if "quality" in parts:
+        qrows = discovery("MATH train", math_s, cache, [7, 14], args.seed)
+        qrows += discovery("BIG-bench 6-task mix", bb, cache, [6, 12], args.seed)
+        new["1"] = quality_section(qrows, math_s, math_all, args)
         write()
-    tim = timings(data, args.index_n, tmp, args.seed)
-    sections.append(timing_section(tim))
-    write()
+    if "profile" in parts:
+        prof = profile_mix(data, args.model, args.profile_n, cache_dir, args.seed)
+        new["2"] = profile_section(prof, args)
+        write()
+    if "timings" in parts:
+        tim = timings(data, args.index_n, tmp, args.seed)
+        new["3"] = timing_section(tim)
+        write()
     print((RESULTS / "skills.md").read_text())
 
 
