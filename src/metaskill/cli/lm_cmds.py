@@ -61,6 +61,8 @@ def models() -> None:
                       m.description)
     table.add_row("gguf:PATH", "any GGUF file", "llama-cpp-python", "", "append +adapter:PATH "
                   "for a LoRA adapter")
+    table.add_row("hf:PATH", "HF transformers (folder, GGUF or `local`)", "transformers",
+                  "", "for training (LoRA); pip install 'metaskill[train]'")
     table.add_row("openai:MODEL@BASE_URL", "any OpenAI-compatible server", "httpx", "",
                   "vLLM, Ollama, llama.cpp server, hosted APIs; key from $OPENAI_API_KEY")
     Console().print(table)

@@ -7,6 +7,8 @@ Spec forms:
 * ``gguf:PATH`` -- any GGUF file.
 * ``openai:MODEL@BASE_URL`` (or ``openai:MODEL`` with ``$OPENAI_BASE_URL``) -- any
   OpenAI-compatible server: vLLM, Ollama, llama.cpp server, hosted APIs.
+* ``hf:PATH`` -- HF transformers (a model folder, a GGUF file, or ``local``); used for
+  training and needs the ``train`` extra (see :mod:`metaskill.lm.hf`).
 * ``fake`` -- the scripted fake LM (tests).
 
 A llama.cpp spec may end in ``+adapter:PATH`` to apply a LoRA adapter (GGUF); its hash
@@ -38,8 +40,9 @@ SPEC_FORMS = (
     "local:gemma3-270m",
     "gguf:PATH",
     "openai:MODEL@BASE_URL",
+    "hf:PATH",
     "fake",
-    "(llama.cpp specs may end in +adapter:PATH)",
+    "(local/gguf/hf specs may end in +adapter:PATH)",
 )
 
 
@@ -158,6 +161,11 @@ def load_lm(
         from metaskill.lm.fake import ScriptedLM
 
         return ScriptedLM(cache=cache_obj, **kwargs)
+
+    if base.startswith("hf:"):
+        from metaskill.lm.hf import load_hf
+
+        return load_hf(base[len("hf:") :], cache=cache_obj, settings=settings, **kwargs)
 
     if base.startswith("openai:"):
         if adapter:
