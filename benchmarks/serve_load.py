@@ -7,16 +7,18 @@ Writes ``benchmarks/results/serve_load.md``. Two parts, in one run:
    on 127.0.0.1) with a scripted LM that echoes its input. Every answer must name its own
    input (nothing lost or mixed up); errors are counted, not hidden. A quarter are streamed.
 2. **Real model.** A 4-shot SST-2 Solver (demos drawn with seed 0 from the package's SST-2
-   train split) on the embedded SmolLM2-135M, cache off: ``--real-requests`` SST-2 test
-   sentences answered (a) by calling ``solver.solve`` directly, one at a time, and (b) by
-   the server with ``--concurrency`` clients, in blocks of ``--concurrency`` inputs, the
-   path going first alternating per block (so load changes on this shared machine fall on
-   both). Served answers must equal the direct ones (greedy, same prompts). The ratio of
-   (b)'s to (a)'s throughput is the server's cost; both use the same loaded model.
+   train split) on the embedded SmolLM2-135M, cache off, ``--real-requests`` SST-2 test
+   sentences. (a) Each is answered by ``solver.solve`` directly (on a worker thread, as
+   the server does) and through the server (one client), back to back, the order
+   alternating, so load changes on this shared machine fall on both: the time ratio is
+   the server's per-request cost. (b) All of them from ``--concurrency`` concurrent
+   clients: throughput, latency, lost requests. Served answers must equal the direct ones
+   (greedy, same prompts). Both paths use the same loaded model; two untimed calls
+   through each warm it up first.
 
 Usage::
 
-    .venv/bin/python benchmarks/serve_load.py                       # 200 fake + 24 real
+    .venv/bin/python benchmarks/serve_load.py                       # 200 fake + 16 real
     .venv/bin/python benchmarks/serve_load.py --real-requests 8     # quicker
 """
 
@@ -27,8 +29,10 @@ import asyncio
 import datetime as dt
 import os
 import platform
+import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -108,44 +112,54 @@ def real_part(n: int, concurrency: int, threads: int | None) -> dict[str, Any]:
     lm = load_lm("local", cache=False, **kwargs)
     solver = KShot.for_task(lm, task, k=4, seed=0)
     inputs = [e.text for e in task.examples("test")[:n]]
-    solver.solve(task, [Example(id="warm", input="warm up")])  # load the model first
     app = create_app(solver, task, model_id=MODEL)
-    direct: list[str] = []
-    served: list[str | None] = []
-    lat: list[float] = []
-    errors: list[str] = []
-    direct_wall = served_wall = 0.0
     with ServerThread(app) as srv:
-        # Blocks of `concurrency` inputs; in each block both paths answer the same inputs,
-        # the one going first alternating, so load changes fall on both alike.
-        for b, start in enumerate(range(0, n, concurrency)):
-            block = inputs[start:start + concurrency]
-            for path in (("direct", "served") if b % 2 == 0 else ("served", "direct")):
+        client = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0, timeout=600)
+
+        def served_one(text: str) -> str:
+            r = client.chat.completions.create(model=MODEL,
+                                               messages=[{"role": "user", "content": text}])
+            return r.choices[0].message.content or ""
+
+        for w in inputs[-2:]:  # untimed warm-up of both paths (the first calls run slow)
+            solver.solve(task, [Example(id="warm", input=w)])
+            served_one(w)
+        # (a) per-request cost: each input answered directly and through the server, one
+        # right after the other, the order alternating, so load changes hit both alike.
+        # The direct calls run on a worker thread of their own, as the server's do: in
+        # earlier runs here, calls from the main thread ran slower under load.
+        pool = ThreadPoolExecutor(max_workers=1)
+        direct_s: list[float] = []
+        served_s: list[float] = []
+        direct: list[str] = []
+        for i, text in enumerate(inputs):
+            for path in (("direct", "served") if i % 2 == 0 else ("served", "direct")):
                 t0 = time.perf_counter()
                 if path == "direct":
-                    outs = [solver.solve(task, [Example(id=f"d{start + i}", input=t)])[0].output
-                            for i, t in enumerate(block)]
-                    direct_wall += time.perf_counter() - t0
-                    direct += outs
+                    ex = Example(id=f"d{i}", input=text)
+                    direct.append(pool.submit(solver.solve, task, [ex]).result()[0].output)
+                    direct_s.append(time.perf_counter() - t0)
                 else:
-                    res = asyncio.run(_drive(srv.base_url, block, concurrency))
-                    served_wall += time.perf_counter() - t0
-                    served += res["outputs"]
-                    lat += res["lat"]
-                    errors += res["errors"]
+                    served_one(text)
+                    served_s.append(time.perf_counter() - t0)
+        client.close()
+        pool.shutdown()
+        # (b) throughput and loss at the given concurrency.
+        res = asyncio.run(_drive(srv.base_url, inputs, concurrency))
+    served = res["outputs"]
     same = sum(1 for a, b in zip(direct, served, strict=True) if a == b)
     acc = sum(1 for o, e in zip(served, task.examples("test")[:n], strict=True)
               if o is not None and task.verifier.verify(o, e).score == 1.0)
     lm.close()
-    return {"n": n, "wall": served_wall, "lat": sorted(lat), "errors": errors,
-            "direct_wall": direct_wall, "same": same, "accuracy": acc / n,
+    return {"n": n, "wall": res["wall"], "lat": res["lat"], "errors": res["errors"],
+            "direct_s": direct_s, "served_s": served_s, "same": same, "accuracy": acc / n,
             "lost": sum(1 for o in served if o is None)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fake-requests", type=int, default=200)
-    ap.add_argument("--real-requests", type=int, default=24)
+    ap.add_argument("--real-requests", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -159,8 +173,9 @@ def main() -> None:
     real = real_part(args.real_requests, args.concurrency, args.threads) \
         if args.real_requests else None
     if real:
-        print(f"real: {real['n']} requests served in {real['wall']:.1f} s vs direct "
-              f"{real['direct_wall']:.1f} s; same answers {real['same']}/{real['n']}")
+        print(f"real: per request served {sum(real['served_s']):.1f} s vs direct "
+              f"{sum(real['direct_s']):.1f} s; concurrent {real['n']} in {real['wall']:.1f} s; "
+              f"same answers {real['same']}/{real['n']}")
     load_after = os.getloadavg()
 
     lines = [
@@ -188,24 +203,37 @@ def main() -> None:
     if fake["errors"]:
         lines += ["First error: `" + fake["errors"][0][:200] + "`", ""]
     if real:
-        ratio = (real["n"] / real["wall"]) / (real["n"] / real["direct_wall"])
+        d, v = real["direct_s"], real["served_s"]
+        ratio = sum(v) / sum(d)
         lines += [
             "## 2. Real model: 4-shot SST-2 Solver on SmolLM2-135M (embedded, cache off)",
             "",
-            "| path | requests | wall s | req/s | p50 s | p95 s | lost | errors |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
-            f"| `solver.solve` directly, one at a time | {real['n']} | "
-            f"{real['direct_wall']:.1f} | {real['n'] / real['direct_wall']:.2f} | | | | |",
-            f"| `metaskill serve`, {args.concurrency} concurrent clients | {real['n']} | "
-            f"{real['wall']:.1f} | {real['n'] / real['wall']:.2f} | "
+            f"(a) Per request, {real['n']} SST-2 test sentences, each answered by "
+            "`solver.solve` directly (on a worker thread) and through the server (one "
+            "client), back to back, order alternating:",
+            "",
+            "| path | requests | total s | mean s | median s |",
+            "| --- | --- | --- | --- | --- |",
+            f"| `solver.solve` directly | {len(d)} | {sum(d):.1f} | {sum(d) / len(d):.2f} | "
+            f"{statistics.median(d):.2f} |",
+            f"| through `metaskill serve` | {len(v)} | {sum(v):.1f} | {sum(v) / len(v):.2f} | "
+            f"{statistics.median(v):.2f} |",
+            "",
+            f"Served / direct time: **{ratio:.2f}x** (1.0 = the server adds nothing).",
+            "",
+            f"(b) The same {real['n']} requests from {min(args.concurrency, real['n'])} "
+            "concurrent clients:",
+            "",
+            "| requests | wall s | req/s | p50 s | p95 s | lost | errors |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| {real['n']} | {real['wall']:.1f} | {real['n'] / real['wall']:.2f} | "
             f"{_pct(real['lat'], .5):.1f} | {_pct(real['lat'], .95):.1f} | {real['lost']} | "
             f"{len(real['errors'])} |",
             "",
-            f"Served / direct throughput: **{ratio:.2f}x** (1.0 = no server cost; the LM "
-            "calls are serialised on one worker, so concurrency adds queueing latency, not "
-            "throughput). Served answers identical to direct answers: "
-            f"{real['same']}/{real['n']}; accuracy of the served answers on these SST-2 "
-            f"test sentences: {real['accuracy']:.0%}.",
+            "LM calls are serialised on one worker thread (llama.cpp is not thread-safe), so "
+            "concurrency adds queueing latency, not throughput. Served answers identical to "
+            f"direct answers: {real['same']}/{real['n']}; accuracy of the served answers on "
+            f"these SST-2 test sentences: {real['accuracy']:.0%}.",
             "",
         ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
