@@ -160,6 +160,10 @@ def main() -> None:
             f"{r.totals.errors} | {r.totals.tokens:,} | {r.tokens_per_example:.0f} | "
             f"{human_seconds(r.totals.wall_s)} | `{r.id}` |"
         )
+    missing = [f"{name} {label}" for name in tasks for label, _ in configs(name)
+               if (name, label) not in results]
+    if missing:
+        lines += ["", "Not run before the deadline: " + ", ".join(missing) + "."]
     chance = {"sst2": 2, "trec": 6, "ag_news": 4}
     lines += [
         "",
