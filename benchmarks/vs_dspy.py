@@ -401,13 +401,21 @@ def write_report(path: Path, args: argparse.Namespace, per_task: dict, meta: dic
                          f"recall {rec}"
                          " (against the verifier, measured afterwards).")
         lines += ["", "Targets:", "", *targets(rows), ""]
+    done = {r["name"].split(":", 1)[1] for rows in per_task.values() for r in rows
+            if r["side"] == "dspy"}
+    unfinished = [o for o in args.optimizers if o not in done]
     not_run_opt = [o for o in ALL_OPTIMIZERS if o not in args.optimizers]
     not_run_m = [m for m in ALL_METHODS if m not in args.methods]
     not_run_t = [t for t in ("sst2", "trec", "ag_news") if t not in args.tasks]
     lines += ["## Not run in this configuration", "",
               f"- tasks: {', '.join(not_run_t) or 'none'}",
               f"- DSPy optimizers: {', '.join(not_run_opt) or 'none'}",
+              f"- DSPy optimizers started but without stored results (not finished): "
+              f"{', '.join(unfinished) or 'none'}",
+              f"- DSPy adapters run: {', '.join(args.adapters)}",
               f"- metaskill methods: {', '.join(not_run_m) or 'none'}", ""]
+    if args.note:
+        lines += ["## Notes", "", *[f"- {n}" for n in args.note], ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 
@@ -427,6 +435,8 @@ def main() -> None:
     ap.add_argument("--random-search-candidates", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1,
                     help="llama.cpp threads for both sides (1 is far faster on a loaded box)")
+    ap.add_argument("--note", action="append", default=[],
+                    help="a line for the report's Notes section (repeatable)")
     ap.add_argument("--skip-dspy", action="store_true", help="reuse stored DSPy results only")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "results" / "vs_dspy_work"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "vs_dspy.md"))

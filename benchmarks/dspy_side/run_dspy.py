@@ -105,7 +105,10 @@ def compile_program(name: str, student: dspy.Module, train: list[dspy.Example],
 def run_one(name: str, adapter_name: str, cfg: dict[str, Any], data: dict[str, list]) -> dict:
     lm = dspy.LM(f"openai/{cfg['model_alias']}", api_base=cfg["base_url"], api_key="local",
                  temperature=0.0, max_tokens=int(cfg.get("max_tokens", 64)), cache=False,
-                 num_retries=0)
+                 num_retries=0,
+                 # litellm sends max_completion_tokens, which llama_cpp.server ignores
+                 # (it then generates up to the context size); send max_tokens as well.
+                 extra_body={"max_tokens": int(cfg.get("max_tokens", 64))})
     adapter = dspy.ChatAdapter() if adapter_name == "chat" else dspy.JSONAdapter()
     dspy.configure(lm=lm, adapter=adapter)
     parse = label_parser(cfg["labels"], cfg.get("aliases", {}))
