@@ -155,3 +155,34 @@ def test_bad_requests_are_method_errors() -> None:
         build_method("knn_demos", {"kk": 3})
     with pytest.raises(MethodError, match="knn_demos: bad option 'k'"):
         build_method("knn_demos", {"k": 0})
+
+
+@pytest.mark.slow
+def test_knn_demos_with_the_embedded_model_on_sst2(tmp_path) -> None:
+    """Real SmolLM2 + MiniLM: knn_demos on 20 sst2 test inputs, saved and reloaded."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("sentence_transformers")
+    from metaskill.lm import load_lm
+    from metaskill.skills.embed import load_embedder
+    from metaskill.tasks import get_task
+
+    task = get_task("sst2")
+    lm = load_lm("local", cache=False, n_threads=1)  # 1 thread: fastest on a busy machine
+    embedder = load_embedder("minilm")
+    method = KnnDemos(KnnDemosConfig(k=4), resources=MethodResources(embedder=embedder))
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], None)
+    test = task.splits["test"][:20]
+    attempts, scores = run_solver(solver, task, test)
+    assert all(a.meta["k"] == 4 and a.error is None for a in attempts)
+    # the demos are the pool examples nearest by MiniLM, the nearest one last
+    q = embedder.encode([test[0].text])[0]
+    pool = {e.id: e for e in task.splits["train"]}
+    sims = [float(embedder.encode([pool[i].text])[0] @ q) for i in attempts[0].meta["demos"]]
+    assert sims == sorted(sims)
+    others = embedder.encode([e.text for e in task.splits["train"]]) @ q
+    assert min(sims) >= sorted(others.tolist())[-4] - 1e-5
+    accuracy = sum(scores) / len(scores)
+    assert accuracy >= 0.6, accuracy  # SmolLM2 with 4 nearest demos; chance is 0.5
+    # the saved Solver reloads and answers the same (greedy decoding)
+    again = load_solver(solver.to_json(), lm=lm)
+    assert [a.output for a in again.solve(task, test[:5])] == [a.output for a in attempts[:5]]
