@@ -15,15 +15,15 @@ $(PY):
 
 $(VENV)/.run-deps: $(PY) pyproject.toml
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[local,embed,tasks]'
+	$(PIP) install -q -e '.[local,embed,tasks,report]'
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.run-deps pyproject.toml
-	$(PIP) install -q -e '.[local,embed,tasks,serve,train,hf,dev]'
+	$(PIP) install -q -e '.[local,embed,tasks,report,serve,train,hf,dev]'
 	touch $@
 
 run: $(VENV)/.run-deps
-	$(VENV)/bin/metaskill demo
+	$(VENV)/bin/metaskill run --time-budget 14 --out metaskill-run
 
 test: $(VENV)/.test-deps
 	$(PY) -m pytest tests src/metaskill -q -p no:cacheprovider

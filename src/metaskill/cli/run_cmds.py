@@ -20,15 +20,15 @@ def register(app: typer.Typer) -> None:
             None, help="LM spec that labels skills and names missing ones (default: none)."),
         methods: str | None = typer.Option(
             None, help="Comma-separated candidate chains; join a chain with '+', e.g. "
-            "'knn_demos,raml,knn_demos+self_refine' (default: knn_demos,raml,dynaicl)."),
+            "'knn_demos,raml,knn_demos+self_refine' (default: knn_demos,raml)."),
         train: bool = typer.Option(False, "--train", help="Also LoRA-train the model."),
         train_steps: int = typer.Option(120, help="Optimiser steps of the training stage."),
         budget_tokens: int | None = typer.Option(
             None, help="Most prompt+completion tokens per input a candidate may spend."),
         time_budget: float | None = typer.Option(
             None, help="Wall-clock budget in minutes; later candidates are skipped."),
-        n_dev: int = typer.Option(60, help="Dev examples for profiling and selection."),
-        n_test: int = typer.Option(150, help="Test examples per task."),
+        n_dev: int = typer.Option(40, help="Dev examples for profiling and selection."),
+        n_test: int = typer.Option(100, help="Test examples per task."),
         k: int = typer.Option(4, help="Demonstrations per input for demo methods."),
         seed: int = typer.Option(0, help="Seed of subsets and demo draws."),
         embedder: str = typer.Option("minilm", help="Embedder spec: minilm or hash:DIM."),
