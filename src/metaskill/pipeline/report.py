@@ -310,7 +310,10 @@ def write_job_report(job: Any, store: Any, path: str | Path) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     title = f"metaskill run: {job.config['model']} on {', '.join(job.config['tasks'])}"
-    p.write_text(render_html([], sections=sections, title=title), encoding="utf-8")
+    page = render_html([], sections=sections, title=title)
+    # render_html counts the runs it was given; this report reads them from the store.
+    page = page.replace("<p>No runs.</p>", "").replace("0 run(s); generated", "Generated")
+    p.write_text(page, encoding="utf-8")
     return p
 
 
