@@ -166,6 +166,8 @@ def _evaluate(solver: Any, task: Any, split: str, limit: int, seed: int, store: 
 
     try:
         run = store.get(run_id, records=False)
+        if run.id != run_id:  # store.get also accepts unique prefixes; we need this exact run
+            raise MetaskillError(run_id)
     except MetaskillError:
         return evaluate(solver, task, split, limit=limit, seed=seed, store=store,
                         run_id=run_id, progress=progress)
@@ -341,5 +343,4 @@ def _run_task(name: str, cfg: RunConfig, lm: Any, teacher: Any, stages: StageRun
         run = _evaluate(solver, task, "test", test_n, cfg.seed, store,
                         f"{name}/{cand.name}/test", cfg.progress)
         cand.test_run = run.id
-    _ = select  # keeps the import explicit for readers: dev is a seeded subset
     return res
