@@ -15,7 +15,7 @@ $(PY):
 
 $(VENV)/.run-deps: $(PY) pyproject.toml
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[local,embed,tasks,report]'
+	$(PIP) install -q -e '.[local,embed,tasks,report,train]'
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.run-deps pyproject.toml

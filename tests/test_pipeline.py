@@ -120,3 +120,73 @@ def test_report_renders_in_chromium(tmp_path, tmp_home, chromium):
 
     colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # not a blank page
+
+
+def test_which_tasks_train():
+    cfg = RunConfig(tasks=["sst2", "word_reversal"])
+    assert [cfg.trains(t) for t in cfg.tasks] == [False, True]  # the default string skill
+    assert not any(RunConfig(tasks=cfg.tasks, train=False).trains(t) for t in cfg.tasks)
+    assert all(RunConfig(tasks=cfg.tasks, train=True).trains(t) for t in cfg.tasks)
+    only = RunConfig(tasks=cfg.tasks, train_tasks=["sst2"])
+    assert [only.trains(t) for t in only.tasks] == [True, False]
+    with pytest.raises(ValueError, match="not among the tasks"):
+        RunConfig(tasks=["sst2"], train_tasks=["trec"])
+
+
+def test_train_on_a_model_without_weights_is_skipped_with_the_reason(tmp_path, tmp_home):
+    # the scripted LM has no weights to train: the job goes on, says why, and reports it
+    job = run_job(_cfg(tmp_path / "run", train=True), lm=_positive_lm())
+    (t,) = job.tasks
+    assert [c.name for c in t.candidates] == ["zero-shot", "knn_demos", "raml"]
+    (why,) = [s for s in job.skipped if "LoRA training" in s]
+    assert why.startswith("sst2: LoRA training (") and "cannot tell which model" in why
+    assert t.training is None
+    assert "LoRA training" in Path(job.report).read_text()
+
+
+def test_cli_train_flags(tmp_path, tmp_home):
+    base = [sys.executable, "-m", "metaskill", "run", "-t", "sst2", "--model", "fake",
+            "--methods", "knn_demos", "--n-dev", "4", "--n-test", "4", "--embedder",
+            "hash:64", "--no-progress"]
+    res = subprocess.run([*base, "--out", str(tmp_path / "a"), "--no-train"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    saved = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert saved["config"]["train"] is False and saved["tasks"][0]["training"] is None
+    assert "LoRA" not in res.stderr
+    bad = subprocess.run([*base, "--out", str(tmp_path / "b"), "--train-task", "trec"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "not among the tasks" in bad.stderr and "--task" in bad.stderr
+    bad_lr = subprocess.run([*base, "--out", str(tmp_path / "c"), "--train-lr", "0"],
+                            capture_output=True, text=True, timeout=120)
+    assert bad_lr.returncode == 1 and "--train-lr" in bad_lr.stderr
+
+
+@pytest.mark.slow
+def test_main_job_trains_a_lora_adapter_on_the_embedded_model(tmp_path, tmp_home):
+    """A tiny but real training stage: SmolLM2 through llama.cpp, PEFT LoRA on CPU, GGUF
+    export, a learning curve on dev, and the trained model as a test-set candidate."""
+    pytest.importorskip("peft")
+    pytest.importorskip("llama_cpp")
+    cfg = RunConfig(tasks=["word_reversal"], model="local", methods=["knn_demos"],
+                    n_dev=4, n_test=4, k=2, embedder="hash:64", train_steps=4,
+                    train_batch=2, train_eval_every=2, train_curve_n=2,
+                    out=tmp_path / "run", progress=False)
+    job = run_job(cfg)
+    (t,) = job.tasks
+    tr = t.training
+    assert tr is not None, job.skipped
+    assert [p["step"] for p in tr["curve"]] == [0, 2, 4]
+    assert all(0.0 <= p["accuracy"] <= 1.0 for p in tr["curve"])
+    assert all(p["loss"] > 0 for p in tr["curve"][1:])
+    assert tr["steps"] == 4 and tr["n_examples"] == 8 and tr["peak_rss_mb"] > 100
+    assert (Path(tr["adapter"]) / "adapter.gguf").is_file()
+    lora = next(c for c in t.candidates if c.name.startswith("lora:"))
+    assert lora.test_run and lora.dev_accuracy is not None and lora.adapter == tr["adapter"]
+    html = Path(job.report).read_text()
+    assert "<h3>word_reversal: LoRA (" in html and "s/step, peak memory" in html
+    # resuming reruns nothing: training is a cached stage
+    job2 = run_job(cfg)
+    assert job2.tasks[0].training == tr
+    assert all(s["cached"] for s in job2.stage_log)

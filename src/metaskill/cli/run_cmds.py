@@ -14,15 +14,27 @@ def register(app: typer.Typer) -> None:
     def run(
         task: list[str] = typer.Option(
             None, "--task", "-t",
-            help="Task name or YAML path; repeat for several (default: sst2, trec)."),
+            help="Task name or YAML path; repeat for several (default: sst2, trec, "
+            "word_reversal)."),
         model: str = typer.Option("local", "--model", "-m", help="Model spec."),
         teacher: str | None = typer.Option(
             None, help="LM spec that labels skills and names missing ones (default: none)."),
         methods: str | None = typer.Option(
             None, help="Comma-separated candidate chains; join a chain with '+', e.g. "
             "'knn_demos,raml,knn_demos+self_refine' (default: knn_demos,raml)."),
-        train: bool = typer.Option(False, "--train", help="Also LoRA-train the model."),
-        train_steps: int = typer.Option(120, help="Optimiser steps of the training stage."),
+        train: bool | None = typer.Option(
+            None, "--train/--no-train",
+            help="LoRA-train the model on every task / on none (default: only the tasks "
+            "given by --train-task, else the default suite's string skill, word_reversal)."),
+        train_task: list[str] = typer.Option(
+            None, "--train-task", help="A task to LoRA-train; repeat for several."),
+        train_method: str = typer.Option(
+            "stat-sel", help="stat-sel (data for the profile's missing skills) or sft "
+            "(uniform)."),
+        train_steps: int = typer.Option(60, help="Optimiser steps of the training stage."),
+        train_batch: int = typer.Option(8, help="Training examples per optimiser step."),
+        train_rank: int = typer.Option(16, help="LoRA rank (alpha = 2 x rank)."),
+        train_lr: float = typer.Option(1e-3, help="Learning rate of the training stage."),
         budget_tokens: int | None = typer.Option(
             None, help="Most prompt+completion tokens per input a candidate may spend."),
         time_budget: float | None = typer.Option(
@@ -44,12 +56,16 @@ def register(app: typer.Typer) -> None:
 
         values: dict[str, object] = {
             "model": model, "teacher": teacher, "train": train, "train_steps": train_steps,
+            "train_method": train_method, "train_batch": train_batch,
+            "train_rank": train_rank, "train_lr": train_lr,
             "budget_tokens": budget_tokens, "n_dev": n_dev, "n_test": n_test, "k": k,
             "seed": seed, "embedder": embedder, "out": out, "progress": not no_progress,
             "time_budget_s": time_budget * 60 if time_budget is not None else None,
         }
         if task:
             values["tasks"] = task
+        if train_task:
+            values["train_tasks"] = train_task
         if methods:
             values["methods"] = [m.strip() for m in methods.split(",") if m.strip()]
         try:
@@ -57,7 +73,8 @@ def register(app: typer.Typer) -> None:
         except ValidationError as e:
             err = e.errors()[0]
             loc = ".".join(str(x) for x in err["loc"])
-            raise InvalidParameterError(f"--{loc.replace('_', '-')}: {err['msg']}.") from None
+            where = f"--{loc.replace('_', '-')}: " if loc else ""
+            raise InvalidParameterError(f"{where}{err['msg']}.") from None
         from metaskill.methods import METHODS
 
         for chain in cfg.method_chains():

@@ -61,6 +61,10 @@ class Solver(ABC):
     def from_state(cls, state: dict[str, Any], lm: Any) -> Solver:
         """Rebuild a Solver from :meth:`state`'s output and an LM."""
 
+    def with_lm(self, lm: Any) -> Solver:
+        """The same Solver (same state) on another LM, e.g. the model plus an adapter."""
+        return type(self).from_state(self.state(), lm)
+
     def to_json(self) -> dict[str, Any]:
         """Schema-versioned JSON: kind, model spec and state."""
         return {

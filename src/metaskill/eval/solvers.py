@@ -93,8 +93,8 @@ class PromptConfig(BaseModel):
         pool: the split demonstrations are drawn from.
         demos: the demonstrations themselves; when None they are drawn from the task's
             ``pool`` split with ``seed`` (deterministic given the task).
-        max_tokens: generation budget; None means 16 for classification and
-            multiple-choice tasks, 256 for generative ones.
+        max_tokens: generation budget; None means the task's ``metadata['max_tokens']``,
+            else 16 for classification and multiple-choice tasks, 256 for generative ones.
         temperature: sampling temperature (0 = greedy).
         stop: stop strings; None means a newline for classification / multiple choice in
             completion format, a blank line for generative tasks in completion format,
@@ -232,7 +232,8 @@ class PromptSolver(Solver):
         """The completion request for one example."""
         c = self.config
         short = getattr(task, "kind", "generative") in ("classification", "multiple_choice")
-        max_tokens = c.max_tokens or (16 if short else 256)
+        hint = (getattr(task, "metadata", None) or {}).get("max_tokens")
+        max_tokens = c.max_tokens or hint or (16 if short else 256)
         fmt = self.resolved_format()
         stop: tuple[str, ...]
         if c.stop is not None:

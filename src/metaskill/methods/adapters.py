@@ -236,5 +236,26 @@ def lm_with_adapter(lm: Any, adapter_dir: str | Path, *, settings: Any = None,
 
 def solver_with_adapter(solver: Any, adapter_dir: str | Path, *, settings: Any = None) -> Any:
     """A new Solver with ``solver``'s state whose LM is its base model plus the adapter."""
-    new_lm = lm_with_adapter(solver.lm, adapter_dir, settings=settings)
-    return type(solver).from_state(solver.state(), new_lm)
+    return solver.with_lm(lm_with_adapter(solver.lm, adapter_dir, settings=settings))
+
+
+def checkpoint_lm(lm: Any, peft_model: Any, ckpt_dir: str | Path, *,
+                  settings: Any = None) -> Any:
+    """Save a model being trained as a checkpoint adapter and return ``lm``'s base plus it.
+
+    For a GGUF base the checkpoint is also exported to a GGUF LoRA adapter, so the
+    checkpoint is scored exactly as the final adapter will be served (llama.cpp). The
+    returned LM does not use the response cache (checkpoints are throwaway); close it
+    when done. For the HF backend it runs ``peft_model`` itself, without a copy.
+    """
+    ck = Path(ckpt_dir)
+    if type(lm).__name__ == "HFLM":
+        from metaskill.lm.hf import HFLM
+
+        return HFLM(base_model_path(lm), model=peft_model, tokenizer=lm.tokenizer,
+                    settings=settings, cache=None)
+    peft_model.save_pretrained(str(ck))
+    base = base_model_path(lm)
+    if base.endswith(".gguf"):
+        export_gguf(ck, base_gguf=base)
+    return lm_with_adapter(lm, ck, settings=settings, cache=False)

@@ -11,8 +11,12 @@
 4. **adapt** -- fit every inference-time method chain on train, score it on dev, and
    select the best on dev only (never on test). Candidates over the token budget are
    not eligible.
-5. **train** (``--train``) -- not wired in yet: ``--train`` stops with a clear error;
-   ``metaskill train`` / ``metaskill evolve`` train on their own.
+5. **train** -- for the tasks chosen for training (``--train`` for all of them; by default
+   the default suite's string-skill task, ``word_reversal``): build a STAT-Sel training
+   set from the Missing-Skill Profile (uniform SFT when it names no missing skill), train
+   a LoRA adapter, scoring a dev subset every few steps for the learning curve, and add
+   the trained model (zero-shot prompt, base + adapter) as one more candidate. Training
+   stops early when the time budget is spent; the adapter is kept either way.
 6. **test** -- evaluate every candidate on test.
 7. **report** -- one self-contained HTML file plus a terminal summary.
 
@@ -32,16 +36,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from metaskill.core.errors import MetaskillError
 from metaskill.pipeline.stages import StageRunner
 
 SCHEMA_VERSION = 1
-DEFAULT_TASKS = ["sst2", "trec"]
+DEFAULT_TASKS = ["sst2", "trec", "word_reversal"]
 DEFAULT_METHODS = ["knn_demos", "raml"]
+# Tasks of the default suite that are LoRA-trained even without --train: a string skill
+# prompting cannot give a 135M model, but a few minutes of LoRA on CPU can.
+DEFAULT_TRAIN_TASKS = ("word_reversal",)
 
 
 class RunConfig(BaseModel):
@@ -55,8 +62,19 @@ class RunConfig(BaseModel):
             Profile.
         methods: candidate method chains; a chain joins names with ``+``
             (``knn_demos+self_refine``).
-        train: also LoRA-train the model (needs the ``train`` extra).
+        train: True LoRA-trains every task, False none (training needs the ``train``
+            extra); None trains ``train_tasks``.
+        train_tasks: the tasks to LoRA-train when ``train`` is None; None means those of
+            :data:`DEFAULT_TRAIN_TASKS` that are in ``tasks``.
+        train_method: ``stat-sel`` (examples of the Profile's missing skills, weighted by
+            how often each is missing) or ``sft`` (uniform sample of the train pool).
         train_steps: optimiser steps of the training stage.
+        train_batch: examples per step.
+        train_rank: LoRA rank (alpha = 2 x rank).
+        train_lr: learning rate.
+        train_eval_every: score the dev subset for the learning curve every this many
+            steps (and after the last).
+        train_curve_n: dev examples scored at each point of the learning curve.
         budget_tokens: most prompt tokens per input a candidate may spend on average (on
             dev) to be eligible; also offered to methods that allocate tokens (dynaicl).
         time_budget_s: wall-clock budget; when spent, remaining candidates are skipped
@@ -76,8 +94,15 @@ class RunConfig(BaseModel):
     model: str = "local"
     teacher: str | None = None
     methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
-    train: bool = False
-    train_steps: int = Field(default=120, ge=1)
+    train: bool | None = None
+    train_tasks: list[str] | None = None
+    train_method: Literal["stat-sel", "sft"] = "stat-sel"
+    train_steps: int = Field(default=60, ge=1)
+    train_batch: int = Field(default=8, ge=1)
+    train_rank: int = Field(default=16, ge=1)
+    train_lr: float = Field(default=1e-3, gt=0, le=1)
+    train_eval_every: int = Field(default=15, ge=1)
+    train_curve_n: int = Field(default=20, ge=2)
     budget_tokens: int | None = Field(default=None, ge=1)
     time_budget_s: float | None = Field(default=None, gt=0)
     n_dev: int = Field(default=40, ge=2)
@@ -95,9 +120,26 @@ class RunConfig(BaseModel):
             raise ValueError("must name at least one")
         return v
 
+    @model_validator(mode="after")
+    def _train_tasks_in_suite(self) -> RunConfig:
+        extra = [t for t in self.train_tasks or [] if t not in self.tasks]
+        if extra:
+            raise ValueError(f"train_tasks {extra} are not among the tasks {self.tasks}; "
+                             "add them with --task")
+        return self
+
     def method_chains(self) -> list[list[str]]:
         """The candidate chains, each a list of method names."""
         return [[m.strip() for m in c.split("+") if m.strip()] for c in self.methods]
+
+    def trains(self, task: str) -> bool:
+        """Whether the training stage runs for ``task``."""
+        if self.train is not None:
+            return self.train
+        chosen = self.train_tasks
+        if chosen is None:
+            chosen = [t for t in self.tasks if t in DEFAULT_TRAIN_TASKS]
+        return task in chosen
 
     def identity(self) -> dict[str, Any]:
         """What the stages depend on (the output folder and progress flag excluded)."""
@@ -113,6 +155,7 @@ class Candidate(BaseModel):
     dev_accuracy: float | None = None
     dev_tokens_per_example: float | None = None
     test_run: str | None = None
+    adapter: str | None = None
     fit: dict[str, Any] = Field(default_factory=dict)
     eligible: bool = True
     note: str = ""
@@ -161,8 +204,20 @@ class _Clock:
 
 def _evaluate(solver: Any, task: Any, split: str, limit: int, seed: int, store: Any,
               run_id: str, progress: bool) -> Any:
-    """Evaluate with a fixed run id, resuming the stored run if it exists."""
+    """Evaluate with a fixed run id, resuming the stored run if it exists.
+
+    The id is ``run_id`` plus a hash of everything the result depends on (the Solver's
+    JSON, the LM's identity, the task version, split, limit and seed), so a changed input
+    starts a new run instead of reusing a stale one.
+    """
     from metaskill.eval.harness import evaluate
+    from metaskill.lm.cache import stable_hash
+
+    key = stable_hash({"solver": solver.to_json(),
+                       "lm": getattr(solver.lm, "identity", None),
+                       "task": [task.name, task.version], "split": split, "limit": limit,
+                       "seed": seed})
+    run_id = f"{run_id}-{key[:8]}"
 
     try:
         run = store.get(run_id, records=False)
@@ -194,13 +249,6 @@ def run_job(config: RunConfig, *, lm: Any = None, console: Any = None) -> JobRes
     from metaskill.lm.spec import load_lm
 
     console = console or Console(stderr=True)
-    if config.train:
-        # The training stage is not wired into the main job yet; training works on its own.
-        raise MetaskillError(
-            "--train is not available in `metaskill run` yet; train with "
-            "`metaskill train --task T --model SPEC` and evaluate the result with "
-            "`metaskill eval`."
-        )
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.model_dump_json(indent=1))
@@ -209,11 +257,16 @@ def run_job(config: RunConfig, *, lm: Any = None, console: Any = None) -> JobRes
     clock = _Clock(config.time_budget_s)
     lm = lm or load_lm(config.model)
     teacher = load_lm(config.teacher) if config.teacher else None
+    from metaskill.methods.compose import MethodResources
+
+    # one embedder for the whole job (MiniLM loads once, on first use)
+    shared = MethodResources(embedder_spec=config.embedder, teacher=teacher,
+                             progress=config.progress)
     skipped: list[str] = []
     results: list[TaskResult] = []
     for name in config.tasks:
         console.rule(f"[bold]{name}")
-        results.append(_run_task(name, config, lm, teacher, stages, store, clock, skipped,
+        results.append(_run_task(name, config, lm, shared, stages, store, clock, skipped,
                                  console))
     job = JobResult(config=config.model_dump(mode="json"), tasks=results,
                     seconds=clock.spent(), stage_log=stages.log, skipped=skipped)
@@ -237,11 +290,13 @@ def _load_task(name: str) -> Any:
     return get_task(name)
 
 
-def _run_task(name: str, cfg: RunConfig, lm: Any, teacher: Any, stages: StageRunner,
+def _run_task(name: str, cfg: RunConfig, lm: Any, shared: Any, stages: StageRunner,
               store: Any, clock: _Clock, skipped: list[str], console: Any) -> TaskResult:
     from metaskill.eval.harness import select
     from metaskill.eval.solvers import ZeroShot, load_solver
     from metaskill.methods.compose import MethodResources, fit_chain
+
+    teacher = shared.teacher
 
     task = _load_task(name)
     ident = {"config": cfg.identity(), "task": name, "version": task.version,
@@ -263,7 +318,7 @@ def _run_task(name: str, cfg: RunConfig, lm: Any, teacher: Any, stages: StageRun
     book_path = stages.root / f"skills-{name}.sqlite"
     resources = MethodResources(embedder_spec=cfg.embedder, teacher=teacher,
                                 progress=cfg.progress)
-    embedder = resources.get_embedder  # loaded once, shared by skills and methods
+    embedder = shared.get_embedder  # loaded once per job, shared by skills and methods
 
     def discover_skills() -> dict[str, Any]:
         from metaskill.skills.book import SkillBook
@@ -302,6 +357,7 @@ def _run_task(name: str, cfg: RunConfig, lm: Any, teacher: Any, stages: StageRun
         def fit(chain: list[str] = chain) -> dict[str, Any]:
             from metaskill.skills.book import SkillBook
 
+            resources.embedder = embedder()
             if any(m in ("skill_demos", "adaptmi") for m in chain):
                 resources.skillbook = SkillBook(book_path, embedder=embedder())
             result = fit_chain(base, task, train, dev, chain,
@@ -330,6 +386,26 @@ def _run_task(name: str, cfg: RunConfig, lm: Any, teacher: Any, stages: StageRun
                          f"{cfg.budget_tokens}")
         res.candidates.append(cand)
 
+    # 5. train: STAT-Sel (or uniform) LoRA SFT, with a learning curve on dev
+    if cfg.trains(name):
+        trained = _train_task(task, name, cfg, lm, base, train, res, stages, ident, clock,
+                              skipped, console)
+        if trained is not None:
+            res.training = trained
+            from metaskill.methods.adapters import lm_with_adapter
+
+            tlm = lm_with_adapter(lm, trained["adapter"])
+            cname = f"lora:{trained['method']}"
+            run = _evaluate(base.with_lm(tlm), task, "dev", cfg.n_dev, cfg.seed, store,
+                            f"{name}/{cname}/dev", cfg.progress)
+            _close(tlm)
+            res.candidates.append(Candidate(
+                name=cname, methods=[f"lora-{trained['method']}"], solver=base.to_json(),
+                adapter=trained["adapter"], dev_accuracy=run.accuracy,
+                dev_tokens_per_example=run.tokens_per_example,
+                fit={"training": {k: v for k, v in trained.items() if k != "curve"}},
+                note=f"base + LoRA adapter ({trained['steps']} steps)"))
+
     eligible = [c for c in res.candidates if c.eligible and c.dev_accuracy is not None]
     best = max(eligible, key=lambda c: (c.dev_accuracy, -(c.dev_tokens_per_example or 0)))
     res.selected = best.name
@@ -339,8 +415,122 @@ def _run_task(name: str, cfg: RunConfig, lm: Any, teacher: Any, stages: StageRun
         if clock.over() and cand.name not in ("zero-shot", res.selected):
             skipped.append(f"{name}: test of {cand.name} (time budget spent)")
             continue
-        solver = base if cand.name == "zero-shot" else load_solver(cand.solver, lm=lm)
+        cand_lm = lm
+        if cand.adapter:
+            from metaskill.methods.adapters import lm_with_adapter
+
+            cand_lm = lm_with_adapter(lm, cand.adapter)
+        solver = base if cand.name == "zero-shot" else load_solver(cand.solver, lm=cand_lm)
         run = _evaluate(solver, task, "test", test_n, cfg.seed, store,
                         f"{name}/{cand.name}/test", cfg.progress)
+        if cand_lm is not lm:
+            _close(cand_lm)
         cand.test_run = run.id
     return res
+
+
+def _close(lm: Any) -> None:
+    close = getattr(lm, "close", None)
+    if callable(close):
+        close()
+
+
+def _train_task(task: Any, name: str, cfg: RunConfig, lm: Any, base: Any, train: list[Any],
+                res: TaskResult, stages: StageRunner, ident: dict[str, Any], clock: _Clock,
+                skipped: list[str], console: Any) -> dict[str, Any] | None:
+    """The training stage of one task: data, LoRA training with a dev learning curve.
+
+    Returns the stage's JSON (adapter folder, curve, cost), or None when training could
+    not run (the reason is added to ``skipped``).
+    """
+    if clock.over():
+        skipped.append(f"{name}: LoRA training (time budget spent)")
+        return None
+    adapter_dir = stages.root / "adapters" / name
+    params = {k: getattr(cfg, k) for k in ("train_method", "train_steps", "train_batch",
+                                          "train_rank", "train_lr", "train_eval_every",
+                                          "train_curve_n")}
+
+    def train_stage() -> dict[str, Any]:
+        from metaskill.eval.harness import evaluate
+        from metaskill.methods.adapters import base_model_path, checkpoint_lm, train_for_lm
+        from metaskill.methods.sft import SFTConfig, pairs_from_examples
+        from metaskill.methods.stat import missing_pairs, stat_sel, uniform_sample
+        from metaskill.skills.profile import Profile
+
+        base_model_path(lm)  # fails now, before any work, for an LM without weights
+        answered = [e for e in train if e.answer is not None]
+        n_target = min(len(answered), cfg.train_steps * cfg.train_batch)
+        profile = Profile.model_validate(res.profile) if res.profile else None
+        pairs = missing_pairs(profile) if profile is not None else []
+        method = cfg.train_method
+        note = ""
+        if method == "stat-sel" and pairs:
+            per_pair = max(1, -(-n_target // len(pairs)))
+            data = stat_sel(profile, train, per_pair=per_pair, seed=cfg.seed)[:n_target]
+            note = (f"STAT-Sel: {len(data)} training examples for {len(pairs)} (difficult "
+                    "dev example, missing skill) pairs")
+        else:
+            if method == "stat-sel":
+                note = "the profile names no missing skill, so uniform SFT: "
+            method = "sft"
+            data = uniform_sample(train, n_target, seed=cfg.seed)
+            note += f"uniform SFT on {len(data)} training examples"
+        sft_cfg = SFTConfig(rank=cfg.train_rank, alpha=2.0 * cfg.train_rank,
+                            learning_rate=cfg.train_lr, steps=cfg.train_steps,
+                            batch_size=cfg.train_batch, seed=cfg.seed)
+
+        def curve_point(solver: Any) -> float:
+            run = evaluate(solver, task, "dev", limit=cfg.train_curve_n, seed=cfg.seed,
+                           progress=False)
+            return run.accuracy
+
+        curve: list[dict[str, Any]] = [{"step": 0, "accuracy": curve_point(base),
+                                        "train_s": 0.0}]
+        console.print(f"LoRA training ({method}, {cfg.train_steps} steps); dev curve on "
+                      f"{cfg.train_curve_n} examples: step 0 {curve[0]['accuracy']:.0%}",
+                      highlight=False)
+
+        def on_step(s: Any) -> bool:
+            stop = clock.over()
+            if s.step % cfg.train_eval_every and s.step < s.total_steps and not stop:
+                return False
+            ck = adapter_dir.parent / f".{name}-ckpt"
+            ck_lm = checkpoint_lm(lm, s.model, ck)
+            try:
+                acc = curve_point(base.with_lm(ck_lm))
+            finally:
+                _close(ck_lm)
+            curve.append({"step": s.step, "accuracy": acc, "loss": round(s.loss, 4),
+                          "train_s": round(s.elapsed_s, 1)})
+            console.print(f"  step {s.step}: loss {s.loss:.3f}, dev {acc:.0%}",
+                          highlight=False)
+            return stop
+
+        result = train_for_lm(lm, pairs_from_examples(task, data), sft_cfg, adapter_dir,
+                              progress=cfg.progress, on_step=on_step)
+        stopped = result.steps < cfg.train_steps
+        if stopped:
+            note += f"; stopped after {result.steps} of {cfg.train_steps} steps (time budget)"
+        skills: dict[str, int] = {}
+        for e in data:
+            for sk in e.skills:
+                skills[sk] = skills.get(sk, 0) + 1
+        return {"adapter": str(adapter_dir), "method": method, "note": note, "curve": curve,
+                "steps": result.steps, "seconds": round(result.seconds, 1),
+                "seconds_per_step": round(result.seconds_per_step, 2),
+                "peak_rss_mb": round(result.peak_rss_mb), "n_examples": len(data),
+                "data_skills": skills, "before": curve[0]["accuracy"],
+                "after": curve[-1]["accuracy"], "curve_n": cfg.train_curve_n}
+
+    try:
+        return stages.run(f"{name}.train", {**ident, "stage": "train", **params},
+                          train_stage)
+    except ImportError as e:
+        msg = (f"LoRA training needs the train extra (pip install 'metaskill[train]'): "
+               f"{e}")
+    except MetaskillError as e:
+        msg = str(e)
+    skipped.append(f"{name}: LoRA training ({msg})")
+    console.print(f"[yellow]skipped LoRA training:[/] {msg}", highlight=False)
+    return None

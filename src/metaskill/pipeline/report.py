@@ -3,7 +3,7 @@
 Sections: the headline (baseline versus the candidate selected on dev, with the test gain
 and its paired-bootstrap 95% interval), per-skill before/after bars, accuracy versus
 tokens for every candidate with the Pareto front marked, the Missing-Skill Profile, the
-training curve (with ``--train``), and examples the model fixed and still fails.
+training curve of each LoRA-trained task, and examples the model fixed and still fails.
 
 Example:
     >>> paired_gain([1, 1, 0, 1], [0, 1, 0, 0], seed=0)[0]
@@ -94,15 +94,6 @@ def pareto(points: Sequence[tuple[float, float]]) -> list[int]:
 def _headline_section(job: Any, store: Any) -> Section:
     rows = []
     for t in job.tasks:
-        if t.training is not None:
-            tr = t.training
-            rows.append(
-                f"<tr><td>{_esc(t.task)}</td><td>{pct(tr.get('before'))}</td>"
-                f"<td>LoRA ({_esc(tr.get('method', 'sft'))})</td><td>{pct(tr.get('after'))}</td>"
-                f"<td><b>{100 * (tr.get('after', 0) - tr.get('before', 0)):+.1f} pts</b>"
-                f"{_esc(tr.get('gain_ci_text', ''))}</td>"
-                f"<td>n={tr.get('n', '?')}</td></tr>")
-            continue
         h = headline(t, store)
         if h is None:
             continue
@@ -250,25 +241,41 @@ def _training_section(job: Any, store: Any) -> Section | None:
             continue
         curve = tr["curve"]
 
-        def draw(fig: Any, curve: list[dict[str, float]] = curve) -> None:
+        n = tr.get("curve_n", "?")
+
+        def draw(fig: Any, curve: list[dict[str, Any]] = curve, n: Any = n) -> None:
             ax = fig.add_subplot()
-            ax.plot([c["step"] for c in curve], [c["accuracy"] for c in curve], "o-",
-                    color="#4C72B0", label="held-out accuracy")
+            lines = ax.plot([c["step"] for c in curve], [c["accuracy"] for c in curve], "o-",
+                            color="#4C72B0", label=f"dev accuracy (n={n})")
             ax.set_xlabel("training step")
             ax.set_ylabel("accuracy")
             ax.set_ylim(0, 1.02)
             ax.yaxis.set_major_formatter(lambda y, _: f"{100 * y:.0f}%")
-            if any("loss" in c for c in curve):
+            with_loss = [c for c in curve if c.get("loss") is not None]
+            if with_loss:
                 ax2 = ax.twinx()
-                ax2.plot([c["step"] for c in curve if "loss" in c],
-                         [c["loss"] for c in curve if "loss" in c], "--", color="#DD8452",
-                         label="train loss")
+                lines += ax2.plot([c["step"] for c in with_loss],
+                                  [c["loss"] for c in with_loss], "--", color="#DD8452",
+                                  label="training loss (batch)")
                 ax2.set_ylabel("loss")
-            ax.legend(loc="center right", fontsize=7)
+                ax2.set_ylim(bottom=0)
+            ax.legend(lines, [ln.get_label() for ln in lines], loc="center right",
+                      fontsize=7)
 
         svg = figure_svg(draw, (7.0, 3.0), salt=f"train-{t.task}")
-        parts.append(f"<h3>{_esc(t.task)}</h3><figure>{svg}</figure>"
-                     f"<p class='note'>{_esc(tr.get('note', ''))}</p>")
+        cost = ""
+        if tr.get("steps"):
+            skills = ", ".join(f"{_esc(k)} x{v}" for k, v in
+                               sorted((tr.get("data_skills") or {}).items(),
+                                      key=lambda kv: -kv[1])[:8])
+            cost = (f"{tr['steps']} steps on {tr.get('n_examples', '?')} examples "
+                    f"({skills or 'no skill labels'}); {tr.get('seconds', 0):.0f} s of "
+                    f"training, {tr.get('seconds_per_step', 0):.2f} s/step, peak memory "
+                    f"{tr.get('peak_rss_mb', 0):.0f} MiB. Adapter: "
+                    f"<code>{_esc(tr.get('adapter', ''))}</code>")
+        parts.append(f"<h3>{_esc(t.task)}: LoRA ({_esc(tr.get('method', ''))})</h3>"
+                     f"<figure>{svg}</figure>"
+                     f"<p class='note'>{_esc(tr.get('note', ''))}. {cost}</p>")
     if not parts:
         return None
     return Section("training", "Training", "".join(parts))
@@ -331,15 +338,6 @@ def summary_rows(job: Any, store: Any) -> list[dict[str, Any]]:
                 "tokens": run.tokens_per_example if run else None,
                 "wall_s": run.totals.wall_s if run else None, "note": c.note,
             })
-        if t.training is not None:
-            tr = t.training
-            rows.append({"task": t.task, "candidate": "zero-shot", "selected": False,
-                         "dev": None, "test": tr.get("before"), "ci": None,
-                         "tokens": None, "wall_s": None, "note": "base model"})
-            rows.append({"task": t.task, "candidate": f"LoRA-trained ({tr.get('method')})",
-                         "selected": True, "dev": None, "test": tr.get("after"),
-                         "ci": tr.get("after_ci"), "tokens": None,
-                         "wall_s": tr.get("train_seconds"), "note": tr.get("note", "")})
     return rows
 
 
