@@ -73,3 +73,25 @@ class Solver(ABC):
             "model": getattr(self.lm, "spec", None),
             "state": self.state(),
         }
+
+
+def answer_max_tokens(task: Any, configured: int | None = None) -> int:
+    """The generation budget of an answer to ``task``.
+
+    ``configured`` when given; else the task's ``metadata['max_tokens']``; else 16 for
+    classification and multiple choice and 256 for generative tasks.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> answer_max_tokens(NS(kind="generative", metadata={"max_tokens": 48}))
+        48
+        >>> answer_max_tokens(NS(kind="classification", metadata={}), None)
+        16
+    """
+    if configured:
+        return configured
+    hint = (getattr(task, "metadata", None) or {}).get("max_tokens")
+    if hint:
+        return int(hint)
+    short = getattr(task, "kind", "generative") in ("classification", "multiple_choice")
+    return 16 if short else 256

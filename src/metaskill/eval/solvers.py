@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from metaskill.core.errors import MetaskillError, TaskError
 from metaskill.core.registry import Registry
 from metaskill.core.types import Example, Message, Request, Usage
-from metaskill.eval.solver import SCHEMA_VERSION, Attempt, Solver
+from metaskill.eval.solver import SCHEMA_VERSION, Attempt, Solver, answer_max_tokens
 
 SOLVERS: Registry[type[Solver]] = Registry("solver")
 """Solver kind -> Solver class. Register new kinds with :func:`register_solver`."""
@@ -232,8 +232,7 @@ class PromptSolver(Solver):
         """The completion request for one example."""
         c = self.config
         short = getattr(task, "kind", "generative") in ("classification", "multiple_choice")
-        hint = (getattr(task, "metadata", None) or {}).get("max_tokens")
-        max_tokens = c.max_tokens or hint or (16 if short else 256)
+        max_tokens = answer_max_tokens(task, c.max_tokens)
         fmt = self.resolved_format()
         stop: tuple[str, ...]
         if c.stop is not None:

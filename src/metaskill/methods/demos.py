@@ -45,7 +45,7 @@ import numpy as np
 from metaskill.core.errors import ContextOverflowError, MetaskillError, MethodError
 from metaskill.core.registry import Registry
 from metaskill.core.types import Example, Message, Request, Usage
-from metaskill.eval.solver import Attempt, Solver
+from metaskill.eval.solver import Attempt, Solver, answer_max_tokens
 from metaskill.methods.base import FitReport
 
 Order = Literal["nearest_last", "nearest_first", "random"]
@@ -389,8 +389,8 @@ class DemoSolver(Solver):
             built-in ``k-shot`` Solver does, so the two differ only in which demos.
         answer_mode: ``generate`` (greedy text, first line for classification) or
             ``choices`` (the label with the highest likelihood; classification only).
-        max_tokens: generation limit; None picks 16 for classification and multiple
-            choice, 256 otherwise.
+        max_tokens: generation limit; None takes the task's ``metadata['max_tokens']``,
+            else 16 for classification and multiple choice, 256 otherwise.
         instructions: preamble; None uses the task's instructions.
         temperature: sampling temperature (0 = greedy).
         seed: sampling seed and seed of the ``random`` order.
@@ -470,7 +470,7 @@ class DemoSolver(Solver):
         """The request that asks ``example`` after ``demos`` (in the order given)."""
         instructions = task.instructions if self.instructions is None else self.instructions
         classify = getattr(task, "kind", "generative") != "generative"
-        max_tokens = self.max_tokens or (16 if classify else 256)
+        max_tokens = answer_max_tokens(task, self.max_tokens)
         chat = self.uses_chat()
         choices = None
         if self.answer_mode == "choices":

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Usage
-from metaskill.eval.solver import Attempt, Solver
+from metaskill.eval.solver import Attempt, Solver, answer_max_tokens
 from metaskill.methods.base import FitReport, Method, MethodConfig
 from metaskill.methods.compose import MethodResources
 from metaskill.methods.demos import run_solver
@@ -191,8 +191,7 @@ class MultiCritiqueSolver(Solver):
                 fallback[i] = "meta_critic_unparseable"
         # 4. Refine once where the aggregate verdict is "incorrect".
         refine = [i for i in meta_asks if aggregate.get(i) and aggregate[i][0] == "incorrect"]
-        classify = getattr(task, "kind", "generative") != "generative"
-        max_tokens = self.refine_max_tokens or (16 if classify else 256)
+        max_tokens = answer_max_tokens(task, self.refine_max_tokens)
         comps = self.lm.complete([
             user_request(self.lm, [("user", REFINE_PROMPT.format(
                 question=questions[i], answer=first[i].output, critique=aggregate[i][1]))],

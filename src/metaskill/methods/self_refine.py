@@ -44,7 +44,7 @@ from pydantic import Field
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message, Request, Usage
-from metaskill.eval.solver import Attempt, Solver
+from metaskill.eval.solver import Attempt, Solver, answer_max_tokens
 from metaskill.methods.base import FitReport, Method, MethodConfig
 from metaskill.methods.compose import MethodResources
 from metaskill.methods.demos import run_solver
@@ -122,11 +122,10 @@ class SelfRefineSolver(Solver):
 
     def refine_request(self, task: Any, example: Example, answer: str, feedback: str) -> Request:
         """The refinement request given the previous answer and its critique."""
-        short = getattr(task, "kind", "generative") != "generative"
         text = REFINE_PROMPT.format(instructions=self._instructions(task),
                                     question=task.render(example), answer=answer,
                                     feedback=_VERDICT.sub("", feedback).strip())
-        return self._request(text, self.refine_max_tokens or (16 if short else 256))
+        return self._request(text, answer_max_tokens(task, self.refine_max_tokens))
 
     @staticmethod
     def _extract(task: Any, text: str) -> str:
