@@ -126,6 +126,8 @@ def load_hf_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from metaskill.core.quiet import no_load_bars
+
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelNotFoundError(f"model path '{p}' does not exist; pass an HF folder or a "
@@ -135,7 +137,8 @@ def load_hf_model(
         if not (p / "config.json").exists():
             raise ModelNotFoundError(f"'{p}' has no config.json; it is not an HF model folder.")
         tok = AutoTokenizer.from_pretrained(p)
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype)
+        with no_load_bars():
+            model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype)
         info = {"source": str(p), "hash": folder_fingerprint(p), "kind": "folder",
                 "hf_dir": str(p)}
     elif p.suffix == ".gguf":
@@ -145,13 +148,15 @@ def load_hf_model(
         info = {"source": str(p), "hash": digest, "kind": "gguf", "hf_dir": None}
         if (copy / "config.json").exists():
             tok = AutoTokenizer.from_pretrained(copy)
-            model = AutoModelForCausalLM.from_pretrained(copy, dtype=torch_dtype)
+            with no_load_bars():
+                model = AutoModelForCausalLM.from_pretrained(copy, dtype=torch_dtype)
             info["hf_dir"] = str(copy)
         else:
             tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                p.parent, gguf_file=p.name, dtype=torch_dtype
-            )
+            with no_load_bars():
+                model = AutoModelForCausalLM.from_pretrained(
+                    p.parent, gguf_file=p.name, dtype=torch_dtype
+                )
             # The dequantized model still carries the GGUF quantizer; it refuses to save
             # (and would re-quantize on load) until both are cleared.
             model.hf_quantizer = None

@@ -254,7 +254,7 @@ def checkpoint_lm(lm: Any, peft_model: Any, ckpt_dir: str | Path, *,
 
         return HFLM(base_model_path(lm), model=peft_model, tokenizer=lm.tokenizer,
                     settings=settings, cache=None)
-    peft_model.save_pretrained(str(ck))
+    peft_model.save_pretrained(str(ck), save_embedding_layers=False)
     base = base_model_path(lm)
     if base.endswith(".gguf"):
         export_gguf(ck, base_gguf=base)

@@ -33,6 +33,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,14 +298,20 @@ def train_lora(
     )
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    if init_adapter is not None:
-        peft_model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-    else:
-        lcfg = LoraConfig(
-            r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-            target_modules=list(config.target_modules), bias="none", task_type="CAUSAL_LM",
-        )
-        peft_model = get_peft_model(model, lcfg)
+    with warnings.catch_warnings():
+        # PEFT reads transformers' deprecated `is_gradient_checkpointing`; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                category=FutureWarning)
+        if init_adapter is not None:
+            peft_model = PeftModel.from_pretrained(model, str(init_adapter),
+                                                   is_trainable=True)
+        else:
+            lcfg = LoraConfig(
+                r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                target_modules=list(config.target_modules), bias="none",
+                task_type="CAUSAL_LM",
+            )
+            peft_model = get_peft_model(model, lcfg)
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -384,7 +391,9 @@ def save_adapter_atomically(peft_model: Any, out: Path, info: dict[str, Any]) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        peft_model.save_pretrained(str(tmp))
+        # only LoRA weights are trained, so no embedding layers to save (this also skips
+        # PEFT's vocabulary check, which warns for a model loaded from a GGUF file)
+        peft_model.save_pretrained(str(tmp), save_embedding_layers=False)
         (tmp / "metaskill_train.json").write_text(json.dumps(info, indent=1))
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"

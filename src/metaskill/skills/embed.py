@@ -301,6 +301,8 @@ class SentenceTransformerEmbedder(Embedder):
 
     def _load(self) -> Any:
         if self._model is None:
+            from metaskill.core.quiet import no_load_bars
+
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError as e:  # pragma: no cover - depends on the environment
@@ -311,7 +313,8 @@ class SentenceTransformerEmbedder(Embedder):
             old = os.environ.get("HF_HUB_OFFLINE")
             os.environ["HF_HUB_OFFLINE"] = "1"
             try:
-                self._model = SentenceTransformer(str(self.path), device=self.device)
+                with no_load_bars():
+                    self._model = SentenceTransformer(str(self.path), device=self.device)
             finally:
                 if old is None:
                     os.environ.pop("HF_HUB_OFFLINE", None)
