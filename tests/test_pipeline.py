@@ -59,6 +59,8 @@ def test_run_job_end_to_end_and_resume(tmp_path, tmp_home):
     for title in ("Headline", "Per-skill accuracy, before and after", "Accuracy versus tokens",
                   "Missing-Skill Profile", "Examples fixed and still failing"):
         assert title in html, title
+    md = (tmp_path / "run" / "summary.md").read_text()
+    assert "| sst2 | zero-shot |" in md and "(selected)" in md and "- sst2: zero-shot" in md
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["schema_version"] == 1 and saved["tasks"][0]["selected"] == t.selected
 
@@ -179,7 +181,7 @@ def test_main_job_trains_a_lora_adapter_on_the_embedded_model(tmp_path, tmp_home
     assert tr is not None, job.skipped
     assert [p["step"] for p in tr["curve"]] == [0, 2, 4]
     assert all(0.0 <= p["accuracy"] <= 1.0 for p in tr["curve"])
-    assert all(p["loss"] > 0 for p in tr["curve"][1:])
+    assert all(p["loss"] > 0 for p in tr["curve"][1:]) and len(tr["losses"]) == 4
     assert tr["steps"] == 4 and tr["n_examples"] == 8 and tr["peak_rss_mb"] > 100
     assert (Path(tr["adapter"]) / "adapter.gguf").is_file()
     lora = next(c for c in t.candidates if c.name.startswith("lora:"))

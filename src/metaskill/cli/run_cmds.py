@@ -14,14 +14,15 @@ def register(app: typer.Typer) -> None:
     def run(
         task: list[str] = typer.Option(
             None, "--task", "-t",
-            help="Task name or YAML path; repeat for several (default: sst2, trec, "
+            help="Task name or YAML path; repeat for several (default: trec, "
             "word_reversal)."),
         model: str = typer.Option("local", "--model", "-m", help="Model spec."),
         teacher: str | None = typer.Option(
             None, help="LM spec that labels skills and names missing ones (default: none)."),
         methods: str | None = typer.Option(
             None, help="Comma-separated candidate chains; join a chain with '+', e.g. "
-            "'knn_demos,raml,knn_demos+self_refine' (default: knn_demos,raml)."),
+            "'knn_demos,raml,knn_demos+self_refine' (default: knn_demos,raml on every task "
+            "but the LoRA-trained word_reversal)."),
         train: bool | None = typer.Option(
             None, "--train/--no-train",
             help="LoRA-train the model on every task / on none (default: only the tasks "

@@ -185,6 +185,9 @@ def _pareto_section(job: Any, store: Any) -> Section | None:
                  runs: Any = runs, sel: str | None = t.selected) -> None:
             ax = fig.add_subplot()
             fx = sorted(pts[i] for i in front)
+            # the front is the best accuracy reachable within x tokens: a step that
+            # carries its last level on to the costliest candidate
+            fx.append((max(p[0] for p in pts), fx[-1][1]))
             ax.step([p[0] for p in fx], [p[1] for p in fx], where="post", color="#55A868",
                     lw=1.2, label="Pareto front")
             for i, n in enumerate(names):
@@ -199,7 +202,8 @@ def _pareto_section(job: Any, store: Any) -> Section | None:
             ax.set_xlabel("tokens per example (prompt + completion)")
             ax.set_ylabel("test accuracy")
             ax.yaxis.set_major_formatter(lambda y, _: f"{100 * y:.0f}%")
-            ax.legend(loc="lower right", fontsize=7)
+            ax.margins(x=0.18, y=0.08)  # room for the end points and their labels
+            ax.legend(loc="best", fontsize=7)
 
         svg = figure_svg(draw, (7.5, 3.4), salt=f"pareto-{t.task}")
         rows = "".join(
@@ -243,7 +247,8 @@ def _training_section(job: Any, store: Any) -> Section | None:
 
         n = tr.get("curve_n", "?")
 
-        def draw(fig: Any, curve: list[dict[str, Any]] = curve, n: Any = n) -> None:
+        def draw(fig: Any, curve: list[dict[str, Any]] = curve, n: Any = n,
+                 tr: dict[str, Any] = tr) -> None:
             ax = fig.add_subplot()
             lines = ax.plot([c["step"] for c in curve], [c["accuracy"] for c in curve], "o-",
                             color="#4C72B0", label=f"dev accuracy (n={n})")
@@ -251,11 +256,15 @@ def _training_section(job: Any, store: Any) -> Section | None:
             ax.set_ylabel("accuracy")
             ax.set_ylim(0, 1.02)
             ax.yaxis.set_major_formatter(lambda y, _: f"{100 * y:.0f}%")
-            with_loss = [c for c in curve if c.get("loss") is not None]
-            if with_loss:
+            losses = tr.get("losses") or []
+            if losses:  # every step's batch loss
+                xs, ys = list(range(1, len(losses) + 1)), losses
+            else:  # older results: the loss at each checkpoint only
+                with_loss = [c for c in curve if c.get("loss") is not None]
+                xs, ys = [c["step"] for c in with_loss], [c["loss"] for c in with_loss]
+            if ys:
                 ax2 = ax.twinx()
-                lines += ax2.plot([c["step"] for c in with_loss],
-                                  [c["loss"] for c in with_loss], "--", color="#DD8452",
+                lines += ax2.plot(xs, ys, "-", color="#DD8452", lw=0.9, alpha=0.8,
                                   label="training loss (batch)")
                 ax2.set_ylabel("loss")
                 ax2.set_ylim(bottom=0)
@@ -342,7 +351,8 @@ def summary_rows(job: Any, store: Any) -> list[dict[str, Any]]:
 
 
 def summary_markdown(job: Any, store: Any) -> str:
-    """The summary as a Markdown table (for the README and benchmarks/results)."""
+    """The summary as Markdown (for the README and benchmarks/results): the per-candidate
+    table, one headline line per task, the training cost and what was skipped."""
     lines = ["| task | candidate | dev acc | test acc [95% CI] | tokens/ex | wall s |",
              "|---|---|---|---|---|---|"]
     for r in summary_rows(job, store):
@@ -352,7 +362,27 @@ def summary_markdown(job: Any, store: Any) -> str:
         wall = f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-"
         lines.append(f"| {r['task']} | {name} | {pct(r['dev'])} | {pct(r['test'])}{ci} "
                      f"| {tok} | {wall} |")
-    return "\n".join(lines)
+    lines.append("")
+    for t in job.tasks:
+        h = headline(t, store)
+        if h:
+            lo, hi = h["gain_ci"]
+            lines.append(f"- {t.task}: zero-shot {pct(h['baseline'])} -> {h['selected']} "
+                         f"{pct(h['best'])} ({100 * h['gain']:+.1f} pts, paired-bootstrap 95% "
+                         f"CI [{100 * lo:+.1f}, {100 * hi:+.1f}], n={h['n']})")
+    for t in job.tasks:
+        tr = t.training
+        if tr and tr.get("curve"):
+            curve = ", ".join(f"step {c['step']} {pct(c['accuracy'])}" for c in tr["curve"])
+            lines.append(f"- {t.task} training ({tr.get('method')}): dev curve (n="
+                         f"{tr.get('curve_n')}) {curve}; {tr.get('steps')} steps on "
+                         f"{tr.get('n_examples')} examples, {tr.get('seconds', 0):.0f} s, "
+                         f"{tr.get('seconds_per_step', 0):.2f} s/step, peak memory "
+                         f"{tr.get('peak_rss_mb', 0):.0f} MiB")
+    for sk in job.skipped:
+        lines.append(f"- skipped: {sk}")
+    lines.append(f"- wall time of the job: {job.seconds / 60:.1f} min")
+    return "\n".join(lines) + "\n"
 
 
 def print_summary(job: Any, store: Any, console: Any) -> None:
