@@ -43,6 +43,9 @@ def test_sel_weights_by_missing_rate() -> None:
     assert Counter(e.skills[0] for e in data) == {"add": 6, "sub": 2}
     assert len({e.id for e in data if e.skills == ["add"]}) == 5  # pool used before repeats
     assert stat_sel(p, TRAIN, per_pair=2, seed=0) == data  # seeded
+    # a limit keeps a random subset, not the first pairs' examples: both skills stay
+    cut = [e.skills[0] for e in stat_sel(p, TRAIN, per_pair=8, seed=0, limit=12)]
+    assert len(cut) == 12 and set(cut) == {"add", "sub"}
     with pytest.raises(MethodError, match="no difficult example"):
         stat_sel(profile([]), TRAIN)
     with pytest.raises(MethodError, match="no training example has any"):

@@ -51,8 +51,11 @@ def missing_pairs(profile: Any) -> list[tuple[str, str]]:
 
 
 def stat_sel(profile: Any, train: list[Example], per_pair: int = 2,
-             seed: int = 0) -> list[Example]:
+             seed: int = 0, limit: int | None = None) -> list[Example]:
     """STAT-Sel: ``per_pair`` training examples with the skill, per (difficult, skill) pair.
+
+    With ``limit``, a seeded random ``limit`` of them: the skills keep their shares
+    (cutting the list in pair order would drop the skills of the last pairs).
 
     Raises:
         MethodError: the profile names no missing skill, or none of them has training data.
@@ -78,6 +81,8 @@ def stat_sel(profile: Any, train: list[Example], per_pair: int = 2,
     if not out:
         raise MethodError(f"STAT-Sel: no training example has any of the missing skills "
                           f"({', '.join(sorted({s for _, s in pairs}))}).")
+    if limit is not None and limit < len(out):
+        out = random.Random(seed + 1).sample(out, limit)
     return out
 
 

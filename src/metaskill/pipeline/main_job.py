@@ -486,7 +486,8 @@ def _train_task(task: Any, name: str, cfg: RunConfig, lm: Any, base: Any, train:
         note = ""
         if method == "stat-sel" and pairs:
             per_pair = max(1, -(-n_target // len(pairs)))
-            data = stat_sel(profile, train, per_pair=per_pair, seed=cfg.seed)[:n_target]
+            data = stat_sel(profile, train, per_pair=per_pair, seed=cfg.seed,
+                            limit=n_target)
             note = (f"STAT-Sel: {len(data)} training examples for {len(pairs)} (difficult "
                     "dev example, missing skill) pairs")
         else:
