@@ -109,49 +109,62 @@ HELD_OUT = ("ocean planet violin copper basket desert falcon ginger hammer islan
 
 @pytest.mark.slow
 def test_hf_and_llama_cpp_adapter_agree(tmp_path: Path, tmp_home: Path) -> None:
-    """Greedy outputs of HF+adapter and llama.cpp+adapter agree on >= 90% of 50 prompts,
-    and the adapter really changes llama.cpp's outputs (a no-op export would not)."""
+    """Greedy outputs of HF+adapter and llama.cpp+adapter agree on >= 90% of 50 held-out
+    prompts, and the adapter really changes llama.cpp's outputs (a no-op export would not).
+
+    transformers dequantizes the GGUF and computes in fp32, so llama.cpp is given the same
+    weights (:func:`dequantize_gguf`); on the Q4_1 file itself the two backends differ by
+    quantization noise alone (the base model, no adapter, agrees on only 5/10 of these
+    prompts there, 10/10 on the F32 copy), which is reported below but not asserted at 90%.
+    """
     pytest.importorskip("llama_cpp")
     from metaskill.core.types import Request
     from metaskill.lm.hf import HFLM, embedded_gguf_path
     from metaskill.lm.llama import LlamaLM
+    from metaskill.methods.adapters import dequantize_gguf
 
     gguf_path = embedded_gguf_path()
     lm = HFLM(gguf_path)
-    # Train on the very prompts compared (parity is about serving, not generalisation):
-    # confident outputs keep greedy decoding away from near-ties, where the Q4_1 matmuls
-    # of llama.cpp and the fp32 ones of transformers may break a tie differently. (On
-    # held-out words after 24 steps, agreement measured 40/50.)
     pairs = [ChatPair(id=w, messages=[Message(role="user", content=f"Reverse the word: {w}")],
-                      answer=w[::-1]) for w in (*WORDS, *HELD_OUT)]
+                      answer=w[::-1]) for w in WORDS]
     cfg = SFTConfig(rank=8, alpha=16, steps=30, batch_size=8, learning_rate=2e-3, seed=0)
     res = train_lora(lm.model, lm.tokenizer, pairs, cfg, tmp_path / "adapter", progress=False)
     gguf_adapter = export_gguf(res.adapter_dir, base_gguf=gguf_path)
     hf_tuned = HFLM(gguf_path, adapter=res.adapter_dir)  # fresh base + saved adapter
+    f32_path = dequantize_gguf(gguf_path, tmp_path / "base-f32.gguf")
 
-    assert len(HELD_OUT) == 50
+    assert len(HELD_OUT) == 50 and not set(HELD_OUT) & set(WORDS)
     reqs = [Request(messages=[Message(role="user", content=f"Reverse the word: {w}")],
                     max_tokens=12) for w in HELD_OUT]
     hf_out = [c.text.strip() for c in hf_tuned.complete(reqs, cache=False)]
-    # One thread: llama.cpp's spinning worker threads crawl on an oversubscribed machine.
-    cpp_tuned = LlamaLM(gguf_path, lora_path=gguf_adapter, n_threads=1)
-    cpp_base = LlamaLM(gguf_path, n_threads=1)
-    try:
-        cpp_out = [c.text.strip() for c in cpp_tuned.complete(reqs, cache=False)]
-        base_out = [c.text.strip() for c in cpp_base.complete(reqs, cache=False)]
-    finally:
-        cpp_tuned.close()
-        cpp_base.close()
-    agree = sum(a == b for a, b in zip(hf_out, cpp_out, strict=True))
-    changed = sum(a != b for a, b in zip(base_out, cpp_out, strict=True))
+
+    def cpp(path: Path, lora: Path | None) -> list[str]:
+        # One thread: llama.cpp's spinning worker threads crawl on an oversubscribed machine.
+        m = LlamaLM(path, lora_path=lora, n_threads=1)
+        try:
+            return [c.text.strip() for c in m.complete(reqs, cache=False)]
+        finally:
+            m.close()
+
+    f32_out = cpp(f32_path, gguf_adapter)
+    q4_out = cpp(gguf_path, gguf_adapter)
+    base_out = cpp(gguf_path, None)
+    agree = sum(a == b for a, b in zip(hf_out, f32_out, strict=True))
+    agree_q4 = sum(a == b for a, b in zip(hf_out, q4_out, strict=True))
+    changed = sum(a != b for a, b in zip(base_out, q4_out, strict=True))
+    print(f"HF+adapter vs llama.cpp+adapter: F32 base {agree}/50, Q4_1 base {agree_q4}/50; "
+          f"adapter changed {changed}/50 llama.cpp outputs")
     assert changed >= 25, "the GGUF adapter barely changed llama.cpp's outputs"
-    # Measured 36-41/50 across runs on this machine (torch's CPU kernels vary with thread
-    # count), so the hard floor sits below that range; a broken export (wrong tensor names,
-    # missing q/k permutation) agrees far less, since HF's outputs are reversed words.
-    assert agree >= 32, list(zip(hf_out, cpp_out, strict=True))
-    if agree < 45:
-        # The issue asks for >= 90%. Measured 41/50 here; the BASE model alone (no adapter)
-        # agrees on only 15/30 of these prompts between the two backends (llama.cpp's Q4_1
-        # matmuls and F16 KV cache vs transformers' fp32 on dequantized weights), so the
-        # gap is backend numerics, not the export. Reported, not hidden:
-        pytest.xfail(f"HF vs llama.cpp adapter agreement {agree}/50 < 45/50 (see comment)")
+    assert agree >= 45, list(zip(hf_out, f32_out, strict=True))
+    # Quantization noise only; a broken export (wrong tensor names, missing q/k
+    # permutation) agrees far less. Measured 45/50 (and 50/50 on the F32 copy).
+    assert agree_q4 >= 35, list(zip(hf_out, q4_out, strict=True))
+
+
+def test_dequantize_gguf_rejects_unknown_dtype(tmp_path: Path) -> None:
+    pytest.importorskip("gguf")
+    from metaskill.core.errors import InvalidParameterError
+    from metaskill.methods.adapters import dequantize_gguf
+
+    with pytest.raises(InvalidParameterError, match="dtype must be one of"):
+        dequantize_gguf(tmp_path / "m.gguf", tmp_path / "out.gguf", dtype="q8")

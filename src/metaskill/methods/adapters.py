@@ -160,6 +160,82 @@ def export_gguf(
     return out
 
 
+def dequantize_gguf(src: str | Path, dst: str | Path, *, dtype: str = "f32") -> Path:
+    """Copy a GGUF model with every quantized tensor dequantized to F32 (or F16).
+
+    transformers dequantizes a GGUF when it loads one, so the ``hf`` backend computes with
+    the dequantized weights in fp32, while llama.cpp runs the quantized matmuls. Serving the
+    dequantized copy with llama.cpp removes that difference: both backends then hold the
+    same weights, which is how the adapter parity test tells export errors apart from
+    quantization noise. Tensor names and layouts (including llama.cpp's q/k permutation)
+    are kept, so a GGUF LoRA adapter exported for ``src`` applies to ``dst`` unchanged.
+
+    Args:
+        src: the quantized GGUF model.
+        dst: the file to write (written to a temp name and renamed).
+        dtype: ``"f32"`` (bit-identical to what transformers computes with) or ``"f16"``.
+
+    Returns:
+        ``dst``.
+
+    Raises:
+        InvalidParameterError: an unknown ``dtype``.
+
+    Example:
+        >>> dequantize_gguf("SmolLM2.Q4_1.gguf", "SmolLM2.f32.gguf")   # doctest: +SKIP
+        PosixPath('SmolLM2.f32.gguf')
+    """
+    import gguf
+    import numpy as np
+    from gguf.quants import dequantize
+
+    from metaskill.core.errors import InvalidParameterError
+
+    targets = {"f32": (np.float32, gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
+               "f16": (np.float16, gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16)}
+    if dtype not in targets:
+        raise InvalidParameterError(f"dtype must be one of {sorted(targets)}, got {dtype!r}.")
+    np_type, qtype, file_type = targets[dtype]
+    reader = gguf.GGUFReader(str(src))
+    arch = read_gguf_arch(src)["architecture"]
+    out = Path(dst)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(str(tmp), arch=arch)
+    try:
+        for field in reader.fields.values():
+            # GGUFWriter writes the architecture and the GGUF.* header fields itself.
+            if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+                continue
+            if field.name == gguf.Keys.General.FILE_TYPE:
+                writer.add_file_type(int(file_type))
+                continue
+            vtype = field.types[0]
+            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+        for t in reader.tensors:
+            if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+                data = np.asarray(t.data)
+                if t.tensor_type == gguf.GGMLQuantizationType.F32 or dtype == "f16":
+                    writer.add_tensor(t.name, data, raw_dtype=t.tensor_type)
+                    continue
+                w = data.astype(np_type)
+            else:
+                w = dequantize(t.data, t.tensor_type).astype(np_type)
+            # GGUF lists dims innermost first; numpy wants them outermost first.
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            writer.add_tensor(t.name, np.ascontiguousarray(w.reshape(shape)), raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp, out)
+    return out
+
+
 # ---- glue between LMs, training and Solvers -------------------------------------------------
 def base_model_path(lm: Any) -> str:
     """The model file/folder an LM runs, so the HF trainer can load the same weights.
