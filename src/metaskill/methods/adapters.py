@@ -19,9 +19,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,26 @@ def _permute_rows(w: Any, n_head: int) -> Any:
     """llama.cpp's q/k permutation (convert_hf_to_gguf.LlamaModel.permute) over rows."""
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
             .swapaxes(1, 2).reshape(w.shape))
+
+
+@contextlib.contextmanager
+def _gguf_writer(out: Path, arch: str) -> Iterator[Any]:
+    """A GGUFWriter to fill in the ``with`` body; written to a temp name, renamed on success."""
+    import gguf
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(str(tmp), arch=arch)
+    try:
+        yield writer
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp, out)
 
 
 def read_gguf_arch(gguf_path: str | Path) -> dict[str, Any]:
@@ -137,9 +159,7 @@ def export_gguf(
         pairs.setdefault(name, {})[ab] = np.ascontiguousarray(w)
 
     out = Path(out_path) if out_path else adir / GGUF_NAME
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(str(tmp), arch=architecture)
-    try:
+    with _gguf_writer(out, architecture) as writer:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(cfg["lora_alpha"]))
@@ -148,15 +168,6 @@ def export_gguf(
                 raise MethodError(f"adapter tensor '{name}' lacks its lora_A or lora_B half.")
             writer.add_tensor(f"{name}.lora_a", pairs[name]["A"])
             writer.add_tensor(f"{name}.lora_b", pairs[name]["B"])
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    writer.close()
-    os.replace(tmp, out)
     return out
 
 
@@ -199,9 +210,7 @@ def dequantize_gguf(src: str | Path, dst: str | Path, *, dtype: str = "f32") -> 
     reader = gguf.GGUFReader(str(src))
     arch = read_gguf_arch(src)["architecture"]
     out = Path(dst)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(str(tmp), arch=arch)
-    try:
+    with _gguf_writer(out, arch) as writer:
         for field in reader.fields.values():
             # GGUFWriter writes the architecture and the GGUF.* header fields itself.
             if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
@@ -224,15 +233,6 @@ def dequantize_gguf(src: str | Path, dst: str | Path, *, dtype: str = "f32") -> 
             # GGUF lists dims innermost first; numpy wants them outermost first.
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))
             writer.add_tensor(t.name, np.ascontiguousarray(w.reshape(shape)), raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    writer.close()
-    os.replace(tmp, out)
     return out
 
 
