@@ -41,7 +41,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -90,6 +90,47 @@ def chat_or_prompt(lm: Any, user: str, *, max_tokens: int, seed: int = 0,
         return Request(messages=tuple(msgs), max_tokens=max_tokens, seed=seed)
     text = "\n\n".join(m.content for m in msgs) + "\n\n"
     return Request(prompt=text, max_tokens=max_tokens, seed=seed)
+
+
+def ask_with_retry(lm: Any, asks: dict[int, str], retry: str,
+                   parse: Callable[[int, str], Any], *, max_tokens: int,
+                   usages: list[Usage], calls: list[int]) -> tuple[dict[int, Any], list[int]]:
+    """Ask each prompt once; re-ask the unparseable ones once more with ``retry``.
+
+    ``parse(i, text)`` returns None when the reply for ``asks[i]`` cannot be used; the retry
+    keeps the first exchange in the conversation. Usage and call counts are added into
+    ``usages[i]`` and ``calls[i]``.
+
+    Returns:
+        The parsed values by index, and the indices that failed both tries (callers fall
+        back to the unadapted answer for those and count it).
+
+    Example:
+        >>> got, failed = ask_with_retry(lm, {0: "Score this"}, "Score: N only",
+        ...     lambda i, t: parse_judge_score(t, 10), max_tokens=32,
+        ...     usages=[Usage()], calls=[0])   # doctest: +SKIP
+    """
+    got: dict[int, Any] = {}
+    history: dict[int, list[tuple[str, str]]] = {i: [] for i in asks}
+    todo = list(asks)
+    for attempt in range(2):  # the first try and one retry
+        if not todo:
+            break
+        user = {i: asks[i] if attempt == 0 else retry for i in todo}
+        comps = lm.complete([chat_or_prompt(lm, user[i], history=history[i],
+                                            max_tokens=max_tokens) for i in todo])
+        left = []
+        for i, c in zip(todo, comps, strict=True):
+            usages[i] = usages[i] + c.usage
+            calls[i] += 1
+            value = parse(i, c.text)
+            if value is None:
+                history[i] += [("user", user[i]), ("assistant", c.text)]
+                left.append(i)
+            else:
+                got[i] = value
+        todo = left
+    return got, todo
 
 
 def question_text(task: Any, example: Example) -> str:
@@ -283,29 +324,13 @@ class AdaptMISolver(Solver):
         extra: list[dict[str, Any]] = [{"judge_fallback": False} for _ in range(n)]
         asks = {i: JUDGE_PROMPT.format(question=question_text(task, e), answer=first[i].output)
                 for i, e in enumerate(blind) if first[i].error is None}
-        history: dict[int, list[tuple[str, str]]] = {i: [] for i in asks}
-        todo = list(asks)
-        for attempt in range(2):  # the first try and one retry
-            if not todo:
-                break
-            user = {i: asks[i] if attempt == 0 else
-                    "Reply with one line only: Score: N (N an integer from 0 to 10)."
-                    for i in todo}
-            comps = lm.complete([chat_or_prompt(lm, user[i], history=history[i],
-                                                max_tokens=self.max_tokens_teacher)
-                                 for i in todo])
-            left = []
-            for i, c in zip(todo, comps, strict=True):
-                usages[i] = usages[i] + c.usage
-                calls[i] += 1
-                score = parse_judge_score(c.text, 10)
-                if score is None:
-                    history[i] += [("user", user[i]), ("assistant", c.text)]
-                    left.append(i)
-                else:
-                    values[i] = score
-            todo = left
-        for i in todo:
+        got, failed = ask_with_retry(
+            lm, asks, "Reply with one line only: Score: N (N an integer from 0 to 10).",
+            lambda i, text: parse_judge_score(text, 10), max_tokens=self.max_tokens_teacher,
+            usages=usages, calls=calls)
+        for i, score in got.items():
+            values[i] = score
+        for i in failed:
             extra[i]["judge_fallback"] = True  # not hard: keeps the first answer
         return values, usages, calls, extra
 
@@ -327,28 +352,13 @@ class AdaptMISolver(Solver):
         named: list[list[str]] = [[] for _ in blind]
         usages = [Usage() for _ in blind]
         calls = [0] * len(blind)
-        history: list[list[tuple[str, str]]] = [[] for _ in blind]
-        todo = list(range(len(blind)))
-        for attempt in range(2):  # the first try and one retry
-            if not todo:
-                break
-            user = {i: asks[i] if attempt == 0 else
-                    "Reply with one line: 'Missing: ' and skill names from the list above."
-                    for i in todo}
-            comps = lm.complete([chat_or_prompt(lm, user[i], history=history[i],
-                                                max_tokens=self.max_tokens_teacher)
-                                 for i in todo])
-            left = []
-            for i, c in zip(todo, comps, strict=True):
-                usages[i] = usages[i] + c.usage
-                calls[i] += 1
-                found = parse_skill_names(c.text, cands[i])[: self.missing_skills]
-                if found:
-                    named[i] = found
-                else:
-                    history[i] += [("user", user[i]), ("assistant", c.text)]
-                    left.append(i)
-            todo = left
+        got, _ = ask_with_retry(
+            lm, dict(enumerate(asks)),
+            "Reply with one line: 'Missing: ' and skill names from the list above.",
+            lambda i, text: parse_skill_names(text, cands[i])[: self.missing_skills] or None,
+            max_tokens=self.max_tokens_teacher, usages=usages, calls=calls)
+        for i, found in got.items():
+            named[i] = found
         return named, usages, calls
 
     # ---- JSON ----------------------------------------------------------------------------
