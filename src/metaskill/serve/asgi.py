@@ -52,17 +52,10 @@ def build_app(
     system_prompt: bool = True,
     history: bool = False,
 ) -> Any:
-    """The FastAPI app serving ``solver`` (see the module doc for the behaviour).
+    """The FastAPI app behind :func:`metaskill.serve.app.create_app` (same arguments).
 
-    Args:
-        solver: any Solver (not modified: the app serves a copy rebuilt from its JSON around
-            a :class:`~metaskill.serve.app.RequestContextLM`).
-        task: the Task whose template/instructions the Solver uses; None: :func:`chat_task`.
-        model_id: the id listed by ``/v1/models`` and required in each request's ``model``.
-        token: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``.
-        limits: request limits (:class:`ServeLimits`).
-        system_prompt: pass the client's system message to the LM (else drop it).
-        history: pass earlier user/assistant turns to the LM (else drop them).
+    The Solver is not modified: the app serves a copy rebuilt from its JSON around a
+    :class:`~metaskill.serve.app.RequestContextLM`.
 
     Returns:
         A FastAPI application; ``app.state.service`` is its :class:`SolverService`.
