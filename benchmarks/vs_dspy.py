@@ -56,7 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DSPY_PY = ROOT / "benchmarks" / ".venv-dspy" / "bin" / "python"
 ALL_OPTIMIZERS = ["Predict", "LabeledFewShot", "KNNFewShot", "BootstrapFewShot",
                   "BootstrapFewShotWithRandomSearch", "MIPROv2"]
-ALL_METHODS = ["zero_shot", "likelihood", "knn_demos", "knn_demos_likelihood", "raml",
+ALL_METHODS = ["zero_shot", "likelihood", "knn_demos", "knn_demos_fmt",
+               "knn_demos_likelihood", "raml", "raml_fmt",
                "dynaicl", "skill_demos", "adaptmi", "self_consistency", "self_refine",
                "meta_prompting", "multi_critique"]
 BASELINES = ["hand_random4", "hand_knn4"]
@@ -178,12 +179,18 @@ def build(name: str, lm: Any, task: Any, splits: dict, res: Any, dev_n: int) -> 
         return first_word_demo_solver(lm, KnnSelector(train, embedder=res.get_embedder())), []
     zero, like = ZeroShot(lm), LikelihoodClassifier(lm)
     knn = ("knn_demos", {"k_candidates": [4, 8], "max_dev": dev_n})
+    fmts = ["chat", "completion"]
     chains: dict[str, tuple[Any, list]] = {
         "zero_shot": (zero, []),
         "likelihood": (like, []),
         "knn_demos": (zero, [knn]),
+        # the prompt format (chat template or plain completion) chosen on dev as well
+        "knn_demos_fmt": (zero, [(knn[0], {**knn[1], "format_candidates": fmts})]),
         "knn_demos_likelihood": (like, [knn]),
         "raml": (like, [("knn_demos", {"k": 4}), ("raml", {"max_dev": dev_n})]),
+        "raml_fmt": (like, [("knn_demos", {"k": 4, "format_candidates": fmts,
+                                           "max_dev": dev_n}),
+                            ("raml", {"max_dev": dev_n})]),
         "dynaicl": (zero, [("knn_demos", {"k": 4}),
                            ("dynaicl", {"max_dev": dev_n, "max_train_probe": 60})]),
         "skill_demos": (zero, [("skill_demos", {"k": 4, "max_dev": dev_n})]),

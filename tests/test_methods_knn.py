@@ -128,6 +128,36 @@ def test_k_chosen_on_dev_and_ties_prefer_fewer_demos() -> None:
     assert solver.k == min(r["k"] for r in table if r["dev_accuracy"] == best)
 
 
+def test_prompt_format_chosen_on_dev_and_saved() -> None:
+    """A model that copies demos only from plain-completion prompts: dev picks completion."""
+    task = toy_task()
+
+    def completion_only(prompt: str, request) -> str:
+        return "positive" if "assistant:" in prompt else copy_last_demo(prompt, request)
+
+    lm = ScriptedLM(completion_only)
+    method = KnnDemos(KnnDemosConfig(k=2, format_candidates=["chat", "completion"]),
+                      resources=MethodResources(embedder=HashEmbedder(128)))
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    table = method.report.notes["candidates"]
+    assert [(r["prompt_format"], r["dev_accuracy"]) for r in table] == [
+        ("chat", 0.5), ("completion", 1.0)]
+    assert solver.prompt_format == "completion" == method.report.notes["prompt_format"]
+    assert load_solver(solver.to_json(), lm=lm).prompt_format == "completion"
+    assert [a.output for a in solver.solve(task, task.splits["test"])] == [
+        "negative", "positive"]
+
+
+def test_chat_format_candidate_needs_a_chat_model() -> None:
+    task = toy_task()
+    lm = ScriptedLM(copy_last_demo)
+    lm.chat = False
+    with pytest.raises(MethodError, match="knn_demos: format_candidates lists 'chat'"):
+        KnnDemos(KnnDemosConfig(format_candidates=["chat", "completion"]),
+                 resources=MethodResources(embedder=HashEmbedder(64))).fit(
+            ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+
+
 def test_k_overrides_and_context_trimming() -> None:
     task = toy_task()
     lm = ScriptedLM(copy_last_demo)
