@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from metaskill.lm.cache import Cache, stable_hash
 
 WORKER = textwrap.dedent(
@@ -63,3 +65,19 @@ def test_get_returns_fresh_objects(tmp_path):
 def test_stable_hash_is_order_independent():
     assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_connect_wal_waits_for_a_lock_then_gives_up(tmp_path):
+    import sqlite3
+    import threading
+
+    from metaskill.core.sqlite import connect_wal
+
+    path = tmp_path / "x.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        connect_wal(path, timeout_s=0.3)
+    threading.Timer(0.3, lambda: holder.execute("COMMIT")).start()
+    conn = connect_wal(path, timeout_s=10)  # waits for the holder, then switches to WAL
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -42,6 +42,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from metaskill.core.errors import MetaskillError, NotFoundError
+from metaskill.core.sqlite import connect_wal
 from metaskill.eval.run import Record, Run, RunStatus, Totals, skill_stats
 
 STORE_SCHEMA_VERSION = 1
@@ -174,13 +175,9 @@ class RunStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
+                conn = connect_wal(self.path, self._timeout)
             except sqlite3.DatabaseError as e:
                 raise MetaskillError(f"cannot open run store {self.path}: {e}.") from e
-            # NORMAL in WAL mode: a committed batch survives a killed process (not
-            # necessarily a power cut) and a commit costs no fsync.
-            conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
 

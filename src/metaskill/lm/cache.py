@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from metaskill.core.sqlite import connect_wal
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -56,9 +58,7 @@ class Cache:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn = connect_wal(self.path, self._timeout)
             self._local.conn = conn
         return conn
 

@@ -49,6 +49,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from metaskill.core.errors import MetaskillError, NotFoundError
+from metaskill.core.sqlite import connect_wal
 from metaskill.core.types import Example
 from metaskill.skills.embed import Embedder, load_embedder
 
@@ -229,9 +230,7 @@ class SkillBook:
             return self._shared
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn = connect_wal(self.path)
             self._local.conn = conn
         return conn
 

