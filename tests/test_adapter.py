@@ -161,10 +161,13 @@ def test_hf_and_llama_cpp_adapter_agree(tmp_path: Path, tmp_home: Path) -> None:
     assert agree_q4 >= 35, list(zip(hf_out, q4_out, strict=True))
 
 
-def test_dequantize_gguf_rejects_unknown_dtype(tmp_path: Path) -> None:
+def test_dequantize_gguf_bad_input(tmp_path: Path) -> None:
     pytest.importorskip("gguf")
-    from metaskill.core.errors import InvalidParameterError
+    from metaskill.core.errors import InvalidParameterError, ModelNotFoundError
     from metaskill.methods.adapters import dequantize_gguf
 
     with pytest.raises(InvalidParameterError, match="dtype must be one of"):
         dequantize_gguf(tmp_path / "m.gguf", tmp_path / "out.gguf", dtype="q8")
+    with pytest.raises(ModelNotFoundError, match="GGUF model file not found"):
+        dequantize_gguf(tmp_path / "m.gguf", tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()

@@ -96,7 +96,7 @@ def test_cli_run_as_a_user(tmp_path, tmp_home):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (out / "report.html").is_file() and (out / "result.json").is_file()
-    assert "report:" in res.stderr
+    assert "report:" in res.stderr and "paired-bootstrap 95% CI" in res.stderr
 
     bad_cmd = [("knn_demo" if a == "knn_demos" else a) for a in cmd]
     bad = subprocess.run(bad_cmd, capture_output=True, text=True, timeout=120)

@@ -46,6 +46,8 @@ def test_sel_weights_by_missing_rate() -> None:
     # a limit keeps a random subset, not the first pairs' examples: both skills stay
     cut = [e.skills[0] for e in stat_sel(p, TRAIN, per_pair=8, seed=0, limit=12)]
     assert len(cut) == 12 and set(cut) == {"add", "sub"}
+    with pytest.raises(MethodError, match="limit must be at least 1"):
+        stat_sel(p, TRAIN, limit=0)
     with pytest.raises(MethodError, match="no difficult example"):
         stat_sel(profile([]), TRAIN)
     with pytest.raises(MethodError, match="no training example has any"):

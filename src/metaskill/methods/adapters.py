@@ -191,6 +191,7 @@ def dequantize_gguf(src: str | Path, dst: str | Path, *, dtype: str = "f32") -> 
 
     Raises:
         InvalidParameterError: an unknown ``dtype``.
+        ModelNotFoundError: ``src`` does not exist.
 
     Example:
         >>> dequantize_gguf("SmolLM2.Q4_1.gguf", "SmolLM2.f32.gguf")   # doctest: +SKIP
@@ -207,6 +208,8 @@ def dequantize_gguf(src: str | Path, dst: str | Path, *, dtype: str = "f32") -> 
     if dtype not in targets:
         raise InvalidParameterError(f"dtype must be one of {sorted(targets)}, got {dtype!r}.")
     np_type, qtype, file_type = targets[dtype]
+    if not Path(src).is_file():
+        raise ModelNotFoundError(f"GGUF model file not found: {src}")
     reader = gguf.GGUFReader(str(src))
     arch = read_gguf_arch(src)["architecture"]
     out = Path(dst)

@@ -58,8 +58,11 @@ def stat_sel(profile: Any, train: list[Example], per_pair: int = 2,
     (cutting the list in pair order would drop the skills of the last pairs).
 
     Raises:
-        MethodError: the profile names no missing skill, or none of them has training data.
+        MethodError: the profile names no missing skill, none of them has training data,
+            or ``limit`` is below 1.
     """
+    if limit is not None and limit < 1:
+        raise MethodError(f"STAT-Sel: limit must be at least 1 (or None), got {limit}.")
     pairs = missing_pairs(profile)
     if not pairs:
         raise MethodError("STAT-Sel: the profile has no difficult example with a missing "

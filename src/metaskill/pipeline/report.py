@@ -74,6 +74,17 @@ def headline(task: Any, store: Any) -> dict[str, Any] | None:
             "best_tokens": best.tokens_per_example}
 
 
+def headline_text(task: Any, store: Any) -> str | None:
+    """:func:`headline` as one line of text (None when there is no headline)."""
+    h = headline(task, store)
+    if h is None:
+        return None
+    lo, hi = h["gain_ci"]
+    return (f"{task.task}: zero-shot {pct(h['baseline'])} -> {h['selected']} {pct(h['best'])} "
+            f"({100 * h['gain']:+.1f} pts, paired-bootstrap 95% CI "
+            f"[{100 * lo:+.1f}, {100 * hi:+.1f}], n={h['n']})")
+
+
 def pareto(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both fewer tokens and higher accuracy.
 
@@ -363,13 +374,7 @@ def summary_markdown(job: Any, store: Any) -> str:
         lines.append(f"| {r['task']} | {name} | {pct(r['dev'])} | {pct(r['test'])}{ci} "
                      f"| {tok} | {wall} |")
     lines.append("")
-    for t in job.tasks:
-        h = headline(t, store)
-        if h:
-            lo, hi = h["gain_ci"]
-            lines.append(f"- {t.task}: zero-shot {pct(h['baseline'])} -> {h['selected']} "
-                         f"{pct(h['best'])} ({100 * h['gain']:+.1f} pts, paired-bootstrap 95% "
-                         f"CI [{100 * lo:+.1f}, {100 * hi:+.1f}], n={h['n']})")
+    lines += [f"- {line}" for t in job.tasks if (line := headline_text(t, store))]
     for t in job.tasks:
         tr = t.training
         if tr and tr.get("curve"):
@@ -400,12 +405,9 @@ def print_summary(job: Any, store: Any, console: Any) -> None:
                       f"{r['wall_s']:.0f}" if r["wall_s"] is not None else "-")
     console.print(table)
     for t in job.tasks:
-        h = headline(t, store)
-        if h:
-            lo, hi = h["gain_ci"]
-            console.print(f"[bold]{t.task}[/]: {pct(h['baseline'])} -> {pct(h['best'])} "
-                          f"with {h['selected']} ({100 * h['gain']:+.1f} pts, 95% CI "
-                          f"[{100 * lo:+.1f}, {100 * hi:+.1f}], n={h['n']})", highlight=False)
+        line = headline_text(t, store)
+        if line:
+            console.print(line, highlight=False, markup=False)
     for s in job.skipped:
         console.print(f"[yellow]skipped:[/] {s}", highlight=False)
     console.print(f"report: {job.report}  ({job.seconds / 60:.1f} min)", highlight=False)
