@@ -114,8 +114,9 @@ def test_hf_and_llama_cpp_adapter_agree(tmp_path: Path, tmp_home: Path) -> None:
 
     transformers dequantizes the GGUF and computes in fp32, so llama.cpp is given the same
     weights (:func:`dequantize_gguf`); on the Q4_1 file itself the two backends differ by
-    quantization noise alone (the base model, no adapter, agrees on only 5/10 of these
-    prompts there, 10/10 on the F32 copy), which is reported below but not asserted at 90%.
+    quantization noise alone (the base model, no adapter, agrees on 25/50 of these prompts
+    there and 48/50 on the F32 copy: ``benchmarks/backend_parity.py``), so the Q4_1 count is
+    checked only against a floor.
     """
     pytest.importorskip("llama_cpp")
     from metaskill.core.types import Request
