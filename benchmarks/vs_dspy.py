@@ -56,8 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DSPY_PY = ROOT / "benchmarks" / ".venv-dspy" / "bin" / "python"
 ALL_OPTIMIZERS = ["Predict", "LabeledFewShot", "KNNFewShot", "BootstrapFewShot",
                   "BootstrapFewShotWithRandomSearch", "MIPROv2"]
-ALL_METHODS = ["zero_shot", "likelihood", "knn_demos", "knn_demos_fmt",
-               "knn_demos_likelihood", "raml", "raml_fmt",
+ALL_METHODS = ["zero_shot", "likelihood", "knn_demos", "knn_demos_fmt", "knn_demos_lean",
+               "knn_demos_likelihood", "raml", "raml_fmt", "raml_lean", "raml_joint",
                "dynaicl", "skill_demos", "adaptmi", "self_consistency", "self_refine",
                "meta_prompting", "multi_critique"]
 BASELINES = ["hand_random4", "hand_knn4"]
@@ -186,11 +186,23 @@ def build(name: str, lm: Any, task: Any, splits: dict, res: Any, dev_n: int) -> 
         "knn_demos": (zero, [knn]),
         # the prompt format (chat template or plain completion) chosen on dev as well
         "knn_demos_fmt": (zero, [(knn[0], {**knn[1], "format_candidates": fmts})]),
+        # ... and, for plain completion, whether the task's instruction preamble is kept
+        # (ties go to the shorter prompt): the hand-written prompts carry none
+        "knn_demos_lean": (zero, [("knn_demos", {"k": 4, "format_candidates": fmts,
+                                                 "try_no_instructions": True,
+                                                 "max_dev": dev_n})]),
         "knn_demos_likelihood": (like, [knn]),
         "raml": (like, [("knn_demos", {"k": 4}), ("raml", {"max_dev": dev_n})]),
         "raml_fmt": (like, [("knn_demos", {"k": 4, "format_candidates": fmts,
                                            "max_dev": dev_n}),
                             ("raml", {"max_dev": dev_n})]),
+        "raml_lean": (like, [("knn_demos", {"k": 4, "format_candidates": fmts,
+                                            "try_no_instructions": True, "max_dev": dev_n}),
+                             ("raml", {"max_dev": dev_n})]),
+        # raml choosing the LM side's prompt itself, by the fused dev accuracy, in one
+        # dev pass per prompt variant (no separate knn_demos selection)
+        "raml_joint": (like, [("raml", {"k": 4, "format_candidates": fmts,
+                                        "try_no_instructions": True, "max_dev": dev_n})]),
         "dynaicl": (zero, [("knn_demos", {"k": 4}),
                            ("dynaicl", {"max_dev": dev_n, "max_train_probe": 60})]),
         "skill_demos": (zero, [("skill_demos", {"k": 4, "max_dev": dev_n})]),

@@ -148,6 +148,45 @@ def test_prompt_format_chosen_on_dev_and_saved() -> None:
         "negative", "positive"]
 
 
+def test_bare_completion_prompt_chosen_on_dev_when_no_worse() -> None:
+    """try_no_instructions: a tie on dev goes to the shorter, instruction-free prompt."""
+    task = toy_task()
+    lm = ScriptedLM(copy_last_demo)
+    method = KnnDemos(KnnDemosConfig(k=2, format_candidates=["chat", "completion"],
+                                     try_no_instructions=True),
+                      resources=MethodResources(embedder=HashEmbedder(128)))
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    table = method.report.notes["candidates"]
+    # no bare chat candidate: only completion prompts go without instructions
+    assert [(r["prompt_format"], r["instructions"]) for r in table] == [
+        ("chat", True), ("completion", True), ("completion", False)]
+    with_ins, bare = table[1], table[2]
+    assert with_ins["dev_accuracy"] == bare["dev_accuracy"] == 1.0
+    assert bare["prompt_tokens"] < with_ins["prompt_tokens"]
+    assert solver.instructions == "" and method.report.notes["instructions"] is False
+    prompt = solver.build_requests(task, task.splits["test"][:1])[0][0].prompt
+    assert "Say positive or negative." not in prompt and prompt.startswith("Review:")
+    again = load_solver(solver.to_json(), lm=lm)
+    assert again.build_requests(task, task.splits["test"][:1])[0][0].prompt == prompt
+
+
+def test_instructions_kept_when_dev_needs_them() -> None:
+    task = toy_task()
+
+    def needs_instructions(prompt: str, request) -> str:
+        return copy_last_demo(prompt, request) if "Say positive" in prompt else "positive"
+
+    lm = ScriptedLM(needs_instructions)
+    method = KnnDemos(KnnDemosConfig(k=2, prompt_format="completion", try_no_instructions=True),
+                      resources=MethodResources(embedder=HashEmbedder(128)))
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    assert solver.instructions is None and method.report.notes["instructions"] is True
+    with pytest.raises(MethodError, match="try_no_instructions applies to the plain-completion"):
+        KnnDemos(KnnDemosConfig(prompt_format="chat", try_no_instructions=True),
+                 resources=MethodResources(embedder=HashEmbedder(64))).fit(
+            ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+
+
 def test_chat_format_candidate_needs_a_chat_model() -> None:
     task = toy_task()
     lm = ScriptedLM(copy_last_demo)

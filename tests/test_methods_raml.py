@@ -116,3 +116,57 @@ def test_generative_task_is_a_clear_error() -> None:
                                         gen.splits["dev"])
     with pytest.raises(MethodError, match=r"raml: needs dev examples"):
         Raml(resources=resources()).fit(ZeroShot(ScriptedLM()), task, task.splits["train"], [])
+
+
+def test_prompt_variant_chosen_by_fused_dev_accuracy() -> None:
+    """format_candidates/try_no_instructions: chat is worse, bare completion ties -> bare."""
+    task = toy_task()
+
+    def by_format(prompt: str, cont: str) -> float:
+        if "assistant:" in prompt or "user:" in prompt:  # chat: always 'positive'
+            return -1.0 if cont.strip() == "positive" else -3.0
+        return biased_scores(prompt, cont)
+
+    lm = ScriptedLM(scores=by_format)
+    task.instructions = "Say positive or negative."
+    cfg = RamlConfig(k=0, k_neighbours=4, calibrate=False, weights=[0.0],
+                     format_candidates=["chat", "completion"], try_no_instructions=True)
+    method = Raml(cfg, resources=resources())
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    variants = method.report.notes["variants"]
+    assert [(v["prompt_format"], v["instructions"]) for v in variants] == [
+        ("chat", True), ("completion", True), ("completion", False)]
+    assert variants[0]["dev_accuracy_fused"] == 0.5
+    assert variants[1]["dev_accuracy_fused"] == variants[2]["dev_accuracy_fused"] == 5 / 6
+    assert variants[2]["prompt_tokens"] < variants[1]["prompt_tokens"]
+    assert method.report.lm_calls == 3 * len(task.splits["dev"])
+    assert solver.instructions == "" and not solver.uses_chat()
+    assert method.report.notes["instructions"] is False
+    again = load_solver(solver.to_json(), lm=lm)
+    a1, a2 = solver.solve(task, task.splits["dev"]), again.solve(task, task.splits["dev"])
+    assert [a.prompt for a in a1] == [a.prompt for a in a2]
+    assert not any("Say positive" in a.prompt for a in a1)
+
+
+def test_prompt_variant_keeps_instructions_when_they_help() -> None:
+    task = toy_task()
+    task.instructions = "Say positive or negative."
+
+    def needs_instructions(prompt: str, cont: str) -> float:
+        if "Say positive" in prompt:  # a perfect reader of instructions
+            q = prompt.rsplit("Review:", 1)[-1]
+            neg = any(w in q for w in ("awful", "boring", "dull"))
+            return -0.1 if (cont.strip() == "negative") == neg else -3.0
+        return biased_scores(prompt, cont)
+
+    lm = ScriptedLM(scores=needs_instructions)
+    cfg = RamlConfig(k=0, k_neighbours=4, calibrate=False, weights=[0.0],
+                     format_candidates=["completion"], try_no_instructions=True)
+    method = Raml(cfg, resources=resources())
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    assert method.report.notes["dev_accuracy_fused"] == 1.0
+    assert method.report.notes["instructions"] is True and solver.instructions is None
+    with pytest.raises(MethodError, match="raml: try_no_instructions applies"):
+        Raml(RamlConfig(format_candidates=["chat"], try_no_instructions=True),
+             resources=resources()).fit(ZeroShot(lm), task, task.splits["train"],
+                                        task.splits["dev"])

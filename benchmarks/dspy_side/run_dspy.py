@@ -169,12 +169,16 @@ def main() -> None:
     data = {s: read_jsonl(folder / f"{s}.jsonl") for s in ("train", "dev", "test")}
     data["train"] = data["train"][: cfg.get("compile_train_limit") or None]
     data["dev"] = data["dev"][: cfg.get("dev_limit") or None]
-    results = []
     out_path = Path(cfg["out"])
+    # Results of earlier invocations over the same work dir are kept; a rerun of the same
+    # (optimizer, adapter) replaces its entry.
+    results = json.loads(out_path.read_text())["results"] if out_path.exists() else []
     for name in cfg["optimizers"]:
         for adapter in cfg["adapters"]:
             print(f"[dspy] {cfg['task']}: {name} / {adapter}", file=sys.stderr, flush=True)
-            results.append(run_one(name, adapter, cfg, data))
+            result = run_one(name, adapter, cfg, data)
+            results = [r for r in results
+                       if (r["optimizer"], r["adapter"]) != (name, adapter)] + [result]
             out_path.write_text(json.dumps({"dspy_version": dspy.__version__,
                                             "results": results}, indent=1))
     print(f"[dspy] wrote {out_path}", file=sys.stderr)

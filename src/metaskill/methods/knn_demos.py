@@ -16,15 +16,20 @@ in turn), which keeps a majority-label neighbourhood from tipping a small model.
 the variant and the prompt format (chat template or plain completion) can be chosen on
 dev: with the 135M chat model, plain-completion demos scored 84% on sst2 where the same
 demos inside the chat template scored 67% (``benchmarks/results/vs_dspy_sst2_100.md``).
+``try_no_instructions`` also tries plain-completion prompts without the task's
+instruction preamble (the demos alone show the format, as in a hand-written prompt);
+dev ties go to the shorter prompt.
 
 Algorithm (what :meth:`KnnDemos.fit` does):
 
 1. Embed the training pool once.
-2. For each candidate (k, balanced, format) -- just the configured one unless
-   ``k_candidates``, ``try_balanced`` or ``format_candidates`` ask for more -- build a
+2. For each candidate (k, balanced, format, instructions or not) -- just the configured
+   one unless ``k_candidates``, ``try_balanced``, ``format_candidates`` or
+   ``try_no_instructions`` ask for more -- build a
    :class:`~metaskill.methods.demos.DemoSolver` whose selector returns, per input, the
    k nearest pool examples, ordered nearest last.
-3. Score each candidate on dev; keep the best (ties go to fewer demos).
+3. Score each candidate on dev; keep the best (ties go to the shorter prompt, then to
+   fewer demos).
 4. Return the new Solver; its JSON holds the pool and the embedder spec, nothing else.
 
 Example:
@@ -86,6 +91,11 @@ class KnnDemosConfig(MethodConfig):
         None, description="if given, choose the prompt format among these on dev "
                           "(overrides prompt_format)"
     )
+    try_no_instructions: bool = Field(
+        False, description="also try each plain-completion candidate without the task's "
+                           "instruction preamble (the demos alone show the format); ties go "
+                           "to the shorter prompt"
+    )
     answer_mode: AnswerMode | None = Field(
         None, description="generate or choices; None keeps the incoming Solver's (else generate)"
     )
@@ -146,39 +156,58 @@ class KnnDemos(Method):
         if not formats:
             formats = [options.get("prompt_format")]
 
-        def build(k: int, balanced: bool, fmt: PromptFormat | None) -> DemoSolver:
+        def build(k: int, balanced: bool, fmt: PromptFormat | None,
+                  bare: bool = False) -> DemoSolver:
             sel = KnnSelector(pool, embedder=embedder, balanced=balanced, pool_vectors=vectors)
             opts = {**options, **({"prompt_format": fmt} if fmt is not None else {})}
+            if bare:
+                opts["instructions"] = ""
             return DemoSolver(solver.lm, sel, k=k, **opts)
 
-        candidates = [(k, b, f) for f in formats for b in variants for k in ks]
+        def is_completion(fmt: PromptFormat | None) -> bool:
+            return not build(1, False, fmt).uses_chat()
+
+        # A bare variant (no instruction preamble) only for plain completion: in a chat
+        # prompt the instructions are the only thing that says what the turns are for.
+        bares = [False, True] if cfg.try_no_instructions else [False]
+        candidates = [(k, b, f, bare) for f in formats for bare in bares for b in variants
+                      for k in ks if not bare or is_completion(f)]
+        if cfg.try_no_instructions and not any(c[3] for c in candidates):
+            raise MethodError("knn_demos: try_no_instructions applies to the plain-completion "
+                              "format only; add 'completion' to format_candidates.")
         dev_set = list(dev or [])[: cfg.max_dev] if dev else []
         if len(candidates) == 1 or not dev_set:
-            k, b, f = candidates[0]
-            chosen = build(k, b, f)
+            k, b, f, bare = candidates[0]
+            chosen = build(k, b, f, bare)
             if dev_set:
                 _, scores = run_solver(chosen, task, dev_set, self.report,
                                        progress=self.resources.progress, label="knn_demos dev")
                 self.report.notes["dev_accuracy"] = sum(scores) / len(scores)
             self.report.notes.update({"k": k, "balanced": b, "prompt_format": chosen.prompt_format,
-                                      "pool": len(pool)})
+                                      "instructions": not bare, "pool": len(pool)})
             return chosen
 
-        # 3. Score each candidate on dev; keep the best (ties: fewer demos, listed first).
+        # 3. Score each candidate on dev; keep the best (ties: shorter prompts, then fewer
+        #    demos, then the one listed first).
         table = []
-        for k, b, f in candidates:
-            cand = build(k, b, f)
-            _, scores = run_solver(cand, task, dev_set, self.report,
-                                   progress=self.resources.progress,
-                                   label=f"knn_demos dev k={k} {cand.prompt_format}")
+        for k, b, f, bare in candidates:
+            cand = build(k, b, f, bare)
+            attempts, scores = run_solver(cand, task, dev_set, self.report,
+                                          progress=self.resources.progress,
+                                          label=f"knn_demos dev k={k} {cand.prompt_format}"
+                                                f"{' bare' if bare else ''}")
+            prompt = sum(a.usage.prompt_tokens for a in attempts) / len(attempts)
             table.append({"k": k, "balanced": b, "prompt_format": cand.prompt_format,
-                          "dev_accuracy": sum(scores) / len(scores)})
+                          "instructions": not bare, "dev_accuracy": sum(scores) / len(scores),
+                          "prompt_tokens": prompt})
         best_i = max(range(len(table)),
-                     key=lambda i: (table[i]["dev_accuracy"], -table[i]["k"], -i))
+                     key=lambda i: (table[i]["dev_accuracy"], -table[i]["prompt_tokens"],
+                                    -table[i]["k"], -i))
         best = table[best_i]
         self.report.notes.update({
             "k": best["k"], "balanced": best["balanced"], "prompt_format": best["prompt_format"],
-            "pool": len(pool), "dev_accuracy": best["dev_accuracy"], "candidates": table,
+            "instructions": best["instructions"], "pool": len(pool),
+            "dev_accuracy": best["dev_accuracy"], "candidates": table,
         })
         # 4. The new Solver.
         return build(*candidates[best_i])

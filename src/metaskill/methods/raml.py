@@ -30,7 +30,11 @@ Algorithm (what :meth:`Raml.fit` does):
    is p_lm's mean over dev inputs.
 4. For calibration in {off, on} and w in the grid: dev accuracy of argmax of the fusion.
    Keep the best (ties: smaller w, then no calibration); w = 0 is the LM alone, w = 1
-   retrieval alone.
+   retrieval alone. With ``format_candidates`` / ``try_no_instructions``, steps 3-4 run
+   for each prompt variant of the LM side (chat template, plain completion, plain
+   completion without the instruction preamble) and the variant with the best *fused*
+   dev accuracy is kept (ties: the shorter prompt) -- the format that is best for the LM
+   alone need not be best once the neighbours vote too.
 5. Return a :class:`RamlSolver` holding the pool, the embedder spec, w and the prior.
 
 Example:
@@ -51,7 +55,7 @@ from metaskill.core.types import Example, Usage
 from metaskill.eval.solver import Attempt
 from metaskill.methods.base import FitReport, Method, MethodConfig
 from metaskill.methods.compose import MethodResources
-from metaskill.methods.demos import DemoSolver, KnnSelector, demo_options_from
+from metaskill.methods.demos import DemoSolver, KnnSelector, PromptFormat, demo_options_from
 
 _EPS = 1e-9
 
@@ -220,6 +224,14 @@ class RamlConfig(MethodConfig):
     calibrate: bool | None = Field(
         None, description="divide p_lm by its dev mean; None tries both and keeps the better"
     )
+    format_candidates: list[PromptFormat] | None = Field(
+        None, description="if given, choose the LM side's prompt format (chat, completion) "
+                          "on dev by the fused accuracy"
+    )
+    try_no_instructions: bool = Field(
+        False, description="also try plain-completion prompts without the task's instruction "
+                           "preamble; dev ties go to the shorter prompt"
+    )
     max_dev: int | None = Field(None, ge=1, description="use at most this many dev examples")
 
 
@@ -265,45 +277,86 @@ class Raml(Method):
         options = demo_options_from(solver)
         options.pop("answer_mode", None)
         options.pop("max_tokens", None)
-        raml = RamlSolver(solver.lm, selector, labels, weight=0.0,
-                          k_neighbours=cfg.k_neighbours, sim_temperature=cfg.sim_temperature,
-                          smoothing=cfg.smoothing, k=k, **options)
-        p_ret = raml.retrieval_dist(dev_set)
 
-        # 3. p_lm on dev, and its mean as the calibration prior (no labels used).
-        p_lm, usages, _, _ = raml.lm_dist(task, dev_set)
-        for u in usages:
-            self.report.usage = self.report.usage + u
-        self.report.lm_calls += len(dev_set)
-        prior = p_lm.mean(axis=0)
+        def build(fmt: PromptFormat | None, bare: bool) -> RamlSolver:
+            opts = {**options, **({"prompt_format": fmt} if fmt is not None else {})}
+            if bare:
+                opts["instructions"] = ""
+            return RamlSolver(solver.lm, selector, labels, weight=0.0,
+                              k_neighbours=cfg.k_neighbours, sim_temperature=cfg.sim_temperature,
+                              smoothing=cfg.smoothing, k=k, **opts)
 
-        # 4. Grid over calibration and w, scored on dev.
+        # The prompt variants of the LM side: the incoming Solver's, unless format_candidates
+        # or try_no_instructions ask for more (bare prompts only for plain completion).
+        formats: list[PromptFormat | None] = list(dict.fromkeys(cfg.format_candidates or []))
+        if formats and "chat" in formats and not getattr(solver.lm, "chat", True):
+            raise MethodError("raml: format_candidates lists 'chat' but the model has no chat "
+                              "template; use ['completion'] or leave it unset.")
+        formats = formats or [None]
+        bares = [False, True] if cfg.try_no_instructions else [False]
+        variants = [(f, bare) for f in formats for bare in bares
+                    if not bare or not build(f, False).uses_chat()]
+        if cfg.try_no_instructions and not any(bare for _, bare in variants):
+            raise MethodError("raml: try_no_instructions applies to the plain-completion format "
+                              "only; add 'completion' to format_candidates.")
+        p_ret = build(*variants[0]).retrieval_dist(dev_set)
         gold = np.array([_label_index(labels, e.answer) for e in dev_set])
 
         def acc(p: np.ndarray) -> float:
             return float(np.mean(np.argmax(p, axis=1) == gold))
 
-        calib = [False, True] if cfg.calibrate is None else [cfg.calibrate]
-        table = []
-        for c in calib:
-            for w in sorted(set(cfg.weights)):
-                table.append({"calibrate": c, "weight": w,
-                              "dev_accuracy": acc(fuse(p_lm, p_ret, w, prior if c else None))})
-        best = max(table, key=lambda r: (r["dev_accuracy"], -r["weight"], not r["calibrate"]))
-        lm_only = max(acc(p_lm), acc(fuse(p_lm, p_ret, 0.0, prior)))
-        self.report.notes.update({
-            "dev_accuracy": best["dev_accuracy"],
-            "dev_accuracy_lm_only": acc(p_lm),
-            "dev_accuracy_lm_only_calibrated": acc(fuse(p_lm, p_ret, 0.0, prior)),
-            "dev_accuracy_retrieval_only": acc(p_ret),
-            "dev_accuracy_fused": best["dev_accuracy"],
-            "fusion_beats_both_on_dev": best["dev_accuracy"] > max(lm_only, acc(p_ret)),
-            "weight": best["weight"], "calibrate": best["calibrate"], "k": k,
-            "k_neighbours": cfg.k_neighbours, "prior": _r(prior), "grid": table,
-        })
+        fits = []
+        for fmt, bare in variants:
+            raml = build(fmt, bare)
+            # 3. p_lm on dev, and its mean as the calibration prior (no labels used).
+            p_lm, usages, _, _ = raml.lm_dist(task, dev_set)
+            for u in usages:
+                self.report.usage = self.report.usage + u
+            self.report.lm_calls += len(dev_set)
+            prior = p_lm.mean(axis=0)
+
+            # 4. Grid over calibration and w, scored on dev.
+            calib = [False, True] if cfg.calibrate is None else [cfg.calibrate]
+            table = []
+            for c in calib:
+                for w in sorted(set(cfg.weights)):
+                    table.append({"calibrate": c, "weight": w, "dev_accuracy": acc(
+                        fuse(p_lm, p_ret, w, prior if c else None))})
+            best = max(table, key=lambda r: (r["dev_accuracy"], -r["weight"],
+                                             not r["calibrate"]))
+            lm_only = max(acc(p_lm), acc(fuse(p_lm, p_ret, 0.0, prior)))
+            fits.append({
+                "solver": raml, "best": best, "prior": prior,
+                "prompt_tokens": sum(u.prompt_tokens for u in usages) / len(usages),
+                "notes": {
+                    "dev_accuracy": best["dev_accuracy"],
+                    "dev_accuracy_lm_only": acc(p_lm),
+                    "dev_accuracy_lm_only_calibrated": acc(fuse(p_lm, p_ret, 0.0, prior)),
+                    "dev_accuracy_retrieval_only": acc(p_ret),
+                    "dev_accuracy_fused": best["dev_accuracy"],
+                    "fusion_beats_both_on_dev": best["dev_accuracy"] > max(lm_only, acc(p_ret)),
+                    "weight": best["weight"], "calibrate": best["calibrate"], "k": k,
+                    "k_neighbours": cfg.k_neighbours, "prior": _r(prior),
+                    "prompt_format": "chat" if raml.uses_chat() else "completion",
+                    "instructions": not bare, "grid": table,
+                },
+            })
+        # The variant with the best fused dev accuracy (ties: shorter prompt, listed first).
+        chosen = max(range(len(fits)), key=lambda i: (fits[i]["best"]["dev_accuracy"],
+                                                      -fits[i]["prompt_tokens"], -i))
+        fit = fits[chosen]
+        self.report.notes.update(fit["notes"])
+        if len(fits) > 1:
+            self.report.notes["variants"] = [
+                {"prompt_format": f["notes"]["prompt_format"],
+                 "instructions": f["notes"]["instructions"],
+                 "prompt_tokens": round(f["prompt_tokens"], 1),
+                 "dev_accuracy_lm_only": f["notes"]["dev_accuracy_lm_only"],
+                 "dev_accuracy_fused": f["notes"]["dev_accuracy_fused"]} for f in fits]
         # 5. The Solver.
-        raml.weight = best["weight"]
-        raml.prior = [float(x) for x in prior] if best["calibrate"] else None
+        raml = fit["solver"]
+        raml.weight = fit["best"]["weight"]
+        raml.prior = [float(x) for x in fit["prior"]] if fit["best"]["calibrate"] else None
         return raml
 
 
