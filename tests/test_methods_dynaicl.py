@@ -142,3 +142,36 @@ def test_dynaicl_over_another_selector_and_bad_requests() -> None:
         DynaICL(resources=resources()).fit(ZeroShot(lm), task, task.splits["train"], [])
     with pytest.raises(MethodError, match=r"dynaicl: bad option 'ks'"):
         fit_chain(ZeroShot(lm), task, [], [], [("dynaicl", {"ks": [4, 2]})])
+
+
+def test_shrink_toward_per_k_rates_recovers_the_best_fixed_k() -> None:
+    """When the input text says nothing about which inputs need demos, blending the
+    controller with the per-k success rates still reaches the best fixed k on dev."""
+    import zlib
+
+    def coin_model(prompt: str, request) -> str:
+        question = prompt.rsplit("Review:", 1)[-1]
+        right = "positive" if any(w in question for w in GOOD) else "negative"
+        wrong = "negative" if right == "positive" else "positive"
+        demos = prompt.count("Review:") - 1
+        lucky = zlib.crc32(question.encode()) % 2 == 0  # no feature can see this
+        return right if demos >= 4 or lucky else wrong
+
+    task = toy_task()
+    lm = ScriptedLM(coin_model)
+    method = DynaICL(DynaICLConfig(ks=[0, 1, 2, 4, 8]), resources=resources())
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    notes = method.report.notes
+    assert [t["shrink"] for t in notes["shrink_tried"]] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert notes["best_fixed_k"]["accuracy"] == 1.0
+    assert notes["dev_accuracy"] == 1.0  # the blend with the rates gets there
+    assert solver.controller.shrink == notes["shrink"]
+    # rates only: every input gets the same success profile
+    p = solver.controller.with_shrink(0.0).predict(np.zeros((2, 130)))
+    assert np.allclose(p[0], p[1]) and np.allclose(p[0], solver.controller.rates)
+    again = load_solver(solver.to_json(), lm=lm)
+    assert again.controller.shrink == solver.controller.shrink
+    assert again.ks_for(task, task.splits["dev"]) == solver.ks_for(task, task.splits["dev"])
+    with pytest.raises(MethodError, match="shrink_candidates must lie in"):
+        DynaICL(DynaICLConfig(shrink_candidates=[1.5]), resources=resources()).fit(
+            ZeroShot(lm), task, task.splits["train"], task.splits["dev"])

@@ -13,7 +13,10 @@ the nearest pool example) that predicts P(success | input, k). At test time the 
 starts every input at the smallest k and spends a global prompt-token budget greedily
 on the upgrade (to any larger k) with the best expected gain per extra token. The
 selector that supplies the demos is pluggable, so "dynaicl over skill_demos" keeps the
-skill selector and only decides how many. The budget is an average number of prompt
+skill selector and only decides how many. With a few dozen probes the per-input
+regressions are noisy, so each prediction is blended with the k's overall success rate
+on the probes by a weight chosen on dev (``shrink_candidates``; 0 spends the budget
+like a mix of fixed k, 1 trusts the regressions alone). The budget is an average number of prompt
 tokens per input; a batch of n inputs shares n times that. With no budget given it is
 chosen on dev: the smallest budget whose dev accuracy reaches the best fixed k's.
 
@@ -26,8 +29,10 @@ Algorithm (what :meth:`DynaICL.fit` does):
 3. Cross-fit: controller on train probes only; on dev, compute accuracy and mean prompt
    tokens of (a) every fixed k, (b) the oracle that knows each input's cheapest
    successful k, (c) the controller's allocation at a range of budgets -- all from the
-   dev probe table, without new LM calls.
-4. Budget: the given one, or the smallest dev budget matching the best fixed k.
+   dev probe table, without new LM calls. (c) is traced for each blend of the
+   controller with the per-k success rates (``shrink_candidates``).
+4. Budget: the given one, or the smallest dev budget matching the best fixed k; the
+   blend that matches it cheapest (else the most accurate one) is kept.
 5. Refit the controller on train + dev probes; return a :class:`DynaICLSolver`.
 
 Example:
@@ -130,13 +135,23 @@ class Controller:
 
     Stored as plain numbers (coefficients and intercepts); predicting needs only numpy.
     A k whose training labels are all equal predicts that constant (smoothed).
+
+    ``shrink`` blends each prediction with the k's success rate on the training probes:
+    ``shrink * p_input + (1 - shrink) * rate[k]``. With a few dozen probes and a
+    384-dimensional embedding the per-input regressions are noisy (on ag_news they often
+    ranked k = 2 above k = 4 for every input, so no budget bought the best fixed k's
+    accuracy); shrink = 0 spends the budget like a mix of fixed k, 1 trusts the
+    regressions alone. It is chosen on dev.
     """
 
     def __init__(self, ks: list[int], coefs: list[list[float] | None],
-                 intercepts: list[float]) -> None:
+                 intercepts: list[float], *, rates: list[float] | None = None,
+                 shrink: float = 1.0) -> None:
         self.ks = list(ks)
         self.coefs = coefs
         self.intercepts = intercepts
+        self.rates = list(rates) if rates is not None else None
+        self.shrink = float(shrink)
 
     @classmethod
     def train(cls, features: np.ndarray, success: np.ndarray, ks: list[int],
@@ -158,7 +173,13 @@ class Controller:
             model.fit(features, y)
             coefs.append([float(x) for x in model.coef_[0]])
             intercepts.append(float(model.intercept_[0]))
-        return cls(ks, coefs, intercepts)
+        rates = [float((success[:, j].sum() + 0.5) / (n + 1.0)) for j in range(len(ks))]
+        return cls(ks, coefs, intercepts, rates=rates)
+
+    def with_shrink(self, shrink: float) -> Controller:
+        """The same regressions, blended with the per-k rates by ``shrink``."""
+        return Controller(self.ks, self.coefs, self.intercepts, rates=self.rates,
+                          shrink=shrink)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """``(n, len(ks))`` success probabilities."""
@@ -166,16 +187,20 @@ class Controller:
         for j, (w, b) in enumerate(zip(self.coefs, self.intercepts, strict=True)):
             z = np.full(len(features), b) if w is None else features @ np.asarray(w) + b
             out[:, j] = 1.0 / (1.0 + np.exp(-z))
+        if self.rates is not None and self.shrink < 1.0:
+            out = self.shrink * out + (1.0 - self.shrink) * np.asarray(self.rates)[None, :]
         return out
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON."""
-        return {"ks": self.ks, "coefs": self.coefs, "intercepts": self.intercepts}
+        return {"ks": self.ks, "coefs": self.coefs, "intercepts": self.intercepts,
+                "rates": self.rates, "shrink": self.shrink}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Controller:
-        """Inverse of :meth:`to_json`."""
-        return cls(data["ks"], data["coefs"], data["intercepts"])
+        """Inverse of :meth:`to_json` (files without ``rates``/``shrink`` load unblended)."""
+        return cls(data["ks"], data["coefs"], data["intercepts"], rates=data.get("rates"),
+                   shrink=data.get("shrink", 1.0))
 
 
 def features_of(examples: list[Example], embedder: Any, selector: Selector | None) -> np.ndarray:
@@ -297,6 +322,10 @@ class DynaICLConfig(MethodConfig):
         100, ge=1, description="probe at most this many train inputs (seeded subset)")
     max_dev: int | None = Field(None, ge=1, description="probe at most this many dev inputs")
     c: float = Field(1.0, gt=0, description="inverse L2 strength of the logistic regressions")
+    shrink_candidates: list[float] = Field(
+        default_factory=lambda: [1.0, 0.75, 0.5, 0.25, 0.0],
+        description="blends of the per-input controller with the per-k success rates "
+                    "(1 = controller only, 0 = rates only) to choose among on dev")
     seed: int = Field(0, description="seed of the probe subset and the regressions")
 
     @field_validator("ks")
@@ -381,26 +410,43 @@ class DynaICL(Method):
         f_tr = features_of(probe, embedder, selector)
         f_dv = features_of(dev_set, embedder, selector)
 
-        # 3. Cross-fitted controller -> dev curve against fixed k and the oracle.
+        # 3. Cross-fitted controller -> dev curve against fixed k and the oracle, for each
+        #    blend with the per-k rates (shrink).
         ctrl = Controller.train(f_tr, s_tr, cfg.ks, c=cfg.c, seed=cfg.seed)
-        p_dv = ctrl.predict(f_dv)
-        curve = dev_curve(p_dv, s_dv, t_dv, cfg.ks)
+        shrinks = list(dict.fromkeys(cfg.shrink_candidates)) or [1.0]
+        if any(not 0.0 <= a <= 1.0 for a in shrinks):
+            raise MethodError(f"dynaicl: shrink_candidates must lie in [0, 1], got {shrinks}.")
 
-        # 4. Budget: given, or the cheapest dev budget that matches the best fixed k.
-        best_fixed = max(curve["fixed"], key=lambda r: (r["accuracy"], -r["tokens"]))
-        if cfg.budget_tokens is not None:
-            budget = float(cfg.budget_tokens)
-            chosen = point_at(p_dv, s_dv, t_dv, budget)
-        else:
+        # 4. Budget: given, or the cheapest dev budget that matches the best fixed k;
+        #    the blend whose curve gets there cheapest (else the most accurate) is kept.
+        def choose(curve: dict[str, Any], p_dv: np.ndarray) -> tuple[tuple, dict[str, float]]:
+            best_fixed = max(curve["fixed"], key=lambda r: (r["accuracy"], -r["tokens"]))
+            if cfg.budget_tokens is not None:
+                point = point_at(p_dv, s_dv, t_dv, float(cfg.budget_tokens))
+                return (point["accuracy"], -point["tokens"]), point
             ok = [r for r in curve["dynaicl"]
                   if r["accuracy"] >= best_fixed["accuracy"] - cfg.match_tolerance - 1e-12]
-            chosen = (min(ok, key=lambda r: r["budget"]) if ok
-                      else max(curve["dynaicl"], key=lambda r: (r["accuracy"], -r["budget"])))
-            budget = float(chosen["budget"])
+            if ok:
+                point = min(ok, key=lambda r: r["budget"])
+                return (1, -point["budget"], 0.0), point
+            point = max(curve["dynaicl"], key=lambda r: (r["accuracy"], -r["budget"]))
+            return (0, point["accuracy"], -point["budget"]), point
+
+        tried = []
+        for a in shrinks:
+            p_dv = ctrl.with_shrink(a).predict(f_dv)
+            curve = dev_curve(p_dv, s_dv, t_dv, cfg.ks)
+            key, point = choose(curve, p_dv)
+            tried.append({"shrink": a, "key": key, "point": point, "curve": curve})
+        pick = max(range(len(tried)), key=lambda i: (tried[i]["key"], -i))
+        shrink, chosen, curve = (tried[pick]["shrink"], tried[pick]["point"],
+                                 tried[pick]["curve"])
+        best_fixed = max(curve["fixed"], key=lambda r: (r["accuracy"], -r["tokens"]))
+        budget = float(chosen["budget"])
 
         # 5. Final controller on train + dev probes.
         final = Controller.train(np.vstack([f_tr, f_dv]), np.vstack([s_tr, s_dv]), cfg.ks,
-                                 c=cfg.c, seed=cfg.seed)
+                                 c=cfg.c, seed=cfg.seed).with_shrink(shrink)
         smallest = [_smallest_k(row, cfg.ks) for row in np.vstack([s_tr, s_dv])]
         self.report.notes.update({
             "dev_accuracy": chosen["accuracy"],
@@ -411,6 +457,9 @@ class DynaICL(Method):
                                            if best_fixed["tokens"] else 0.0),
             "oracle": curve["oracle"],
             "curve": curve,
+            "shrink": shrink,
+            "shrink_tried": [{"shrink": t["shrink"], "accuracy": t["point"]["accuracy"],
+                              "tokens": t["point"]["tokens"]} for t in tried],
             "smallest_k_counts": {str(k): smallest.count(k) for k in [*cfg.ks, None]},
             "probe": {"train": len(probe), "dev": len(dev_set), "ks": cfg.ks},
             "selector": selector.kind,
