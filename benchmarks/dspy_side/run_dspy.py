@@ -74,7 +74,8 @@ def usage_since(lm: dspy.LM, start: int) -> tuple[int, int, int]:
 
 
 def compile_program(name: str, student: dspy.Module, train: list[dspy.Example],
-                    dev: list[dspy.Example], metric, cfg: dict[str, Any]) -> dspy.Module:
+                    dev: list[dspy.Example], metric, cfg: dict[str, Any],
+                    proposer: dspy.LM | None = None) -> dspy.Module:
     seed = int(cfg.get("seed", 0))
     if name == "Predict":
         return student
@@ -95,20 +96,26 @@ def compile_program(name: str, student: dspy.Module, train: list[dspy.Example],
             num_candidate_programs=int(cfg.get("random_search_candidates", 4)),
             num_threads=1).compile(student, trainset=train, valset=dev)
     if name == "MIPROv2":
+        # The proposer is the same 135M model (the only one here), with room to write an
+        # instruction; the task model keeps the short answer budget.
         opt = dspy.MIPROv2(metric=metric, auto="light", num_threads=1, seed=seed,
-                           verbose=False)
+                           prompt_model=proposer, verbose=False)
         return opt.compile(student, trainset=train, valset=dev,
                            max_bootstrapped_demos=4, max_labeled_demos=4)
     raise SystemExit(f"unknown optimizer {name}")
 
 
 def run_one(name: str, adapter_name: str, cfg: dict[str, Any], data: dict[str, list]) -> dict:
-    lm = dspy.LM(f"openai/{cfg['model_alias']}", api_base=cfg["base_url"], api_key="local",
-                 temperature=0.0, max_tokens=int(cfg.get("max_tokens", 64)), cache=False,
-                 num_retries=0,
-                 # litellm sends max_completion_tokens, which llama_cpp.server ignores
-                 # (it then generates up to the context size); send max_tokens as well.
-                 extra_body={"max_tokens": int(cfg.get("max_tokens", 64))})
+    def make_lm(max_tokens: int) -> dspy.LM:
+        return dspy.LM(f"openai/{cfg['model_alias']}", api_base=cfg["base_url"],
+                       api_key="local", temperature=0.0, max_tokens=max_tokens, cache=False,
+                       num_retries=0,
+                       # litellm sends max_completion_tokens, which llama_cpp.server ignores
+                       # (it then generates up to the context size); send max_tokens as well.
+                       extra_body={"max_tokens": max_tokens})
+
+    lm = make_lm(int(cfg.get("max_tokens", 64)))
+    proposer = make_lm(int(cfg.get("proposer_max_tokens", 512))) if name == "MIPROv2" else None
     adapter = dspy.ChatAdapter() if adapter_name == "chat" else dspy.JSONAdapter()
     dspy.configure(lm=lm, adapter=adapter)
     parse = label_parser(cfg["labels"], cfg.get("aliases", {}))
@@ -125,7 +132,7 @@ def run_one(name: str, adapter_name: str, cfg: dict[str, Any], data: dict[str, l
     out: dict[str, Any] = {"optimizer": name, "adapter": adapter_name, "error": None}
     t0 = time.perf_counter()
     try:
-        program = compile_program(name, student, train, dev, metric, cfg)
+        program = compile_program(name, student, train, dev, metric, cfg, proposer)
     except Exception as e:  # recorded, never hidden
         out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         out["traceback"] = traceback.format_exc()[-2000:]
@@ -133,6 +140,12 @@ def run_one(name: str, adapter_name: str, cfg: dict[str, Any], data: dict[str, l
     out["compile_s"] = time.perf_counter() - t0
     out["compile_prompt_tokens"], out["compile_completion_tokens"], out["compile_calls"] = \
         usage_since(lm, 0)
+    if proposer is not None:  # the proposer's calls are compile cost too
+        pp, pc, pn = usage_since(proposer, 0)
+        out["compile_prompt_tokens"] += pp
+        out["compile_completion_tokens"] += pc
+        out["compile_calls"] += pn
+        out["proposer_calls"] = pn
     mark = len(lm.history)
     preds, failures = [], []
     t1 = time.perf_counter()

@@ -22,7 +22,8 @@ A new selector subclasses :class:`Selector`, sets ``kind``, implements ``select`
 
 Fit-time helpers shared by all methods: :func:`run_solver` (solve, verify, account tokens
 and LM calls into a :class:`~metaskill.methods.base.FitReport`), :func:`parse_answer`
-(normalise an output through the task's verifier without looking at the reference).
+(normalise an output through the task's verifier without looking at the reference),
+:func:`prompt_variants` (the prompt formats, with or without instructions, to score on dev).
 
 Example:
     >>> from metaskill.core.types import Example
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -351,6 +352,51 @@ def run_solver(
     if report is not None:
         charge(report, attempts)
     return attempts, scores
+
+
+def prompt_variants(
+    method: str,
+    lm: Any,
+    format_candidates: Sequence[PromptFormat] | None,
+    try_no_instructions: bool,
+    default_format: PromptFormat | None,
+    uses_chat: Callable[[PromptFormat | None], bool],
+) -> list[tuple[PromptFormat | None, bool]]:
+    """The (prompt format, bare) variants a demo method scores on dev.
+
+    ``format_candidates`` (deduplicated, in order) or else ``[default_format]``; with
+    ``try_no_instructions`` each plain-completion format also comes without the task's
+    instruction preamble (``bare=True``). A chat prompt never goes bare: there the
+    instructions are the only thing that says what the turns are for.
+
+    Args:
+        method: The calling method's name, for error messages.
+        lm: The model; ``lm.chat`` false means it has no chat template.
+        format_candidates: Formats to try, or None for the default only.
+        try_no_instructions: Also try bare plain-completion prompts.
+        default_format: The format used when ``format_candidates`` is empty.
+        uses_chat: Whether a Solver built with a format would render a chat prompt.
+
+    Raises:
+        MethodError: 'chat' asked of a model without a chat template, or
+            ``try_no_instructions`` without any plain-completion format.
+
+    Example:
+        >>> prompt_variants("knn_demos", None, ["chat", "completion"], True, None,
+        ...                 lambda f: f == "chat")
+        [('chat', False), ('completion', False), ('completion', True)]
+    """
+    formats: list[PromptFormat | None] = list(dict.fromkeys(format_candidates or []))
+    if "chat" in formats and not getattr(lm, "chat", True):
+        raise MethodError(f"{method}: format_candidates lists 'chat' but the model has no chat "
+                          "template; use ['completion'] or leave it unset.")
+    formats = formats or [default_format]
+    bares = [False, True] if try_no_instructions else [False]
+    variants = [(f, bare) for f in formats for bare in bares if not bare or not uses_chat(f)]
+    if try_no_instructions and not any(bare for _, bare in variants):
+        raise MethodError(f"{method}: try_no_instructions applies to the plain-completion "
+                          "format only; add 'completion' to format_candidates.")
+    return variants
 
 
 def charge(report: FitReport, attempts: Sequence[Attempt]) -> None:

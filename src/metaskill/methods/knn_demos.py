@@ -68,6 +68,7 @@ from metaskill.methods.demos import (
     Order,
     PromptFormat,
     demo_options_from,
+    prompt_variants,
     run_solver,
 )
 
@@ -138,7 +139,7 @@ class KnnDemos(Method):
         base = KnnSelector(pool, embedder=embedder)
         vectors = base.pool_vectors()
 
-        # 2. Candidates: (k, balanced).
+        # 2. Candidates: (k, balanced, prompt format, with or without instructions).
         ks = sorted(set(cfg.k_candidates or [cfg.k]))
         variants = [cfg.balanced] + ([not cfg.balanced] if cfg.try_balanced and balanced_ok
                                      else [])
@@ -149,13 +150,6 @@ class KnnDemos(Method):
         if cfg.answer_mode is not None:
             options["answer_mode"] = cfg.answer_mode
 
-        formats: list[PromptFormat | None] = list(dict.fromkeys(cfg.format_candidates or []))
-        if formats and not getattr(solver.lm, "chat", True) and "chat" in formats:
-            raise MethodError("knn_demos: format_candidates lists 'chat' but the model has no "
-                              "chat template; use ['completion'] or leave it unset.")
-        if not formats:
-            formats = [options.get("prompt_format")]
-
         def build(k: int, balanced: bool, fmt: PromptFormat | None,
                   bare: bool = False) -> DemoSolver:
             sel = KnnSelector(pool, embedder=embedder, balanced=balanced, pool_vectors=vectors)
@@ -164,17 +158,10 @@ class KnnDemos(Method):
                 opts["instructions"] = ""
             return DemoSolver(solver.lm, sel, k=k, **opts)
 
-        def is_completion(fmt: PromptFormat | None) -> bool:
-            return not build(1, False, fmt).uses_chat()
-
-        # A bare variant (no instruction preamble) only for plain completion: in a chat
-        # prompt the instructions are the only thing that says what the turns are for.
-        bares = [False, True] if cfg.try_no_instructions else [False]
-        candidates = [(k, b, f, bare) for f in formats for bare in bares for b in variants
-                      for k in ks if not bare or is_completion(f)]
-        if cfg.try_no_instructions and not any(c[3] for c in candidates):
-            raise MethodError("knn_demos: try_no_instructions applies to the plain-completion "
-                              "format only; add 'completion' to format_candidates.")
+        prompts = prompt_variants(self.name, solver.lm, cfg.format_candidates,
+                                  cfg.try_no_instructions, options.get("prompt_format"),
+                                  lambda f: build(1, False, f).uses_chat())
+        candidates = [(k, b, f, bare) for f, bare in prompts for b in variants for k in ks]
         dev_set = list(dev or [])[: cfg.max_dev] if dev else []
         if len(candidates) == 1 or not dev_set:
             k, b, f, bare = candidates[0]

@@ -55,7 +55,13 @@ from metaskill.core.types import Example, Usage
 from metaskill.eval.solver import Attempt
 from metaskill.methods.base import FitReport, Method, MethodConfig
 from metaskill.methods.compose import MethodResources
-from metaskill.methods.demos import DemoSolver, KnnSelector, PromptFormat, demo_options_from
+from metaskill.methods.demos import (
+    DemoSolver,
+    KnnSelector,
+    PromptFormat,
+    demo_options_from,
+    prompt_variants,
+)
 
 _EPS = 1e-9
 
@@ -288,17 +294,9 @@ class Raml(Method):
 
         # The prompt variants of the LM side: the incoming Solver's, unless format_candidates
         # or try_no_instructions ask for more (bare prompts only for plain completion).
-        formats: list[PromptFormat | None] = list(dict.fromkeys(cfg.format_candidates or []))
-        if formats and "chat" in formats and not getattr(solver.lm, "chat", True):
-            raise MethodError("raml: format_candidates lists 'chat' but the model has no chat "
-                              "template; use ['completion'] or leave it unset.")
-        formats = formats or [None]
-        bares = [False, True] if cfg.try_no_instructions else [False]
-        variants = [(f, bare) for f in formats for bare in bares
-                    if not bare or not build(f, False).uses_chat()]
-        if cfg.try_no_instructions and not any(bare for _, bare in variants):
-            raise MethodError("raml: try_no_instructions applies to the plain-completion format "
-                              "only; add 'completion' to format_candidates.")
+        variants = prompt_variants(self.name, solver.lm, cfg.format_candidates,
+                                   cfg.try_no_instructions, None,
+                                   lambda f: build(f, False).uses_chat())
         p_ret = build(*variants[0]).retrieval_dist(dev_set)
         gold = np.array([_label_index(labels, e.answer) for e in dev_set])
 
