@@ -58,8 +58,8 @@ ALL_OPTIMIZERS = ["Predict", "LabeledFewShot", "KNNFewShot", "BootstrapFewShot",
                   "BootstrapFewShotWithRandomSearch", "MIPROv2"]
 ALL_METHODS = ["zero_shot", "likelihood", "knn_demos", "knn_demos_fmt", "knn_demos_lean",
                "knn_demos_likelihood", "raml", "raml_fmt", "raml_lean", "raml_joint",
-               "dynaicl", "skill_demos", "adaptmi", "self_consistency", "self_refine",
-               "meta_prompting", "multi_critique"]
+               "raml_budget", "dynaicl", "skill_demos", "adaptmi", "self_consistency",
+               "self_refine", "meta_prompting", "multi_critique"]
 BASELINES = ["hand_random4", "hand_knn4"]
 INPUT_DESC = {"sst2": "a movie review", "trec": "a question", "ag_news": "a news article"}
 
@@ -180,6 +180,20 @@ def build(name: str, lm: Any, task: Any, splits: dict, res: Any, dev_n: int) -> 
     zero, like = ZeroShot(lm), LikelihoodClassifier(lm)
     knn = ("knn_demos", {"k_candidates": [4, 8], "max_dev": dev_n})
     fmts = ["chat", "completion"]
+    if name == "raml_budget":
+        # raml held to the nearest-4 hand-written prompt's budget: the cap is that prompt's
+        # mean prompt tokens over the dev inputs (tokenized as generation counts them; the
+        # hand prompt is not run), and raml chooses the demo count, format and preamble on
+        # dev among the prompt variants that fit (labels' tokens included).
+        hand = first_word_demo_solver(lm, KnnSelector(train, embedder=res.get_embedder()))
+        reqs = hand.build_requests(task, dev)
+        cap = sum(len(lm.tokenize(lm.prompt_of(r))) for r, _ in reqs) / len(reqs)
+        result = fit_chain(like, task, train, dev, [
+            ("raml", {"k_candidates": [0, 1, 2, 3, 4], "format_candidates": fmts,
+                      "try_no_instructions": True, "max_prompt_tokens": cap,
+                      "max_dev": dev_n})], resources=res)
+        result.reports[-1].notes["token_cap"] = round(cap, 1)
+        return result.solver, result.reports
     chains: dict[str, tuple[Any, list]] = {
         "zero_shot": (zero, []),
         "likelihood": (like, []),
@@ -347,15 +361,24 @@ def targets(rows: list[dict]) -> list[str]:
             f"`{bd['name']}` ({bd['adapter']}) {100 * bd['accuracy']:.1f}: {gap:+.1f} points; "
             f"total tokens {tm} vs {td} = {ratio:.2f}x (target <= 0.50x).")
     if ms and knn4:
-        bm = max(ms, key=lambda r: r["accuracy"])
+        pk = knn4["infer_prompt_tokens"] / knn4["n"]
+        within = [r for r in ms if r["infer_prompt_tokens"] / r["n"] <= pk]
+        bm = max(within or ms, key=lambda r: r["accuracy"])
         gap = 100 * (bm["accuracy"] - knn4["accuracy"])
         pm = bm["infer_prompt_tokens"] / bm["n"]
-        pk = knn4["infer_prompt_tokens"] / knn4["n"]
         ok = gap >= 5 and pm <= pk
+        where = ("best row within its prompt tokens" if within
+                 else "no row within its prompt tokens; best row")
         lines.append(
             f"- **>= +5 points over the nearest-4 hand-written prompt at <= its prompt tokens**: "
-            f"{'MET' if ok else 'MISSED'} -- `{bm['name']}` {gap:+.1f} points "
+            f"{'MET' if ok else 'MISSED'} -- {where} `{bm['name']}` {gap:+.1f} points "
             f"(target +5.0); prompt tokens/example {pm:.0f} vs {pk:.0f}.")
+        top = max(ms, key=lambda r: r["accuracy"])
+        if top is not bm:
+            lines.append(
+                f"  (most accurate row overall: `{top['name']}` "
+                f"{100 * (top['accuracy'] - knn4['accuracy']):+.1f} points at "
+                f"{top['infer_prompt_tokens'] / top['n']:.0f} prompt tokens/example.)")
     dyn = next((r for r in rows if r["name"] == "dynaicl"), None)
     if dyn:
         note = next((n for n in dyn["notes"] if "best_fixed_k" in n), None)

@@ -10,6 +10,7 @@ from metaskill.core.types import Example
 from metaskill.eval.solvers import ZeroShot, load_solver
 from metaskill.lm.fake import ScriptedLM
 from metaskill.methods.compose import MethodResources, fit_chain
+from metaskill.methods.demos import KnnSelector
 from metaskill.methods.raml import Raml, RamlConfig, RamlSolver, fuse
 from metaskill.skills.embed import HashEmbedder
 from metaskill.tasks.base import Task
@@ -170,3 +171,56 @@ def test_prompt_variant_keeps_instructions_when_they_help() -> None:
         Raml(RamlConfig(format_candidates=["chat"], try_no_instructions=True),
              resources=resources()).fit(ZeroShot(lm), task, task.splits["train"],
                                         task.splits["dev"])
+
+
+def demo_helps(prompt: str, cont: str) -> float:
+    """An LM that reads the right label off a demo of the same adjective, else is biased."""
+    *demos, question = prompt.split("Review:")
+    adjective = question.split()[0] if question.split() else ""
+    for d in demos:
+        if adjective and adjective in d:
+            return -0.1 if cont.strip() in d else -3.0
+    return biased_scores(prompt, cont)
+
+
+def test_k_candidates_chosen_by_fused_dev_accuracy() -> None:
+    task = toy_task()
+    lm = ScriptedLM(scores=demo_helps)
+    cfg = RamlConfig(k_candidates=[0, 2], k_neighbours=4, calibrate=False, weights=[0.0])
+    method = Raml(cfg, resources=resources())
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    variants = method.report.notes["variants"]
+    assert [v["k"] for v in variants] == [0, 2]
+    assert variants[0]["prompt_tokens"] < variants[1]["prompt_tokens"]
+    assert variants[1]["dev_accuracy_fused"] > variants[0]["dev_accuracy_fused"]
+    assert solver.k == 2 and method.report.notes["k"] == 2
+    assert method.report.lm_calls == 2 * len(task.splits["dev"])
+
+
+def test_token_cap_skips_dear_variants_without_calling_the_lm() -> None:
+    task = toy_task()
+    lm = ScriptedLM(scores=demo_helps)
+    cheap = RamlSolver(lm, KnnSelector(task.splits["train"], embedder=HashEmbedder(dim=256)),
+                       task.labels, k=0)
+    k0_cost = cheap.prompt_cost(task, task.splits["dev"])
+    cfg = RamlConfig(k_candidates=[0, 2], k_neighbours=4, calibrate=False, weights=[0.0],
+                     max_prompt_tokens=k0_cost + 0.5)
+    method = Raml(cfg, resources=resources())
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    assert solver.k == 0
+    assert method.report.lm_calls == len(task.splits["dev"])  # k=2 was never scored
+    (skipped,) = method.report.notes["over_token_cap"]
+    assert skipped["k"] == 2 and skipped["prompt_tokens"] > k0_cost + 0.5
+    # the counted cost is what the LM side is charged at test time
+    attempts = solver.solve(task, task.splits["dev"])
+    assert sum(a.usage.prompt_tokens for a in attempts) / len(attempts) == pytest.approx(k0_cost)
+
+    calls = len(lm.calls)
+    with pytest.raises(MethodError, match=r"raml: no prompt variant fits max_prompt_tokens=1;"
+                                          r" the cheapest needs"):
+        Raml(RamlConfig(k_candidates=[0, 2], max_prompt_tokens=1), resources=resources()).fit(
+            ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    assert len(lm.calls) == calls  # over the cap everywhere: no LM call spent
+    with pytest.raises(MethodError, match="k_candidates must be demo counts"):
+        Raml(RamlConfig(k_candidates=[-1, 2]), resources=resources()).fit(
+            ZeroShot(lm), task, task.splits["train"], task.splits["dev"])

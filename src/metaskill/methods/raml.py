@@ -34,7 +34,10 @@ Algorithm (what :meth:`Raml.fit` does):
    for each prompt variant of the LM side (chat template, plain completion, plain
    completion without the instruction preamble) and the variant with the best *fused*
    dev accuracy is kept (ties: the shorter prompt) -- the format that is best for the LM
-   alone need not be best once the neighbours vote too.
+   alone need not be best once the neighbours vote too. ``k_candidates`` adds the number
+   of nearest demos in the LM's prompt to the variants, and ``max_prompt_tokens`` keeps
+   only variants whose mean dev prompt (labels included) fits a budget -- the neighbours'
+   vote often buys back what fewer demos lose, at a fraction of the prompt.
 5. Return a :class:`RamlSolver` holding the pool, the embedder spec, w and the prior.
 
 Example:
@@ -148,21 +151,29 @@ class RamlSolver(DemoSolver):
         dist = np.zeros((len(examples), len(self.labels)))
         usages, prompts, ks = [], [], []
         for row, (req, demos) in enumerate(built):
-            if req.messages is not None:
-                context: Any = list(req.messages)
-                conts = list(self.labels)
-            else:
-                context = req.prompt
-                conts = [f" {lab}" for lab in self.labels]
+            context: Any = list(req.messages) if req.messages is not None else req.prompt
+            conts = self._continuations(req)
             scores = np.array(self.lm.score(context, conts), dtype=float)
             scores[~np.isfinite(scores)] = -1e9
             dist[row] = softmax(scores)
             prompt = self.lm.prompt_of(req)
-            n_tokens = self.lm.count_tokens(prompt) + sum(self.lm.count_tokens(c) for c in conts)
-            usages.append(Usage(prompt_tokens=n_tokens))
+            usages.append(Usage(prompt_tokens=self._prompt_tokens(prompt, conts)))
             prompts.append(prompt)
             ks.append(len(demos))
         return dist, usages, prompts, ks
+
+    def prompt_cost(self, task: Any, examples: list[Example]) -> float:
+        """Mean prompt tokens per input (labels included) -- counted, the LM is not run."""
+        built = self.build_requests(task, examples)
+        total = sum(self._prompt_tokens(self.lm.prompt_of(req), self._continuations(req))
+                    for req, _ in built)
+        return total / max(1, len(built))
+
+    def _continuations(self, req: Any) -> list[str]:
+        return list(self.labels) if req.messages is not None else [f" {lab}" for lab in self.labels]
+
+    def _prompt_tokens(self, prompt: str, conts: list[str]) -> int:
+        return self.lm.count_tokens(prompt) + sum(self.lm.count_tokens(c) for c in conts)
 
     # ---- the Solver verb ---------------------------------------------------------------
     def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
@@ -238,6 +249,14 @@ class RamlConfig(MethodConfig):
         False, description="also try plain-completion prompts without the task's instruction "
                            "preamble; dev ties go to the shorter prompt"
     )
+    k_candidates: list[int] | None = Field(
+        None, description="if given, choose the LM side's demo count among these on dev by "
+                          "the fused accuracy (overrides k)"
+    )
+    max_prompt_tokens: float | None = Field(
+        None, gt=0, description="only prompt variants whose mean prompt tokens per input "
+                                "(labels included) on dev are at most this are eligible"
+    )
     max_dev: int | None = Field(None, ge=1, description="use at most this many dev examples")
 
 
@@ -284,28 +303,41 @@ class Raml(Method):
         options.pop("answer_mode", None)
         options.pop("max_tokens", None)
 
-        def build(fmt: PromptFormat | None, bare: bool) -> RamlSolver:
+        def build(fmt: PromptFormat | None, bare: bool, k_lm: int | None = None) -> RamlSolver:
             opts = {**options, **({"prompt_format": fmt} if fmt is not None else {})}
             if bare:
                 opts["instructions"] = ""
             return RamlSolver(solver.lm, selector, labels, weight=0.0,
                               k_neighbours=cfg.k_neighbours, sim_temperature=cfg.sim_temperature,
-                              smoothing=cfg.smoothing, k=k, **opts)
+                              smoothing=cfg.smoothing, k=k if k_lm is None else k_lm, **opts)
 
-        # The prompt variants of the LM side: the incoming Solver's, unless format_candidates
-        # or try_no_instructions ask for more (bare prompts only for plain completion).
-        variants = prompt_variants(self.name, solver.lm, cfg.format_candidates,
-                                   cfg.try_no_instructions, None,
-                                   lambda f: build(f, False).uses_chat())
+        # The prompt variants of the LM side: the incoming Solver's, unless format_candidates,
+        # try_no_instructions or k_candidates ask for more (bare prompts only for plain
+        # completion).
+        prompts = prompt_variants(self.name, solver.lm, cfg.format_candidates,
+                                  cfg.try_no_instructions, None,
+                                  lambda f: build(f, False).uses_chat())
+        ks = sorted(set(cfg.k_candidates)) if cfg.k_candidates else [k]
+        if any(x < 0 for x in ks):
+            raise MethodError(f"raml: k_candidates must be demo counts >= 0, got {ks}.")
+        variants = [(f, bare, x) for f, bare in prompts for x in ks]
         p_ret = build(*variants[0]).retrieval_dist(dev_set)
         gold = np.array([_label_index(labels, e.answer) for e in dev_set])
 
         def acc(p: np.ndarray) -> float:
             return float(np.mean(np.argmax(p, axis=1) == gold))
 
-        fits = []
-        for fmt, bare in variants:
-            raml = build(fmt, bare)
+        fits, over_cap = [], []
+        for fmt, bare, k_lm in variants:
+            raml = build(fmt, bare, k_lm)
+            if cfg.max_prompt_tokens is not None:
+                # Counted before scoring: a variant over the budget costs no LM calls.
+                cost = raml.prompt_cost(task, dev_set)
+                if cost > cfg.max_prompt_tokens:
+                    over_cap.append({"prompt_format": "chat" if raml.uses_chat() else
+                                     "completion", "instructions": not bare, "k": k_lm,
+                                     "prompt_tokens": round(cost, 1)})
+                    continue
             # 3. p_lm on dev, and its mean as the calibration prior (no labels used).
             p_lm, usages, _, _ = raml.lm_dist(task, dev_set)
             for u in usages:
@@ -333,12 +365,18 @@ class Raml(Method):
                     "dev_accuracy_retrieval_only": acc(p_ret),
                     "dev_accuracy_fused": best["dev_accuracy"],
                     "fusion_beats_both_on_dev": best["dev_accuracy"] > max(lm_only, acc(p_ret)),
-                    "weight": best["weight"], "calibrate": best["calibrate"], "k": k,
+                    "weight": best["weight"], "calibrate": best["calibrate"], "k": k_lm,
                     "k_neighbours": cfg.k_neighbours, "prior": _r(prior),
                     "prompt_format": "chat" if raml.uses_chat() else "completion",
                     "instructions": not bare, "grid": table,
                 },
             })
+        if not fits:
+            cheapest = min(v["prompt_tokens"] for v in over_cap)
+            raise MethodError(
+                f"raml: no prompt variant fits max_prompt_tokens={cfg.max_prompt_tokens:g}; the "
+                f"cheapest needs {cheapest:.1f} prompt tokens per dev input (add 0 to "
+                f"k_candidates, or try_no_instructions, or raise the cap).")
         # The variant with the best fused dev accuracy (ties: shorter prompt, listed first).
         chosen = max(range(len(fits)), key=lambda i: (fits[i]["best"]["dev_accuracy"],
                                                       -fits[i]["prompt_tokens"], -i))
@@ -347,10 +385,12 @@ class Raml(Method):
         if len(fits) > 1:
             self.report.notes["variants"] = [
                 {"prompt_format": f["notes"]["prompt_format"],
-                 "instructions": f["notes"]["instructions"],
+                 "instructions": f["notes"]["instructions"], "k": f["notes"]["k"],
                  "prompt_tokens": round(f["prompt_tokens"], 1),
                  "dev_accuracy_lm_only": f["notes"]["dev_accuracy_lm_only"],
                  "dev_accuracy_fused": f["notes"]["dev_accuracy_fused"]} for f in fits]
+        if over_cap:
+            self.report.notes["over_token_cap"] = over_cap
         # 5. The Solver.
         raml = fit["solver"]
         raml.weight = fit["best"]["weight"]
