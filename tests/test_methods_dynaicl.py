@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example
@@ -172,6 +173,5 @@ def test_shrink_toward_per_k_rates_recovers_the_best_fixed_k() -> None:
     again = load_solver(solver.to_json(), lm=lm)
     assert again.controller.shrink == solver.controller.shrink
     assert again.ks_for(task, task.splits["dev"]) == solver.ks_for(task, task.splits["dev"])
-    with pytest.raises(MethodError, match="shrink_candidates must lie in"):
-        DynaICL(DynaICLConfig(shrink_candidates=[1.5]), resources=resources()).fit(
-            ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    with pytest.raises(ValidationError, match="shrink_candidates must lie in"):
+        DynaICLConfig(shrink_candidates=[1.5])

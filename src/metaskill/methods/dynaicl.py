@@ -336,6 +336,13 @@ class DynaICLConfig(MethodConfig):
             raise ValueError("ks must be at least two distinct increasing numbers >= 0")
         return v
 
+    @field_validator("shrink_candidates")
+    @classmethod
+    def _shrinks(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= a <= 1.0 for a in v):
+            raise ValueError(f"shrink_candidates must lie in [0, 1], got {v}")
+        return v
+
 
 class DynaICL(Method):
     """Per-input number of demos from a learned controller, under a token budget (DynaICL)."""
@@ -415,8 +422,6 @@ class DynaICL(Method):
         #    blend with the per-k rates (shrink).
         ctrl = Controller.train(f_tr, s_tr, cfg.ks, c=cfg.c, seed=cfg.seed)
         shrinks = list(dict.fromkeys(cfg.shrink_candidates)) or [1.0]
-        if any(not 0.0 <= a <= 1.0 for a in shrinks):
-            raise MethodError(f"dynaicl: shrink_candidates must lie in [0, 1], got {shrinks}.")
 
         # 4. Budget: given, or the cheapest dev budget that matches the best fixed k;
         #    the blend whose curve gets there cheapest (else the most accurate) is kept.
