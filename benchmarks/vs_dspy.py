@@ -347,11 +347,14 @@ def targets(rows: list[dict]) -> list[str]:
     ds = [r for r in rows if r["side"] == "dspy" and not r.get("error")]
     knn4 = next((r for r in rows if r["name"] == "hand_knn4"), None)
     lines = []
+    def total(r: dict) -> int:
+        return r["infer_tokens"] + r["compile_tokens"]
+
     if ms and ds:
-        bm = max(ms, key=lambda r: r["accuracy"])
-        bd = max(ds, key=lambda r: r["accuracy"])
-        tm = bm["infer_tokens"] + bm["compile_tokens"]
-        td = bd["infer_tokens"] + bd["compile_tokens"]
+        # equally accurate rows: the one that spent fewer tokens
+        bm = max(ms, key=lambda r: (r["accuracy"], -total(r)))
+        bd = max(ds, key=lambda r: (r["accuracy"], -total(r)))
+        tm, td = total(bm), total(bd)
         gap = 100 * (bm["accuracy"] - bd["accuracy"])
         ratio = tm / td if td else float("inf")
         ok = gap > 0 and ratio <= 0.5
@@ -363,7 +366,7 @@ def targets(rows: list[dict]) -> list[str]:
     if ms and knn4:
         pk = knn4["infer_prompt_tokens"] / knn4["n"]
         within = [r for r in ms if r["infer_prompt_tokens"] / r["n"] <= pk]
-        bm = max(within or ms, key=lambda r: r["accuracy"])
+        bm = max(within or ms, key=lambda r: (r["accuracy"], -r["infer_prompt_tokens"]))
         gap = 100 * (bm["accuracy"] - knn4["accuracy"])
         pm = bm["infer_prompt_tokens"] / bm["n"]
         ok = gap >= 5 and pm <= pk
