@@ -25,7 +25,14 @@ How it runs:
 * metaskill side: the identical GGUF file in-process through llama.cpp (``load_lm("local",
   cache=False)``). Methods are fitted on train (pool) and select on dev only.
 * Scoring: both sides' outputs are scored by the task's own verifier.
-* Results are kept per row under ``--work`` so an interrupted run resumes.
+* Results are kept per row under ``--work`` so an interrupted run resumes, and a grid too
+  long for one sitting can be run in passes (one optimizer or method per invocation) and
+  composed at the end with ``--skip-dspy``. The n=100 rows live in the committed
+  ``benchmarks/results/vs_dspy_work_100`` (logs and split exports are not committed).
+* MIPROv2's proposer is the same model with a 512-token answer budget (the task model
+  gets 64); its calls count as compile cost.
+* ``raml_budget`` holds raml to the nearest-4 hand prompt's prompt tokens, measured on
+  dev; the "+5 points over the hand prompt" target takes the best row within that budget.
 
 Example (the configuration in results/vs_dspy.md)::
 
