@@ -51,7 +51,7 @@ import time
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Usage
@@ -259,6 +259,13 @@ class RamlConfig(MethodConfig):
     )
     max_dev: int | None = Field(None, ge=1, description="use at most this many dev examples")
 
+    @field_validator("k_candidates")
+    @classmethod
+    def _ks(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(x < 0 for x in v):
+            raise ValueError(f"k_candidates must be demo counts >= 0, got {v}")
+        return v
+
 
 class Raml(Method):
     """Retrieval-augmented classification: LM label likelihoods fused with neighbours' labels."""
@@ -318,8 +325,6 @@ class Raml(Method):
                                   cfg.try_no_instructions, None,
                                   lambda f: build(f, False).uses_chat())
         ks = sorted(set(cfg.k_candidates)) if cfg.k_candidates else [k]
-        if any(x < 0 for x in ks):
-            raise MethodError(f"raml: k_candidates must be demo counts >= 0, got {ks}.")
         variants = [(f, bare, x) for f, bare in prompts for x in ks]
         p_ret = build(*variants[0]).retrieval_dist(dev_set)
         gold = np.array([_label_index(labels, e.answer) for e in dev_set])
