@@ -1,10 +1,10 @@
 """metaskill's inference-time methods vs DSPy's optimizers, same model file, same examples.
 
-Writes ``benchmarks/results/vs_dspy.md``: one table per task with accuracy (95% Wilson
-interval), inference tokens, compile tokens and LM calls, wall time and parse-failure
-rate, for DSPy optimizers (better of ChatAdapter / JSONAdapter each), metaskill methods
-and two hand-written plain-completion baselines; then the issue's targets with by how
-much each is met or missed.
+Writes a report (``--out``, default ``benchmarks/results/vs_dspy.md``): one table per
+task with accuracy (95% Wilson interval), inference tokens, compile tokens and LM calls,
+wall time and parse-failure rate, for DSPy optimizers (better of ChatAdapter /
+JSONAdapter each), metaskill methods and two hand-written plain-completion baselines;
+then the issue's targets with by how much each is met or missed.
 
 Setup (benchmark-only; DSPy never enters the package)::
 
@@ -29,16 +29,23 @@ How it runs:
   long for one sitting can be run in passes (one optimizer or method per invocation) and
   composed at the end with ``--skip-dspy``. The n=100 rows live in the committed
   ``benchmarks/results/vs_dspy_work_100`` (logs and split exports are not committed).
+  Passes written to their own files are merged into one table by
+  ``benchmarks/vs_dspy_merge.py`` (that is how ``results/vs_dspy.md`` is made now).
+* dynaicl rows also run the fixed k that was best on dev on the test cut, so the
+  "matches the best fixed k with >= 50% fewer prompt tokens" target is checked on test
+  as well as on dev (``dynaicl_lean``: dynaicl over the prompt ``knn_demos_lean`` picks).
 * MIPROv2's proposer is the same model with a 512-token answer budget (the task model
   gets 64); its calls count as compile cost.
 * ``raml_budget`` holds raml to the nearest-4 hand prompt's prompt tokens, measured on
   dev; the "+5 points over the hand prompt" target takes the best row within that budget.
 
-Example (the configuration in results/vs_dspy.md)::
+Example (one pass of the 100-example grid: two metaskill rows on sst2, composed with the
+DSPy results already stored in the work dir)::
 
-    .venv/bin/python benchmarks/vs_dspy.py --tasks sst2 --limit 60 --dev-limit 40 \\
-        --optimizers Predict,LabeledFewShot,KNNFewShot,BootstrapFewShot \\
-        --methods zero_shot,knn_demos,raml,adaptmi
+    .venv/bin/python benchmarks/vs_dspy.py --tasks sst2 --limit 100 --dev-limit 50 \\
+        --compile-train-limit 50 --threads 2 --skip-dspy --adapters chat \\
+        --optimizers "" --baselines hand_knn4 --methods raml_budget,dynaicl_lean \\
+        --work benchmarks/results/vs_dspy_work_100 --out /tmp/pass.md
 """
 
 from __future__ import annotations

@@ -70,13 +70,19 @@ def test_adapt_saves_solver_that_eval_loads(home, tmp_path) -> None:
 
 def test_dynaicl_with_budget_and_options(home, tmp_path) -> None:
     out = tmp_path / "dyn.json"
-    cli("adapt", "--task", "sst2", "--model", "fake", "--method", "dynaicl",
-        "--budget-tokens", "80", "-o", "dynaicl.ks=[0,2]", "-o", "dynaicl.max_train_probe=8",
-        "--embedder", "hash:64", "--limit-dev", "6", "--no-progress", "--out", str(out),
-        home=home)
+    plot = tmp_path / "plots" / "dyn.svg"
+    res = cli("adapt", "--task", "sst2", "--model", "fake", "--method", "dynaicl",
+              "--budget-tokens", "80", "-o", "dynaicl.ks=[0,2]",
+              "-o", "dynaicl.max_train_probe=8", "--embedder", "hash:64", "--limit-dev", "6",
+              "--no-progress", "--out", str(out), "--plot", str(plot), home=home)
     data = json.loads(out.read_text())
     assert data["kind"] == "dynaicl" and data["state"]["budget_tokens"] == 80
     assert data["state"]["controller"]["ks"] == [0, 2]
+    # the dev curve: fixed k=0 and k=2, the controller's budgets, the oracle, the kept point
+    svg = plot.read_text()
+    assert svg.startswith("<svg") and "dynaicl curve written to" in res.stdout
+    for label in ("fixed k", "oracle", "kept budget", "k=0", "k=2", "dynaicl on sst2 dev"):
+        assert label in svg, label
 
 
 def test_bad_requests_are_one_line_errors(home, tmp_path) -> None:
@@ -93,6 +99,9 @@ def test_bad_requests_are_one_line_errors(home, tmp_path) -> None:
                        home=home, check=False), "METHOD.FIELD=VALUE")
     one_line_error(cli("adapt", "--task", "sst2", "--method", "knn_demos", "--budget-tokens",
                        "50", *base, home=home, check=False), "--budget-tokens", "dynaicl")
+    one_line_error(cli("adapt", "--task", "sst2", "--method", "knn_demos", "--plot",
+                       str(tmp_path / "c.svg"), *base, home=home, check=False),
+                   "--plot", "dynaicl is not in --method")
     # raml on a generative task names the method and the missing piece
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"q": f"what is {i}+0?", "a": str(i)}) + "\n"

@@ -178,6 +178,9 @@ def adapt_cmd(
         "--teacher", help="Teacher/critic model spec, for methods that use one.")] = None,
     report_json: Annotated[Path | None, typer.Option(
         "--report-json", help="Also write every method's full fit report as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Write dynaicl's dev accuracy-vs-prompt-tokens curve (fixed k, "
+        "oracle, the controller's budgets) as an SVG file here.")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")
                            ] = False,
     no_cache: Annotated[bool, typer.Option(
@@ -206,6 +209,9 @@ def adapt_cmd(
     if budget_tokens is not None and "dynaicl" not in names:
         raise MethodError(f"--budget-tokens applies to dynaicl, which is not in --method "
                           f"({', '.join(names)}).")
+    if plot is not None and "dynaicl" not in names:
+        raise MethodError(f"--plot draws dynaicl's accuracy-vs-tokens curve; dynaicl is not "
+                          f"in --method ({', '.join(names)}).")
     shared = {"k": k, "seed": seed}
     resources = _resources(names, embedder, skills, teacher, not no_progress)
     from metaskill.methods.compose import build_method
@@ -243,6 +249,14 @@ def adapt_cmd(
               f"LM calls, {wall:.1f} s. Solver ({result.solver.kind}) saved to {path}; "
               f"evaluate it with: metaskill eval --task {task} --model {model} "
               f"--solver {path}", highlight=False, soft_wrap=True)
+    if plot is not None:
+        from metaskill.methods.dynaicl import curve_svg
+
+        rep = result.reports[result.methods.index("dynaicl")]
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot.write_text(curve_svg(rep.notes, title=f"dynaicl on {task} dev "
+                                  f"({rep.notes['probe']['dev']} inputs)"))
+        con.print(f"dynaicl curve written to {plot}", highlight=False, soft_wrap=True)
     if report_json is not None:
         report_json.parent.mkdir(parents=True, exist_ok=True)
         report_json.write_text(json.dumps({

@@ -519,3 +519,57 @@ def dev_curve(p: np.ndarray, success: np.ndarray, tokens: np.ndarray, ks: list[i
                       *[round(r["tokens"], 1) for r in fixed]})
     dyn = [point_at(p, success, tokens, b) for b in budgets]
     return {"fixed": fixed, "oracle": oracle, "dynaicl": dyn}
+
+
+def curve_svg(notes: dict[str, Any], title: str = "dynaicl on dev") -> str:
+    """dynaicl's dev accuracy-vs-prompt-tokens curve as an inline ``<svg>`` (matplotlib).
+
+    Draws the fixed-k points, the controller's allocation at each traced budget, the
+    oracle that knows each input's cheapest successful k, and the budget that was kept.
+
+    Args:
+        notes: a dynaicl fit report's ``notes`` (``curve``, ``budget_tokens``, ...).
+        title: the plot's title.
+
+    Example:
+        >>> notes = {"curve": {"fixed": [{"k": 0, "accuracy": 0.5, "tokens": 20.0},
+        ...                               {"k": 4, "accuracy": 0.8, "tokens": 120.0}],
+        ...                     "oracle": {"accuracy": 0.9, "tokens": 40.0},
+        ...                     "dynaicl": [{"budget": 20.0, "accuracy": 0.5, "tokens": 20.0},
+        ...                                 {"budget": 70.0, "accuracy": 0.8, "tokens": 68.0}]},
+        ...          "dev_accuracy": 0.8, "dev_prompt_tokens": 68.0}
+        >>> curve_svg(notes).startswith("<svg")
+        True
+    """
+    from metaskill.eval.report import figure_svg
+
+    curve = notes.get("curve")
+    if not curve or not curve.get("fixed"):
+        raise MethodError("dynaicl: this fit report has no accuracy-vs-tokens curve "
+                          "(notes['curve']); was it written by dynaicl?")
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        fixed = curve["fixed"]
+        ax.plot([r["tokens"] for r in fixed], [r["accuracy"] for r in fixed], "s--",
+                color="#8C8C8C", markersize=6, label="fixed k")
+        for r in fixed:
+            ax.annotate(f"k={r['k']}", (r["tokens"], r["accuracy"]),
+                        textcoords="offset points", xytext=(5, -10), fontsize=7)
+        dyn = sorted(curve["dynaicl"], key=lambda r: r["tokens"])
+        ax.plot([r["tokens"] for r in dyn], [r["accuracy"] for r in dyn], "o-",
+                color="#4C72B0", markersize=4, label="dynaicl (budgets traced on dev)")
+        o = curve["oracle"]
+        ax.plot([o["tokens"]], [o["accuracy"]], "*", color="#55A868", markersize=12,
+                label="oracle (cheapest successful k per input)")
+        if "dev_prompt_tokens" in notes:
+            ax.plot([notes["dev_prompt_tokens"]], [notes["dev_accuracy"]], "o",
+                    markerfacecolor="none", markeredgecolor="#C44E52", markersize=13,
+                    markeredgewidth=1.5, label="kept budget")
+        ax.set_xlabel("mean prompt tokens per input")
+        ax.set_ylabel("accuracy on dev")
+        ax.yaxis.set_major_formatter(lambda y, _: f"{100 * y:.0f}%")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+
+    return figure_svg(draw, (6.0, 3.6), salt="dynaicl")
