@@ -526,6 +526,19 @@ def write_report(path: Path, args: argparse.Namespace, per_task: dict, meta: dic
             lines.append(f"- `{r['name']}` fallbacks to the unadapted answer (critique or "
                          f"conductor output that did not parse after one retry): "
                          f"{', '.join(parts)}.")
+        for r in rows:
+            dn = next((n for n in r.get("notes") or [] if "curve" in n and "best_fixed_k" in n),
+                      None)
+            if dn is None:
+                continue
+            from metaskill.methods.dynaicl import curve_svg
+
+            svg = path.with_name(f"{path.stem}_{name}_{r['name']}.svg")
+            svg.parent.mkdir(parents=True, exist_ok=True)
+            svg.write_text(curve_svg(dn, title=f"{r['name']} on {name} dev "
+                                     f"({dn['probe']['dev']} inputs)"))
+            lines.append(f"- `{r['name']}` dev accuracy vs prompt tokens (fixed k, the "
+                         f"controller's budgets, oracle): [{svg.name}]({svg.name})")
         gate = next((r["gate"] for r in rows if r.get("gate")), None)
         if gate:
             prec = None if gate["precision"] is None else round(gate["precision"], 2)
