@@ -155,6 +155,7 @@ def run_dspy_side(task: Any, folder: Path, url: str, args: argparse.Namespace) -
         "minilm_path": str(minilm_path()), "max_tokens": 64, "seed": 0,
         "compile_train_limit": args.compile_train_limit, "dev_limit": args.dev_limit,
         "random_search_candidates": args.random_search_candidates,
+        "max_errors": args.dspy_max_errors,
     }
     (folder / "dspy_config.json").write_text(json.dumps(cfg, indent=1))
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "DSPY_CACHE": "off",
@@ -588,6 +589,9 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(ALL_METHODS))
     ap.add_argument("--baselines", default=",".join(BASELINES))
     ap.add_argument("--random-search-candidates", type=int, default=4)
+    ap.add_argument("--dspy-max-errors", type=int, default=None,
+                    help="DSPy's max_errors (failed calls before an evaluation halts; "
+                         "DSPy's default 10)")
     ap.add_argument("--threads", type=int, default=1,
                     help="llama.cpp threads for both sides (1 is far faster on a loaded box)")
     ap.add_argument("--note", action="append", default=[],

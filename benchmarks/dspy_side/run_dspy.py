@@ -117,7 +117,10 @@ def run_one(name: str, adapter_name: str, cfg: dict[str, Any], data: dict[str, l
     lm = make_lm(int(cfg.get("max_tokens", 64)))
     proposer = make_lm(int(cfg.get("proposer_max_tokens", 512))) if name == "MIPROv2" else None
     adapter = dspy.ChatAdapter() if adapter_name == "chat" else dspy.JSONAdapter()
-    dspy.configure(lm=lm, adapter=adapter)
+    # DSPy's evaluations halt after settings.max_errors (default 10) failed calls; with a
+    # 135M model most failures are unparseable answers, so a run may raise the limit.
+    extra = {"max_errors": int(cfg["max_errors"])} if cfg.get("max_errors") else {}
+    dspy.configure(lm=lm, adapter=adapter, **extra)
     parse = label_parser(cfg["labels"], cfg.get("aliases", {}))
 
     def metric(example, pred, trace=None) -> bool:
@@ -129,7 +132,8 @@ def run_one(name: str, adapter_name: str, cfg: dict[str, Any], data: dict[str, l
     train = [to_ex(r) for r in data["train"]]
     dev = [to_ex(r) for r in data["dev"]]
     student = dspy.Predict(make_signature(cfg))
-    out: dict[str, Any] = {"optimizer": name, "adapter": adapter_name, "error": None}
+    out: dict[str, Any] = {"optimizer": name, "adapter": adapter_name, "error": None,
+                           "max_errors": dspy.settings.max_errors}
     t0 = time.perf_counter()
     try:
         program = compile_program(name, student, train, dev, metric, cfg, proposer)
