@@ -149,7 +149,9 @@ def main() -> None:
         "# metaskill vs DSPy (inference-time adaptation, SmolLM2-135M-Instruct Q4_1), merged",
         "",
         f"Command: `python benchmarks/vs_dspy_merge.py {' '.join(rel)} --out "
-        f"{os.path.relpath(args.out.resolve(), ROOT)}`  ",
+        f"{os.path.relpath(args.out.resolve(), ROOT)}"
+        f"{' --note ...' * len(args.note)}`"
+        f"{' (each --note is a line of Notes)' * bool(args.note)}  ",
         f"Date: {now}; machine: {os.cpu_count()} cores. The rows were measured by "
         "`benchmarks/vs_dspy.py` in the passes named in the `source` column (each source "
         "file gives its command, date and notes); this file only merges them, the latest "
