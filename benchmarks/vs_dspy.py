@@ -73,7 +73,8 @@ ALL_OPTIMIZERS = ["Predict", "LabeledFewShot", "KNNFewShot", "BootstrapFewShot",
 ALL_METHODS = ["zero_shot", "likelihood", "knn_demos", "knn_demos_fmt", "knn_demos_lean",
                "knn_demos_likelihood", "raml", "raml_fmt", "raml_lean", "raml_joint",
                "raml_budget", "dynaicl", "dynaicl_lean", "skill_demos", "adaptmi",
-               "self_consistency", "self_refine", "meta_prompting", "multi_critique"]
+               "self_consistency", "self_refine", "self_refine_choose", "meta_prompting",
+               "multi_critique"]
 BASELINES = ["hand_random4", "hand_knn4"]
 INPUT_DESC = {"sst2": "a movie review", "trec": "a question", "ag_news": "a news article"}
 
@@ -247,6 +248,10 @@ def build(name: str, lm: Any, task: Any, splits: dict, res: Any, dev_n: int) -> 
         "self_consistency": (zero, [("knn_demos", {"k": 4}),
                                     ("self_consistency", {"n": 5, "max_dev": dev_n})]),
         "self_refine": (zero, [("knn_demos", {"k": 4}), ("self_refine", {"rounds": 1})]),
+        # the same, but a critique without a verdict line gets the likelier verdict line
+        # (forced choice) instead of a retry and a fallback
+        "self_refine_choose": (zero, [("knn_demos", {"k": 4}),
+                                      ("self_refine", {"rounds": 1, "verdict": "choose"})]),
         "meta_prompting": (zero, [("meta_prompting", {"max_rounds": 3, "max_expert_calls": 2,
                                                       "allow_python": False,
                                                       "conductor_max_tokens": 96,

@@ -73,3 +73,35 @@ def test_one_round_limit() -> None:
     solver = method.fit(ZeroShot(lm), t, [], None)
     b = solver.solve(t, [t.splits["dev"][1]])[0]
     assert b.output == "Lima" and b.meta["stopped"] == "round limit"
+
+
+def test_choose_verdict_replaces_the_retry_and_never_falls_back() -> None:
+    t = task()
+
+    def scores(prompt: str, continuation: str) -> float:
+        # Chad's critique has no verdict line; of the two lines, WRONG is the likelier
+        assert "Critique:\nhmm, maybe" in prompt
+        return -1.0 if continuation == "VERDICT: WRONG" else -3.0
+
+    lm = ScriptedLM(model, scores=scores)
+    solver = SelfRefineSolver(lm, ZeroShot(lm), rounds=1, verdict="choose")
+    a, b, c = solver.solve(t, t.splits["dev"])
+    assert a.output == "Paris" and a.meta["rounds"][0]["verdict_by"] == "critique"
+    assert b.output == "Lima" and b.meta["rounds"][0]["verdict_by"] == "critique"
+    assert not c.meta["fallback"] and c.meta["rounds"][0]["verdict"] == "wrong"
+    assert c.meta["rounds"][0]["verdict_by"] == "choice"
+    assert c.output == "Lima" and c.meta["refined"]  # the scripted refine answer
+    assert c.meta["lm_calls"] == 4  # answer + critique + verdict choice + refine
+    assert not [p for p in lm.calls if "End your reply with the line" in p]  # no retry
+    again = load_solver(solver.to_json(), lm=lm)
+    assert isinstance(again, SelfRefineSolver) and again.verdict == "choose"
+
+
+def test_bad_verdict_mode_is_a_clear_error() -> None:
+    import pytest
+
+    from metaskill.core.errors import MethodError
+
+    lm = ScriptedLM(model)
+    with pytest.raises(MethodError, match="self_refine: verdict must be one of parse, choose"):
+        SelfRefineSolver(lm, ZeroShot(lm), verdict="vote")

@@ -18,12 +18,19 @@ back to the unadapted (round-0) answer and the fallback is counted (``meta["fall
 on the attempt, ``notes["fallbacks"]`` in the fit report). The verifier never sees
 anything but the final answer.
 
+Option ``verdict="choose"`` (ours, for small models that write a critique but never the
+verdict line): a critique without a verdict line gets its verdict by forced choice -- the
+LM scores the two verdict lines after its own critique and the likelier one counts -- in
+place of the reminder retry. Nothing falls back then; the trace marks these verdicts
+(``"verdict_by": "choice"``). The default, ``"parse"``, is the retry-then-fallback rule.
+
 Algorithm (what :class:`SelfRefineSolver` does for a batch):
 
 1. answer_0 <- the inner Solver's answer.
 2. For round r = 1..R, for inputs still active:
    a. feedback <- LM("critique this answer ... end with VERDICT: ...")
-   b. no verdict -> ask once more; still none -> fall back to answer_0, stop this input.
+   b. no verdict -> ask once more; still none -> fall back to answer_0, stop this input
+      (``verdict="choose"``: no retry; the likelier verdict line after the critique counts).
    c. VERDICT: CORRECT -> stop this input (its answer stands).
    d. answer_r <- LM("question, previous answer, feedback -> improved answer").
 3. Output the last answer. ``meta`` keeps every round's feedback and answer.
@@ -38,7 +45,7 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -58,6 +65,9 @@ FEEDBACK_PROMPT = (
     "'VERDICT: WRONG' if it must change."
 )
 REMINDER = "End your reply with the line 'VERDICT: CORRECT' or 'VERDICT: WRONG'."
+VERDICT_CHOICES = ("VERDICT: CORRECT", "VERDICT: WRONG")
+VERDICT_PROMPT = "{feedback_prompt}\n\nCritique:\n{critique}\n\nNow the verdict line."
+VERDICT_MODES = ("parse", "choose")
 REFINE_PROMPT = (
     "{instructions}Question:\n{question}\n\nPrevious answer:\n{answer}\n\n"
     "Feedback on the previous answer:\n{feedback}\n\n"
@@ -87,15 +97,22 @@ class SelfRefineSolver(Solver):
         feedback_max_tokens: token limit of a critique.
         refine_max_tokens: token limit of a refined answer (None: 16 for classification
             and multiple choice, 256 otherwise).
+        verdict: ``"parse"`` (a critique without a verdict line is retried once, then the
+            input falls back) or ``"choose"`` (the likelier verdict line after the
+            critique counts; see the module doc).
     """
 
     kind: ClassVar[str] = "self_refine"
 
     def __init__(self, lm: Any, inner: Solver, rounds: int = 2, feedback_max_tokens: int = 160,
-                 refine_max_tokens: int | None = None) -> None:
+                 refine_max_tokens: int | None = None, verdict: str = "parse") -> None:
         super().__init__(lm)
         if rounds < 1:
             raise MethodError(f"self_refine: rounds must be >= 1, got {rounds}.")
+        if verdict not in VERDICT_MODES:
+            raise MethodError(f"self_refine: verdict must be one of {', '.join(VERDICT_MODES)}, "
+                              f"got {verdict!r}.")
+        self.verdict = verdict
         self.inner = inner
         self.rounds = rounds
         self.feedback_max_tokens = feedback_max_tokens
@@ -119,6 +136,17 @@ class SelfRefineSolver(Solver):
                                       question=task.render(example), answer=answer)
         return self._request(text + (f"\n\n{REMINDER}" if remind else ""),
                              self.feedback_max_tokens)
+
+    def verdict_request(self, task: Any, example: Example, answer: str,
+                        critique: str) -> Request:
+        """A forced choice between the two verdict lines after the LM's own critique."""
+        feedback_prompt = FEEDBACK_PROMPT.format(instructions=self._instructions(task),
+                                                 question=task.render(example), answer=answer)
+        text = VERDICT_PROMPT.format(feedback_prompt=feedback_prompt, critique=critique.strip())
+        if getattr(self.lm, "chat", True):
+            return Request(messages=(Message(role="user", content=text),), max_tokens=8,
+                           choices=VERDICT_CHOICES)
+        return Request(prompt=text + "\n\n", max_tokens=8, choices=VERDICT_CHOICES)
 
     def refine_request(self, task: Any, example: Example, answer: str, feedback: str) -> Request:
         """The refinement request given the previous answer and its critique."""
@@ -156,9 +184,19 @@ class SelfRefineSolver(Solver):
             reqs = [self.feedback_request(task, examples[i], answers[i]) for i in active]
             feedback = self._ask(reqs, active, usage, calls)
             verdicts = {i: parse_verdict(f) for i, f in zip(active, feedback, strict=True)}
-            # b. no verdict: ask once more with a reminder
+            # b. no verdict: ask once more with a reminder (or, verdict="choose", let the
+            #    likelier verdict line after the critique decide)
             missing = [i for i in active if verdicts[i] is None]
-            if missing:
+            chosen: set[int] = set()
+            if missing and self.verdict == "choose":
+                picks = self._ask(
+                    [self.verdict_request(task, examples[i], answers[i],
+                                          feedback[active.index(i)]) for i in missing],
+                    missing, usage, calls)
+                for i, pick in zip(missing, picks, strict=True):
+                    verdicts[i] = parse_verdict(pick)
+                    chosen.add(i)
+            elif missing:
                 retry = self._ask(
                     [self.feedback_request(task, examples[i], answers[i], remind=True)
                      for i in missing], missing, usage, calls)
@@ -168,7 +206,8 @@ class SelfRefineSolver(Solver):
             next_active = []
             to_refine = []
             for i, f in zip(active, feedback, strict=True):
-                trace[i].append({"round": r, "feedback": f, "verdict": verdicts[i]})
+                trace[i].append({"round": r, "feedback": f, "verdict": verdicts[i],
+                                 "verdict_by": "choice" if i in chosen else "critique"})
                 if verdicts[i] is None:
                     answers[i] = firsts[i].output  # fall back to the unadapted answer
                     fallback[i] = True
@@ -215,7 +254,7 @@ class SelfRefineSolver(Solver):
     def state(self) -> dict[str, Any]:
         return {"inner": self.inner.to_json(), "rounds": self.rounds,
                 "feedback_max_tokens": self.feedback_max_tokens,
-                "refine_max_tokens": self.refine_max_tokens}
+                "refine_max_tokens": self.refine_max_tokens, "verdict": self.verdict}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], lm: Any) -> SelfRefineSolver:
@@ -223,7 +262,8 @@ class SelfRefineSolver(Solver):
 
         return cls(lm, load_solver(state["inner"], lm=lm), rounds=state.get("rounds", 2),
                    feedback_max_tokens=state.get("feedback_max_tokens", 160),
-                   refine_max_tokens=state.get("refine_max_tokens"))
+                   refine_max_tokens=state.get("refine_max_tokens"),
+                   verdict=state.get("verdict", "parse"))
 
 
 class SelfRefineConfig(MethodConfig):
@@ -233,6 +273,10 @@ class SelfRefineConfig(MethodConfig):
     feedback_max_tokens: int = Field(160, ge=8, description="token limit of a critique")
     refine_max_tokens: int | None = Field(
         None, ge=1, description="token limit of a refined answer (None: by task kind)"
+    )
+    verdict: Literal["parse", "choose"] = Field(
+        "parse", description="'parse': a critique without a verdict line is retried once, "
+        "then falls back; 'choose': the likelier verdict line after the critique counts"
     )
     max_dev: int | None = Field(
         None, ge=1, description="score at most this many dev examples (cheaper report)"
@@ -263,7 +307,8 @@ class SelfRefine(Method):
         self.report = FitReport()
         wrapped = SelfRefineSolver(solver.lm, solver, rounds=cfg.rounds,
                                    feedback_max_tokens=cfg.feedback_max_tokens,
-                                   refine_max_tokens=cfg.refine_max_tokens)
+                                   refine_max_tokens=cfg.refine_max_tokens,
+                                   verdict=cfg.verdict)
         dev_set = list(dev or [])[: cfg.max_dev]
         if dev_set:
             attempts, scores = run_solver(wrapped, task, dev_set, self.report,
@@ -278,6 +323,8 @@ class SelfRefine(Method):
                 "early_stops": sum(a.meta.get("stopped") == "self-check passed"
                                    for a in attempts),
                 "changed": sum(bool(a.meta.get("refined")) for a in attempts),
+                "chosen_verdicts": sum(r.get("verdict_by") == "choice"
+                                       for a in attempts for r in a.meta.get("rounds", [])),
                 "dev_n": len(dev_set),
             })
         self.report.notes["rounds"] = cfg.rounds
