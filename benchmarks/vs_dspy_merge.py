@@ -3,11 +3,13 @@
 ``benchmarks/vs_dspy.py`` writes one report per invocation, and a grid too long for one
 sitting is run in passes. This script reads those reports (markdown, as vs_dspy.py wrote
 them), keeps the latest measurement of each (task, solver) -- files are read in the
-order given, so list older files first -- and writes one table with a ``source`` column
-naming the file each row comes from, then recomputes the issue's first two targets per
-task over the merged rows (with :func:`vs_dspy.targets`, the same code as the per-pass
-reports). dynaicl's target needs its fit report, which the markdown does not carry, so
-its lines are quoted from the source files.
+order given, so list older files first -- except that a DSPy optimizer measured with
+both adapters (ChatAdapter and JSONAdapter, in different passes) keeps the better of the
+two, as the issue asks, and the other is listed under the table. It writes one table
+with a ``source`` column naming the file each row comes from, then recomputes the
+issue's first two targets per task over the merged rows (with :func:`vs_dspy.targets`,
+the same code as the per-pass reports). dynaicl's target needs its fit report, which
+the markdown does not carry, so its lines are quoted from the source files.
 
 Only reports of one configuration may be merged: every file's split line must name the
 same test and dev sizes, or the script stops with an error naming the odd one out.
@@ -109,11 +111,27 @@ def parse_report(path: Path) -> tuple[tuple[int, int], dict[str, list[dict]],
     return (n_test, n_dev), rows, dyn
 
 
+def _better(a: dict, b: dict) -> bool:
+    """Whether row ``a`` beats row ``b`` (a failed run loses to any finished one)."""
+    return (a["error"] is None, a["accuracy"]) > (b["error"] is None, b["accuracy"])
+
+
+def _adapter_line(r: dict) -> str:
+    acc = f"failed ({r['error']})" if r["error"] else f"{100 * r['accuracy']:.1f}%"
+    return (f"Other adapter: {r['name']} {r['adapter']}: {acc}, parse failures "
+            f"{r['parse']}, {r['compile_tokens'] + r['infer_tokens']} tokens")
+
+
 def merge(paths: list[Path]) -> tuple[tuple[int, int], dict[str, list[dict]], dict]:
-    """Rows per task, the latest file winning per (task, solver); all files one split."""
+    """Rows per task, the latest file winning per (task, solver); all files one split.
+
+    A DSPy row whose adapter differs from the stored row's competes with it instead: the
+    better accuracy stays in the table and the other becomes a quoted "Other adapter" line.
+    """
     split = None
     merged: dict[str, dict[str, dict]] = {}
     dyn: dict[str, list[tuple[str, str]]] = {}
+    others: dict[str, dict[tuple[str, str], dict]] = {}
     for p in paths:
         s, rows, d = parse_report(p)
         if split is None:
@@ -123,9 +141,19 @@ def merge(paths: list[Path]) -> tuple[tuple[int, int], dict[str, list[dict]], di
                              f"file's {split[0]} / {split[1]}; merge one configuration only.")
         for task, rs in rows.items():
             for r in rs:
-                merged.setdefault(task, {})[r["name"]] = r  # later file wins
+                old = merged.setdefault(task, {}).get(r["name"])
+                if old is not None and r["side"] == "dspy" and old["adapter"] != r["adapter"]:
+                    keep, other = (r, old) if _better(r, old) else (old, r)
+                    merged[task][r["name"]] = keep
+                    others.setdefault(task, {})[(r["name"], other["adapter"])] = other
+                    others[task].pop((r["name"], keep["adapter"]), None)
+                    continue
+                merged[task][r["name"]] = r  # later file wins
         for task, ls in d.items():
             dyn.setdefault(task, []).extend((p.name, x) for x in ls)
+    for task, od in others.items():
+        for o in od.values():
+            dyn.setdefault(task, []).append((o["source"], _adapter_line(o)))
     order = {"dspy": 0, "baseline": 1, "metaskill": 2}
     out = {t: sorted(rs.values(), key=lambda r: order.get(r["side"], 3))
            for t, rs in merged.items()}
@@ -155,7 +183,8 @@ def main() -> None:
         f"Date: {now}; machine: {os.cpu_count()} cores. The rows were measured by "
         "`benchmarks/vs_dspy.py` in the passes named in the `source` column (each source "
         "file gives its command, date and notes); this file only merges them, the latest "
-        "file winning where a row was measured twice.",
+        "file winning where a row was measured twice (for a DSPy optimizer run with both "
+        "adapters, the better adapter's row).",
         "",
         f"Split: harness default (train pool 200, dev 100, test 300, seed 0) cut to the "
         f"first **{n_test} test** and **{n_dev} dev** examples; the same cut in every source. "

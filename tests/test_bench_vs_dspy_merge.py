@@ -64,3 +64,27 @@ def test_reports_of_different_splits_are_refused(tmp_path: Path) -> None:
     assert "b.md: split 20 test / 50 dev differs" in res.stderr
     res = run(str(tmp_path / "missing.md"), "--out", str(tmp_path / "m.md"))
     assert res.returncode != 0 and "no such report" in res.stderr
+
+
+def test_the_better_dspy_adapter_stays_and_the_other_is_listed(tmp_path: Path) -> None:
+    chat = ("| dspy | dspy:BootstrapFewShot | chat | 34.0 [25.5, 43.7] | 83361 (747) | 12928 | "
+            "32 + 200 | 409 | 21.0% |")
+    json_row = ("| dspy | dspy:BootstrapFewShot | json | 30.0 [22.0, 39.4] | 80000 (700) | "
+                "12000 | 30 + 100 | 300 | 5.0% |")
+    lfs_chat = ("| dspy | dspy:LabeledFewShot | chat | 25.0 [17.5, 34.3] | 114809 (1093) | 0 | "
+                "0 + 200 | 489 | 17.0% |")
+    lfs_json = ("| dspy | dspy:LabeledFewShot | json | 40.0 [30.9, 49.8] | 90000 (880) | 0 | "
+                "0 + 100 | 400 | 2.0% |")
+    a, b = tmp_path / "a.md", tmp_path / "b.md"
+    a.write_text(report([chat, lfs_chat]))
+    b.write_text(report([json_row, lfs_json]))
+    out = tmp_path / "m.md"
+    res = run(str(a), str(b), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    rows = [ln for ln in out.read_text().splitlines() if ln.startswith("| dspy")]
+    assert len(rows) == 2
+    assert "| chat | 34.0" in rows[0] and rows[0].endswith("| a.md |")  # chat was better
+    assert "| json | 40.0" in rows[1] and rows[1].endswith("| b.md |")  # json was better
+    text = out.read_text()
+    assert "[b.md] Other adapter: dspy:BootstrapFewShot json: 30.0%" in text
+    assert "[a.md] Other adapter: dspy:LabeledFewShot chat: 25.0%" in text
