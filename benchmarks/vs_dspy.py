@@ -425,6 +425,15 @@ def targets(rows: list[dict]) -> list[str]:
             f"metaskill best `{bm['name']}` {100 * bm['accuracy']:.1f} vs DSPy best "
             f"`{bd['name']}` ({bd['adapter']}) {100 * bd['accuracy']:.1f}: {gap:+.1f} points; "
             f"total tokens {tm} vs {td} = {ratio:.2f}x (target <= 0.50x).")
+        # the verdict stays with the most accurate row; which row beats DSPy's best most
+        # cheaply is shown beside it, for a reader weighing accuracy against tokens
+        above = [r for r in ms if r["accuracy"] > bd["accuracy"]]
+        cheap = min(above, key=total) if above else None
+        if cheap is not None and cheap is not bm:
+            lines.append(
+                f"  (cheapest metaskill row above DSPy's best: `{cheap['name']}` "
+                f"{100 * cheap['accuracy']:.1f} at {total(cheap)} total tokens = "
+                f"{total(cheap) / td if td else float('inf'):.2f}x.)")
     if ms and knn4:
         pk = knn4["infer_prompt_tokens"] / knn4["n"]
         within = [r for r in ms if r["infer_prompt_tokens"] / r["n"] <= pk]

@@ -88,3 +88,25 @@ def test_the_better_dspy_adapter_stays_and_the_other_is_listed(tmp_path: Path) -
     text = out.read_text()
     assert "[b.md] Other adapter: dspy:BootstrapFewShot json: 30.0%" in text
     assert "[a.md] Other adapter: dspy:LabeledFewShot chat: 25.0%" in text
+
+
+def test_a_missed_token_target_names_the_cheapest_row_above_dspy(tmp_path: Path) -> None:
+    a = tmp_path / "a.md"
+    a.write_text(report([
+        "| dspy | dspy:LabeledFewShot | json | 49.0 [39.4, 58.7] | 110468 (1095) | 0 | 0 + 100 "
+        "| 74 | 0.0% |",
+        "| metaskill | raml_joint | - | 81.0 [72.2, 87.5] | 43115 (431) | 54539 | 150 + 100 | "
+        "456 | 0.0% |",
+        "| metaskill | skill_demos | - | 72.0 [62.5, 79.9] | 42577 (425) | 20567 | 50 + 100 | "
+        "304 | 0.0% |",
+        "| metaskill | zero_shot | - | 23.0 [15.8, 32.2] | 13124 (121) | 0 | 0 + 100 | 59 "
+        "| 63.0% |",
+    ]))
+    out = tmp_path / "m.md"
+    res = run(str(a), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    text = out.read_text()
+    # the most accurate row decides: 97,654 vs 110,468 tokens = 0.88x
+    assert "**beats DSPy's best at <= half its tokens**: MISSED" in text and "0.88x" in text
+    assert ("(cheapest metaskill row above DSPy's best: `skill_demos` 72.0 at 63144 total "
+            "tokens = 0.57x.)") in text
