@@ -45,7 +45,7 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import Field
 
@@ -67,7 +67,8 @@ FEEDBACK_PROMPT = (
 REMINDER = "End your reply with the line 'VERDICT: CORRECT' or 'VERDICT: WRONG'."
 VERDICT_CHOICES = ("VERDICT: CORRECT", "VERDICT: WRONG")
 VERDICT_PROMPT = "{feedback_prompt}\n\nCritique:\n{critique}\n\nNow the verdict line."
-VERDICT_MODES = ("parse", "choose")
+Verdict = Literal["parse", "choose"]
+VERDICT_MODES: tuple[str, ...] = get_args(Verdict)
 REFINE_PROMPT = (
     "{instructions}Question:\n{question}\n\nPrevious answer:\n{answer}\n\n"
     "Feedback on the previous answer:\n{feedback}\n\n"
@@ -129,20 +130,22 @@ class SelfRefineSolver(Solver):
         inst = str(getattr(task, "instructions", "") or "").strip()
         return f"Task: {inst}\n\n" if inst else ""
 
+    def _feedback_text(self, task: Any, example: Example, answer: str) -> str:
+        return FEEDBACK_PROMPT.format(instructions=self._instructions(task),
+                                      question=task.render(example), answer=answer)
+
     def feedback_request(self, task: Any, example: Example, answer: str,
                          remind: bool = False) -> Request:
         """The critique request for one answer (``remind`` adds the verdict reminder)."""
-        text = FEEDBACK_PROMPT.format(instructions=self._instructions(task),
-                                      question=task.render(example), answer=answer)
+        text = self._feedback_text(task, example, answer)
         return self._request(text + (f"\n\n{REMINDER}" if remind else ""),
                              self.feedback_max_tokens)
 
     def verdict_request(self, task: Any, example: Example, answer: str,
                         critique: str) -> Request:
         """A forced choice between the two verdict lines after the LM's own critique."""
-        feedback_prompt = FEEDBACK_PROMPT.format(instructions=self._instructions(task),
-                                                 question=task.render(example), answer=answer)
-        text = VERDICT_PROMPT.format(feedback_prompt=feedback_prompt, critique=critique.strip())
+        text = VERDICT_PROMPT.format(feedback_prompt=self._feedback_text(task, example, answer),
+                                     critique=critique.strip())
         if getattr(self.lm, "chat", True):
             return Request(messages=(Message(role="user", content=text),), max_tokens=8,
                            choices=VERDICT_CHOICES)
@@ -274,7 +277,7 @@ class SelfRefineConfig(MethodConfig):
     refine_max_tokens: int | None = Field(
         None, ge=1, description="token limit of a refined answer (None: by task kind)"
     )
-    verdict: Literal["parse", "choose"] = Field(
+    verdict: Verdict = Field(
         "parse", description="'parse': a critique without a verdict line is retried once, "
         "then falls back; 'choose': the likelier verdict line after the critique counts"
     )
