@@ -44,6 +44,7 @@ from metaskill.core.errors import (
     ServerUnreachableError,
     TaskError,
 )
+from metaskill.core.guard import active_guard, check_examples
 from metaskill.core.types import Example
 from metaskill.eval.run import Record, Run, Totals
 from metaskill.eval.solver import Attempt, Solver
@@ -250,6 +251,10 @@ def evaluate(
     if max_errors is not None and max_errors < 0:
         raise MetaskillError(f"max_errors must be >= 0, got {max_errors}.")
     examples = task.examples(split)
+    guard = active_guard()
+    if guard is not None and split == "test":
+        raise guard.leak("evaluate", f"a run on the 'test' split of task '{task.name}'")
+    check_examples(examples, where="evaluate")
     by_id: dict[str, Example] = {}
     for e in examples:
         if e.id in by_id:

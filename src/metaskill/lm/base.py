@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from metaskill.core.errors import InvalidParameterError
+from metaskill.core.guard import active_guard, check_text
 from metaskill.core.types import Completion, Message, Request, Sample, Usage
 from metaskill.lm.cache import Cache, stable_hash
 
@@ -98,6 +99,11 @@ class LM(ABC):
             InvalidParameterError: a request (given as a dict) has invalid fields.
         """
         reqs = [as_request(r) for r in requests]
+        if active_guard() is not None:
+            for r in reqs:
+                text = r.prompt if r.prompt is not None else "\n".join(
+                    m.content for m in r.messages or ())
+                check_text(text, where=f"{type(self).__name__}.complete")
         out: list[Completion | None] = [None] * len(reqs)
         use_cache = cache and self.cache is not None
         keys = [self.request_key(r) for r in reqs] if use_cache else []
@@ -151,6 +157,7 @@ class LM(ABC):
             [m if isinstance(m, Message) else Message(**m) for m in context]
         )
         conts = list(continuations)
+        check_text(prompt, where=f"{type(self).__name__}.score")
         use_cache = cache and self.cache is not None
         key = ""
         if use_cache:

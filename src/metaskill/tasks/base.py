@@ -5,7 +5,8 @@ A :class:`Task` is a named, versioned set of Examples with splits, a prompt temp
 :class:`Verdict` (score in [0, 1], a short reason, and the answer it parsed).
 
 Example:
-    >>> from metaskill.core.types import Example
+    >>> from metaskill.core.guard import check_examples
+from metaskill.core.types import Example
     >>> class Exact(Verifier):
     ...     name = "exact"
     ...     def verify(self, output, example):
@@ -18,7 +19,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,6 +50,13 @@ class Verifier(ABC):
 
     name: ClassVar[str] = "verifier"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Guard each subclass's own ``verify``/``verify_batch`` against test data in a fit."""
+        super().__init_subclass__(**kwargs)
+        for attr in ("verify", "verify_batch"):
+            if attr in cls.__dict__:
+                setattr(cls, attr, _guarded(cls.__dict__[attr], attr))
+
     @abstractmethod
     def verify(self, output: str, example: Example) -> Verdict:
         """Judge ``output`` (the model's text) against ``example``'s reference.
@@ -63,6 +73,18 @@ class Verifier(ABC):
     def to_spec(self) -> dict[str, Any]:
         """A JSON-able description from which the verifier can be rebuilt."""
         return {"name": self.name}
+
+
+def _guarded(fn: Callable[..., Any], attr: str) -> Callable[..., Any]:
+    """``fn`` that first checks its example(s) against the fit guard (see core/guard.py)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Verifier, outputs: Any, examples: Any, *args: Any, **kw: Any) -> Any:
+        check_examples(examples if attr == "verify_batch" else [examples],
+                       where=f"{type(self).__name__}.{attr}")
+        return fn(self, outputs, examples, *args, **kw)
+
+    return wrapper
 
 
 TaskKind = Literal["classification", "multiple_choice", "generative"]
