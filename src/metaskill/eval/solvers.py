@@ -40,14 +40,26 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from metaskill.core.errors import MetaskillError, TaskError
 from metaskill.core.registry import Registry
 from metaskill.core.types import Example, Message, Request, Usage
-from metaskill.eval.solver import SCHEMA_VERSION, Attempt, Solver, answer_max_tokens
+from metaskill.eval.solver import (
+    SCHEMA_VERSION,
+    Attempt,
+    Solver,
+    answer_max_tokens,
+    prompt_request,
+    render_prompt,
+    short_answer,
+    uses_chat,
+)
+
+if TYPE_CHECKING:
+    from metaskill.tasks.base import Task
 
 SOLVERS: Registry[type[Solver]] = Registry("solver")
 """Solver kind -> Solver class. Register new kinds with :func:`register_solver`."""
@@ -190,9 +202,7 @@ class PromptSolver(Solver):
     # ---- prompts ---------------------------------------------------------------------
     def resolved_format(self) -> Literal["chat", "completion"]:
         """``chat`` or ``completion`` (``auto`` decided by the LM's ``chat`` attribute)."""
-        if self.config.format != "auto":
-            return self.config.format
-        return "chat" if getattr(self.lm, "chat", True) else "completion"
+        return "chat" if uses_chat(self.lm, self.config.format) else "completion"
 
     def demos(self, task: Any) -> list[Example]:
         """The demonstrations used for ``task`` (given, or drawn with the seed)."""
@@ -210,50 +220,30 @@ class PromptSolver(Solver):
             return self.config.instructions
         return str(getattr(task, "instructions", "") or "")
 
-    def context(self, task: Any, example: Example) -> str | list[Message]:
-        """The prompt for one example: a plain string or chat messages."""
-        instr = self.instructions(task)
-        demos = self.demos(task)
-        if self.resolved_format() == "completion":
-            parts = [instr] if instr else []
-            parts += [task.demo(d) for d in demos]
-            parts.append(task.render(example))
-            return "\n\n".join(parts)
-        msgs: list[Message] = []
-        head = f"{instr}\n\n" if instr else ""
-        for d in demos:
-            msgs.append(Message(role="user", content=head + task.render(d)))
-            msgs.append(Message(role="assistant", content=str(d.answer or "")))
-            head = ""
-        msgs.append(Message(role="user", content=head + task.render(example)))
-        return msgs
+    def context(self, task: Task, example: Example) -> str | list[Message]:
+        """The prompt for one example: a plain string or chat messages.
 
-    def request(self, task: Any, example: Example) -> Request:
-        """The completion request for one example."""
+        Rendered by :func:`metaskill.eval.solver.render_prompt`, as every prompting
+        Solver's is.
+        """
+        return render_prompt(task, example, self.demos(task), self.instructions(task),
+                             chat=self.resolved_format() == "chat")
+
+    def request(self, task: Task, example: Example) -> Request:
+        """The completion request for one example (:func:`metaskill.eval.solver.prompt_request`)."""
         c = self.config
-        short = getattr(task, "kind", "generative") in ("classification", "multiple_choice")
-        max_tokens = answer_max_tokens(task, c.max_tokens)
-        fmt = self.resolved_format()
-        stop: tuple[str, ...]
-        if c.stop is not None:
-            stop = c.stop
-        elif fmt == "completion":
-            stop = ("\n",) if short else ("\n\n",)
-        else:
-            stop = ()
-        ctx = self.context(task, example)
-        if isinstance(ctx, str):
-            return Request(prompt=ctx, max_tokens=max_tokens, temperature=c.temperature,
-                           stop=stop, seed=c.seed)
-        return Request(messages=tuple(ctx), max_tokens=max_tokens, temperature=c.temperature,
-                       stop=stop, seed=c.seed)
+        return prompt_request(
+            task, example, self.demos(task), self.instructions(task),
+            chat=self.resolved_format() == "chat",
+            max_tokens=answer_max_tokens(task, c.max_tokens), temperature=c.temperature,
+            seed=c.seed, stop=c.stop,
+        )
 
     def extract(self, task: Any, text: str) -> str:
         """The answer inside the LM's raw text (see the module doc)."""
         mode = self.config.extract
         if mode == "auto":
-            short = getattr(task, "kind", "generative") in ("classification", "multiple_choice")
-            mode = "first_line" if short else "full"
+            mode = "first_line" if short_answer(task) else "full"
         if mode == "full":
             return text.strip()
         for line in text.splitlines():
