@@ -73,7 +73,10 @@ def test_label_whole_words_aliases_and_nothing_parsed() -> None:
     assert r.reason.startswith("no label word in output (labels: World, Sports")
     # longest label wins where two start at the same place
     v2 = LabelVerifier(labels=["pos", "pos tive"])
-    assert v2.parse("pos tive!", ["pos", "pos tive"]) == "pos tive"
+    assert v2.find_label("pos tive!", ["pos", "pos tive"]) == "pos tive"
+    # parse reads the label without the reference: "" when the output names none
+    assert v2.parse("pos tive!", ex("pos")) == "pos tive"
+    assert v2.parse("neutral", ex("pos")) == ""
 
 
 def test_choice_uses_example_choices_and_accepts_all_top_answers() -> None:

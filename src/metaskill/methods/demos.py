@@ -20,9 +20,10 @@ A new selector subclasses :class:`Selector`, sets ``kind``, implements ``select`
 ``state`` and ``from_state``, and is registered in :data:`SELECTORS` (lazily, by
 ``"module:Class"``, so a saved Solver reloads without importing the method that built it).
 
-Fit-time helpers shared by all methods: :func:`run_solver` (solve, verify, account tokens
-and LM calls into a :class:`~metaskill.methods.base.FitReport`), :func:`parse_answer`
-(normalise an output through the task's verifier without looking at the reference),
+Fit-time helpers shared by all methods: :func:`run_solver` (score a Solver on dev with the
+harness, :func:`metaskill.eval.harness.evaluate`, and account tokens and LM calls into a
+:class:`~metaskill.methods.base.FitReport`), :func:`parse_answer` (normalise an output
+through the task verifier's ``parse``, which never looks at the reference),
 :func:`prompt_variants` (the prompt formats, with or without instructions, to score on dev).
 
 Example:
@@ -39,18 +40,30 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from metaskill.core.errors import ContextOverflowError, MetaskillError, MethodError
 from metaskill.core.registry import Registry
-from metaskill.core.types import Example, Message, Request, Usage
-from metaskill.eval.solver import Attempt, Solver, answer_max_tokens
+from metaskill.core.types import Example, Request, Usage
+from metaskill.eval.harness import evaluate
+from metaskill.eval.run import Record
+from metaskill.eval.solver import (
+    Attempt,
+    PromptFormat,
+    Solver,
+    answer_max_tokens,
+    prompt_request,
+    uses_chat,
+)
 from metaskill.methods.base import FitReport
 
+if TYPE_CHECKING:
+    from metaskill.tasks.base import Task
+
 Order = Literal["nearest_last", "nearest_first", "random"]
-PromptFormat = Literal["auto", "chat", "completion"]
 AnswerMode = Literal["generate", "choices"]
 
 #: kind -> Selector subclass (lazy ``"module:Class"`` targets allowed).
@@ -269,12 +282,11 @@ SELECTORS.register("skill", "metaskill.methods.skill_demos:SkillSelector")
 # ---------------------------------------------------------------------------------------
 # Answer parsing and fit-time accounting
 # ---------------------------------------------------------------------------------------
-def parse_answer(task: Any, output: str, example: Example) -> str:
+def parse_answer(task: Task | None, output: str, example: Example) -> str:
     """Normalise an output to a comparable answer WITHOUT looking at the reference.
 
-    A label verifier's ``parse(output, labels)`` gives the label (``""`` when the output
-    names none); else a verifier's ``parse(output, example)``; else the ``parsed`` field
-    of a verdict against a copy of the example with the reference removed; else the
+    The task verifier's :meth:`~metaskill.tasks.base.Verifier.parse` (lower-cased),
+    else -- no verifier, one that reads no answer (None) or one that fails -- the
     stripped, lower-cased first line.
 
     Example:
@@ -282,37 +294,20 @@ def parse_answer(task: Any, output: str, example: Example) -> str:
         'positive'
     """
     verifier = getattr(task, "verifier", None)
-    parse = getattr(verifier, "parse", None)
-    labels = (getattr(verifier, "labels", None) or example.metadata.get("choices")
-              or getattr(task, "labels", None))
-    if callable(parse) and labels:  # a label verifier: parse(output, labels)
-        try:
-            got = parse(output, [str(x) for x in labels])
-            return str(got).strip().lower() if got is not None else ""
-        except Exception:
-            pass
-    if callable(parse):
-        try:
-            got = parse(output, example)
-            if got is not None:
-                return str(got).strip().lower()
-        except Exception:
-            pass
     if verifier is not None:
         try:
-            blind = example.model_copy(update={"answer": None})
-            verdict = verifier.verify(output, blind)
-            if verdict.parsed is not None:
-                return str(verdict.parsed).strip().lower()
-        except Exception:
-            pass
+            got = verifier.parse(output, example)
+        except Exception:  # a verifier that needs the reference, a crashing scorer
+            got = None
+        if got is not None:
+            return str(got).strip().lower()
     lines = output.strip().splitlines()
     return lines[0].strip().lower() if lines else ""
 
 
 def run_solver(
     solver: Solver,
-    task: Any,
+    task: Task,
     examples: Sequence[Example],
     report: FitReport | None = None,
     *,
@@ -320,13 +315,30 @@ def run_solver(
     progress: bool = False,
     label: str = "solving",
 ) -> tuple[list[Attempt], list[float]]:
-    """Solve ``examples`` in batches, verify each output, and charge the cost to ``report``.
+    """Score ``solver`` on ``examples`` with the harness, and charge the cost to ``report``.
 
-    Every attempt's usage is added to ``report.usage``; LM calls are counted from
-    ``attempt.meta["lm_calls"]`` (1 where absent).
+    A method's dev scoring is an ordinary in-memory run:
+    :func:`metaskill.eval.harness.evaluate` with ``examples=`` and ``store=None``. So an
+    example on which the Solver or the Verifier raises is recorded as failed (score 0, its
+    attempt's ``error`` says why) and the fit goes on; only errors about the environment
+    (:data:`~metaskill.eval.harness.FATAL_ERRORS`) and a first batch that fails entirely
+    with one error (a setup problem) stop it. Every attempt's usage is added to
+    ``report.usage``; LM calls are counted from ``attempt.meta["lm_calls"]`` (1 where
+    absent).
+
+    Args:
+        solver: the Solver to score.
+        task: the task; its Verifier scores each output.
+        examples: the examples (ids unique), e.g. the dev set a method selects on.
+        report: the fit report charged with usage and LM calls (None: not charged).
+        batch_size: examples per ``solver.solve`` call.
+        progress: show a progress bar on stderr.
+        label: names the examples in the progress bar (e.g. ``"knn_demos dev"``).
 
     Returns:
-        The attempts and one verifier score per example (0.0 for an attempt with an error).
+        One attempt per example, in order (rebuilt from the run's records: ``meta`` keeps
+        the Solver's details plus ``raw``), and one verifier score per example (0.0 for a
+        failed one).
 
     Example:
         >>> from metaskill.lm.fake import ScriptedLM
@@ -340,18 +352,23 @@ def run_solver(
         >>> run_solver(s, task, ex)[1]
         [1.0]
     """
-    attempts: list[Attempt] = []
-    batches = [list(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
-    for batch in _progress(batches, label, progress):
-        attempts.extend(solver.solve(task, batch))
-    good = [(a, e) for a, e in zip(attempts, examples, strict=True) if a.error is None]
-    verdicts = task.verifier.verify_batch([a.output for a, _ in good], [e for _, e in good])
-    by_id = {a.example_id: v.score for (a, _), v in zip(good, verdicts, strict=True)}
-    scores = [float(by_id.get(a.example_id, 0.0)) if a.error is None else 0.0
-              for a in attempts]
+    if not examples:
+        return [], []
+    run = evaluate(solver, task, label, examples=examples, batch_size=batch_size,
+                   progress=progress)
+    attempts = [_attempt_of(r) for r in run.records]
     if report is not None:
         charge(report, attempts)
-    return attempts, scores
+    return attempts, [float(r.score) for r in run.records]
+
+
+def _attempt_of(record: Record) -> Attempt:
+    """The Attempt a harness Record was made from (its verdict details left out)."""
+    meta = {k: v for k, v in record.meta.items() if k != "verdict"}
+    meta["raw"] = record.raw
+    return Attempt(example_id=record.example_id, prompt=record.prompt, output=record.output,
+                   usage=record.usage, latency_s=record.latency_s, error=record.error,
+                   meta=meta)
 
 
 def prompt_variants(
@@ -418,12 +435,10 @@ def _progress(items: list[Any], label: str, enabled: bool) -> Any:
 # ---------------------------------------------------------------------------------------
 # The DemoSolver
 # ---------------------------------------------------------------------------------------
-class DemoSolver(Solver):
-    """An LM prompted with per-input demonstrations chosen by a :class:`Selector`.
+class DemoConfig(BaseModel):
+    """How a :class:`DemoSolver` prompts (its JSON ``state``, besides the selector).
 
-    Args:
-        lm: the LM.
-        selector: where demos come from; None means zero-shot.
+    Attributes:
         k: demos per input (default).
         k_overrides: per example id, a ``k`` that replaces the default.
         order: ``nearest_last`` (most relevant demo right before the input),
@@ -431,15 +446,55 @@ class DemoSolver(Solver):
         prompt_format: ``chat`` (a user/assistant turn per demo, the instructions at the
             head of the first user turn), ``completion`` (demos as plain text separated by
             blank lines, for base models), or ``auto`` (chat if the LM has a chat
-            template, i.e. ``lm.chat`` is true). Both render exactly as the harness's
-            built-in ``k-shot`` Solver does, so the two differ only in which demos.
+            template, i.e. ``lm.chat`` is true).
         answer_mode: ``generate`` (greedy text, first line for classification) or
             ``choices`` (the label with the highest likelihood; classification only).
         max_tokens: generation limit; None takes the task's ``metadata['max_tokens']``,
             else 16 for classification and multiple choice, 256 otherwise.
-        instructions: preamble; None uses the task's instructions.
+        instructions: preamble; None uses the task's instructions ("" for none).
         temperature: sampling temperature (0 = greedy).
         seed: sampling seed and seed of the ``random`` order.
+
+    Example:
+        >>> DemoConfig(k=2).order
+        'nearest_last'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(4, ge=0)
+    k_overrides: dict[str, int] = Field(default_factory=dict)
+    order: Order = "nearest_last"
+    prompt_format: PromptFormat = "auto"
+    answer_mode: AnswerMode = "generate"
+    max_tokens: int | None = Field(None, ge=1)
+    instructions: str | None = None
+    temperature: float = Field(0.0, ge=0.0)
+    seed: int = 0
+
+    @field_validator("k_overrides", mode="before")
+    @classmethod
+    def _overrides(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+
+class DemoSolver(Solver):
+    """An LM prompted with per-input demonstrations chosen by a :class:`Selector`.
+
+    Args:
+        lm: the LM.
+        selector: where demos come from; None means zero-shot.
+        k: demos per input (default; overrides ``config.k`` when given).
+        config: a :class:`DemoConfig`; keyword ``options`` (its field names) override
+            its fields. Prompts render with :func:`metaskill.eval.solver.render_prompt`,
+            exactly as the harness's built-in ``k-shot`` Solver renders them, so the two
+            differ only in which demos.
+        **options: :class:`DemoConfig` fields (``order``, ``prompt_format``,
+            ``answer_mode``, ``max_tokens``, ``instructions``, ``temperature``, ``seed``,
+            ``k_overrides``).
+
+    Raises:
+        MethodError: an invalid option (naming the field), or ``k > 0`` without a selector.
 
     Attempts keep the raw text in ``meta["raw"]``, the number of demos in ``meta["k"]`` and
     their ids in ``meta["demos"]``.
@@ -455,35 +510,74 @@ class DemoSolver(Solver):
         self,
         lm: Any,
         selector: Selector | None,
-        k: int = 4,
+        k: int | None = None,
         *,
-        k_overrides: dict[str, int] | None = None,
-        order: Order = "nearest_last",
-        prompt_format: PromptFormat = "auto",
-        answer_mode: AnswerMode = "generate",
-        max_tokens: int | None = None,
-        instructions: str | None = None,
-        temperature: float = 0.0,
-        seed: int = 0,
+        config: DemoConfig | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(lm)
-        if k < 0:
-            raise MethodError(f"demos: k must be >= 0, got {k}.")
-        if k > 0 and selector is None:
+        values = {**(config.model_dump() if config is not None else {}), **options}
+        if k is not None:
+            values["k"] = k
+        try:
+            self.config = DemoConfig.model_validate(values)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(x) for x in err.get("loc", ())) or "config"
+            raise MethodError(f"demos: bad option '{field}': {err.get('msg')}"
+                              f" (got {err.get('input')!r}).") from None
+        if self.config.k > 0 and selector is None:
             raise MethodError("demos: k > 0 needs a demo selector (e.g. knn or random).")
         self.selector = selector
-        self.k = k
-        self.k_overrides = dict(k_overrides or {})
-        self.order = order
-        self.prompt_format = prompt_format
-        self.answer_mode = answer_mode
-        self.max_tokens = max_tokens
-        self.instructions = instructions
-        self.temperature = temperature
-        self.seed = seed
+
+    # ---- the config's fields, read-only ------------------------------------------------
+    @property
+    def k(self) -> int:
+        """Demos per input (default)."""
+        return self.config.k
+
+    @property
+    def k_overrides(self) -> dict[str, int]:
+        """Per example id, a ``k`` that replaces the default."""
+        return self.config.k_overrides
+
+    @property
+    def order(self) -> Order:
+        """Demo order in the prompt."""
+        return self.config.order
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        """``chat``, ``completion`` or ``auto``."""
+        return self.config.prompt_format
+
+    @property
+    def answer_mode(self) -> AnswerMode:
+        """``generate`` or ``choices``."""
+        return self.config.answer_mode
+
+    @property
+    def max_tokens(self) -> int | None:
+        """Generation limit (None: the task's)."""
+        return self.config.max_tokens
+
+    @property
+    def instructions(self) -> str | None:
+        """The preamble (None: the task's)."""
+        return self.config.instructions
+
+    @property
+    def temperature(self) -> float:
+        """Sampling temperature."""
+        return self.config.temperature
+
+    @property
+    def seed(self) -> int:
+        """Sampling seed and seed of the ``random`` order."""
+        return self.config.seed
 
     # ---- how many demos, which, in what order ----------------------------------------
-    def ks_for(self, task: Any, examples: Sequence[Example]) -> list[int]:
+    def ks_for(self, task: Task, examples: Sequence[Example]) -> list[int]:
         """Demos per input: ``k_overrides`` where given, else ``k``. Subclasses allocate."""
         return [self.k_overrides.get(e.id, self.k) for e in examples]
 
@@ -508,15 +602,15 @@ class DemoSolver(Solver):
     # ---- prompt rendering ------------------------------------------------------------
     def uses_chat(self) -> bool:
         """Whether prompts are chat messages (else plain completion text)."""
-        if self.prompt_format == "auto":
-            return bool(getattr(self.lm, "chat", True))
-        return self.prompt_format == "chat"
+        return uses_chat(self.lm, self.prompt_format)
 
-    def request_for(self, task: Any, example: Example, demos: Sequence[Example]) -> Request:
-        """The request that asks ``example`` after ``demos`` (in the order given)."""
+    def request_for(self, task: Task, example: Example, demos: Sequence[Example]) -> Request:
+        """The request that asks ``example`` after ``demos`` (in the order given).
+
+        Rendered by :func:`metaskill.eval.solver.prompt_request`, the renderer every
+        prompting Solver shares.
+        """
         instructions = task.instructions if self.instructions is None else self.instructions
-        classify = getattr(task, "kind", "generative") != "generative"
-        max_tokens = answer_max_tokens(task, self.max_tokens)
         chat = self.uses_chat()
         choices = None
         if self.answer_mode == "choices":
@@ -527,25 +621,14 @@ class DemoSolver(Solver):
                     f"task '{task.name}' has none (use answer_mode 'generate')."
                 )
             choices = tuple(labels) if chat else tuple(f" {lab}" for lab in labels)
-        common = {"max_tokens": max_tokens, "temperature": self.temperature,
-                  "seed": self.seed, "choices": choices}
-        if chat:
-            msgs: list[Message] = []
-            head = f"{instructions}\n\n" if instructions else ""
-            for d in demos:
-                msgs.append(Message(role="user", content=head + task.render(d)))
-                msgs.append(Message(role="assistant", content=str(d.answer or "")))
-                head = ""
-            msgs.append(Message(role="user", content=head + task.render(example)))
-            return Request(messages=tuple(msgs), **common)
-        parts = [instructions] if instructions else []
-        parts += [task.demo(d) for d in demos]
-        parts.append(task.render(example))
-        stop = ("\n",) if classify else ("\n\n",)
-        return Request(prompt="\n\n".join(parts), stop=stop, **common)
+        return prompt_request(
+            task, example, demos, instructions, chat=chat,
+            max_tokens=answer_max_tokens(task, self.max_tokens),
+            temperature=self.temperature, seed=self.seed, choices=choices,
+        )
 
     def fitted_request(
-        self, task: Any, example: Example, demos: list[Example]
+        self, task: Task, example: Example, demos: list[Example]
     ) -> tuple[Request, list[Example]]:
         """:meth:`request_for`, dropping the least relevant demos until the prompt fits."""
         window = getattr(self.lm, "context_window", None)
@@ -560,19 +643,19 @@ class DemoSolver(Solver):
         return req, demos
 
     def build_requests(
-        self, task: Any, examples: Sequence[Example], ks: Sequence[int] | None = None
+        self, task: Task, examples: Sequence[Example], ks: Sequence[int] | None = None
     ) -> list[tuple[Request, list[Example]]]:
         """One request per input (with the demos it shows); reusable by wrapper methods."""
         ks = self.ks_for(task, examples) if ks is None else list(ks)
         demos = self.demos_for(examples, ks)
         return [self.fitted_request(task, e, d) for e, d in zip(examples, demos, strict=True)]
 
-    def prompt_tokens(self, task: Any, example: Example, k: int) -> int:
+    def prompt_tokens(self, task: Task, example: Example, k: int) -> int:
         """Prompt tokens of ``example`` with ``k`` demos (used to price ``k``)."""
         req, _ = self.build_requests(task, [example], [k])[0]
         return int(self.lm.count_tokens(self.lm.prompt_of(req)))
 
-    def postprocess(self, task: Any, text: str) -> str:
+    def postprocess(self, task: Task, text: str) -> str:
         """The answer text: stripped; the first non-empty line for classification tasks."""
         text = text.strip()
         if getattr(task, "kind", "generative") != "generative":
@@ -580,7 +663,7 @@ class DemoSolver(Solver):
         return text
 
     # ---- the Solver verbs --------------------------------------------------------------
-    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+    def solve(self, task: Task, examples: list[Example]) -> list[Attempt]:
         """Answer each example with its own demos; ``meta`` has ``k`` and ``demos`` (ids)."""
         built = self.build_requests(task, examples)
         requests = [r for r, _ in built]
@@ -617,31 +700,23 @@ class DemoSolver(Solver):
     def state(self) -> dict[str, Any]:
         return {
             "selector": self.selector.to_json() if self.selector is not None else None,
-            "k": self.k,
-            "k_overrides": dict(self.k_overrides),
-            "order": self.order,
-            "prompt_format": self.prompt_format,
-            "answer_mode": self.answer_mode,
-            "max_tokens": self.max_tokens,
-            "instructions": self.instructions,
-            "temperature": self.temperature,
-            "seed": self.seed,
+            **self.config.model_dump(mode="json"),
         }
 
     @classmethod
     def options_from_state(cls, state: dict[str, Any]) -> dict[str, Any]:
-        """Constructor keyword arguments (besides lm and selector) from a state dict."""
-        return {
-            "k": state.get("k", 0),
-            "k_overrides": state.get("k_overrides") or {},
-            "order": state.get("order", "nearest_last"),
-            "prompt_format": state.get("prompt_format", "auto"),
-            "answer_mode": state.get("answer_mode", "generate"),
-            "max_tokens": state.get("max_tokens"),
-            "instructions": state.get("instructions"),
-            "temperature": state.get("temperature", 0.0),
-            "seed": state.get("seed", 0),
-        }
+        """Constructor keyword arguments (besides lm and selector) from a state dict.
+
+        The :class:`DemoConfig` fields the state holds (``k`` 0 where absent); other keys
+        (a subclass's own state) are left out.
+
+        Example:
+            >>> DemoSolver.options_from_state({"k": 2, "weight": 0.5})
+            {'k': 2}
+        """
+        opts = {name: state[name] for name in DemoConfig.model_fields if name in state}
+        opts.setdefault("k", 0)
+        return opts
 
     @classmethod
     def from_state(cls, state: dict[str, Any], lm: Any) -> DemoSolver:

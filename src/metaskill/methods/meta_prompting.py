@@ -342,6 +342,6 @@ class MetaPrompting(Method):
                 "dev_accuracy": sum(scores) / len(scores),
                 "fallbacks": sum(a.meta.get("fallback") is not None for a in attempts),
                 "fallback_rate": fallback_rate(attempts),
-                "mean_rounds": sum(a.meta["rounds"] for a in attempts) / len(attempts),
+                "mean_rounds": sum(a.meta.get("rounds", 0) for a in attempts) / len(attempts),
             })
         return wrapped

@@ -317,8 +317,8 @@ class SelfRefine(Method):
             attempts, scores = run_solver(wrapped, task, dev_set, self.report,
                                           progress=self.resources.progress,
                                           label="self_refine dev")
-            firsts = task.verifier.verify_batch([a.meta["first_answer"] for a in attempts],
-                                                dev_set)
+            firsts = task.verifier.verify_batch(
+                [a.meta.get("first_answer", a.output) for a in attempts], dev_set)
             self.report.notes.update({
                 "dev_accuracy": sum(scores) / len(scores),
                 "inner_dev_accuracy": sum(v.score for v in firsts) / len(firsts),

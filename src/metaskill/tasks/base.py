@@ -5,8 +5,7 @@ A :class:`Task` is a named, versioned set of Examples with splits, a prompt temp
 :class:`Verdict` (score in [0, 1], a short reason, and the answer it parsed).
 
 Example:
-    >>> from metaskill.core.guard import check_examples
-from metaskill.core.types import Example
+    >>> from metaskill.core.types import Example
     >>> class Exact(Verifier):
     ...     name = "exact"
     ...     def verify(self, output, example):
@@ -26,6 +25,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from metaskill.core.guard import check_examples
 from metaskill.core.types import Example
 
 
@@ -69,6 +69,30 @@ class Verifier(ABC):
     def verify_batch(self, outputs: list[str], examples: list[Example]) -> list[Verdict]:
         """Judge many outputs; verifiers that batch (an LM judge) override this."""
         return [self.verify(o, e) for o, e in zip(outputs, examples, strict=True)]
+
+    def parse(self, output: str, example: Example) -> str | None:
+        """The answer this verifier reads in ``output``, WITHOUT looking at the reference.
+
+        Methods compare answers through it (self-consistency's vote, AdaptMI's agreement
+        gate), so "Positive." and "positive" count as one answer. None means the verifier
+        reads no answer in the output (callers then fall back to the output's own text);
+        a verifier that knows the output names no answer (a label verifier) returns "".
+
+        The default is the ``parsed`` field of a verdict against a copy of ``example``
+        with its reference (``answer`` and ``metadata["answers"]``) removed; verifiers
+        that parse override it. It may raise where a verifier cannot judge without a
+        reference.
+
+        Example:
+            >>> class Stripped(Verifier):
+            ...     def verify(self, output, example):
+            ...         return Verdict(score=0.0, parsed=output.strip())
+            >>> Stripped().parse(" 4 ", Example(id="1", input="2+2", answer="4"))
+            '4'
+        """
+        meta = {k: v for k, v in example.metadata.items() if k != "answers"}
+        blind = example.model_copy(update={"answer": None, "metadata": meta})
+        return self.verify(output, blind).parsed
 
     def to_spec(self) -> dict[str, Any]:
         """A JSON-able description from which the verifier can be rebuilt."""

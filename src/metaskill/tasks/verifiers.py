@@ -139,12 +139,21 @@ class ExactVerifier(_Spec):
     def _norm(self, text: str) -> str:
         return normalize(text, casefold=self.casefold, strip_punct=self.strip_punct)
 
-    def verify(self, output: str, example: Example) -> Verdict:
-        """Score 1 if the normalized output equals a normalized reference."""
+    def parse(self, output: str, example: Example) -> str | None:
+        """The normalized output (its first non-empty line with ``first_line``).
+
+        Example:
+            >>> ExactVerifier(first_line=True).parse("\\n Paris.\\nis", Example(id="1", input=""))
+            'paris'
+        """
         text = output
         if self.first_line:
             text = next((ln for ln in output.splitlines() if ln.strip()), "")
-        got = self._norm(text)
+        return self._norm(text)
+
+    def verify(self, output: str, example: Example) -> Verdict:
+        """Score 1 if the normalized output equals a normalized reference."""
+        got = self.parse(output, example) or ""
         refs = references(example)
         ok = any(got == self._norm(r) for r in refs)
         reason = "exact match" if ok else f"'{_clip(got)}' != '{_clip(refs[0] if refs else '')}'"
@@ -165,11 +174,12 @@ class LabelVerifier(_Spec):
     labels: list[str] | None = None
     aliases: dict[str, list[str]] = field(default_factory=dict)
 
-    def parse(self, output: str, labels: list[str]) -> str | None:
+    def find_label(self, output: str, labels: list[str]) -> str | None:
         """The label whose word (or alias) appears first in ``output``, else None.
 
         Example:
-            >>> LabelVerifier().parse("It is Positive, not negative", ["negative", "positive"])
+            >>> LabelVerifier().find_label("It is Positive, not negative",
+            ...                            ["negative", "positive"])
             'positive'
         """
         best: tuple[int, int, str] | None = None
@@ -183,6 +193,20 @@ class LabelVerifier(_Spec):
                     best = (m.start(), -len(word), label)
         return best[2] if best else None
 
+    def parse(self, output: str, example: Example) -> str | None:
+        """The label ``output`` names ("" if none; None if there are no labels to read).
+
+        Example:
+            >>> LabelVerifier(["no", "yes"]).parse("Yes, it is.", Example(id="1", input=""))
+            'yes'
+            >>> LabelVerifier(["no", "yes"]).parse("maybe", Example(id="1", input=""))
+            ''
+        """
+        labels = self.labels or example.metadata.get("choices")
+        if not labels:
+            return None
+        return self.find_label(output, [str(x) for x in labels]) or ""
+
     def verify(self, output: str, example: Example) -> Verdict:
         """Score 1 if the first label word in ``output`` is the reference label."""
         labels = self.labels or example.metadata.get("choices")
@@ -191,7 +215,7 @@ class LabelVerifier(_Spec):
                 f"verifier '{self.name}' has no labels for example '{example.id}'; "
                 "give the verifier labels or the example metadata['choices']."
             )
-        got = self.parse(output, [str(x) for x in labels])
+        got = self.find_label(output, [str(x) for x in labels])
         if got is None:
             return Verdict(score=0.0, reason="no label word in output "
                            f"(labels: {_clip(', '.join(map(str, labels)), 80)})", parsed=None)
@@ -259,6 +283,16 @@ class NumericVerifier(_Spec):
     abs_tol: float = 1e-6
     rel_tol: float = 0.0
 
+    def parse(self, output: str, example: Example) -> str | None:
+        """The output's number (``#### N``, else the last one), None if it has none.
+
+        Example:
+            >>> NumericVerifier().parse("so 3 + 4 = 7.0", Example(id="1", input=""))
+            '7'
+        """
+        got = parse_number(output)
+        return None if got is None else f"{got:g}"
+
     def verify(self, output: str, example: Example) -> Verdict:
         """Score 1 if the parsed number is within tolerance of the reference number."""
         ref = parse_number(example.answer or "")
@@ -287,6 +321,20 @@ class MathVerifier(_Spec):
     float_rounding: int = 6
     timeout_s: int = 5
 
+    def _timeout(self) -> int | None:
+        main = threading.current_thread() is threading.main_thread()
+        return self.timeout_s if main else None
+
+    def parse(self, output: str, example: Example) -> str | None:
+        """The output's final math answer as math-verify reads it (None if none)."""
+        try:
+            from math_verify import parse
+        except ImportError:
+            raise TaskError("the 'math' verifier needs math-verify; pip install math-verify"
+                            ) from None
+        pred = parse(output, parsing_timeout=self._timeout())
+        return str(pred[-1]) if pred else None
+
     def verify(self, output: str, example: Example) -> Verdict:
         """Score 1 if the output's final answer is equivalent to the reference."""
         try:
@@ -295,8 +343,7 @@ class MathVerifier(_Spec):
             raise TaskError("the 'math' verifier needs math-verify; pip install math-verify"
                             ) from None
         ref = (example.answer or "").strip()
-        main = threading.current_thread() is threading.main_thread()
-        timeout = self.timeout_s if main else None
+        timeout = self._timeout()
         # A bare reference ("\\frac{1}{2}", "\\$32,\\!348") parses best inside $...$;
         # one that is already boxed or delimited parses as it is.
         tries = [ref] if ref.startswith("$") or "\\boxed" in ref else [
@@ -346,6 +393,24 @@ class RegexVerifier(_Spec):
         except re.error as e:
             raise TaskError(f"regex verifier pattern {self.pattern!r} is invalid: {e}.") from None
 
+    def parse(self, output: str, example: Example) -> str | None:
+        """``extract`` mode: the text the pattern pulls out (None if none); ``match``
+        mode reads no answer (None).
+
+        Example:
+            >>> RegexVerifier(pattern=r"Answer: (\\w+)").parse("Answer: B",
+            ...                                              Example(id="1", input=""))
+            'B'
+        """
+        if self.mode == "match":
+            return None
+        flags = re.IGNORECASE if self.ignore_case else 0
+        matches = list(re.finditer(self.pattern, output, flags))
+        if not matches:
+            return None
+        m = matches[-1] if self.which == "last" else matches[0]
+        return (m.group(1) if m.re.groups else m.group(0)) or ""
+
     def verify(self, output: str, example: Example) -> Verdict:
         """Score by extraction-and-compare or by match (see the class docstring)."""
         flags = re.IGNORECASE if self.ignore_case else 0
@@ -357,12 +422,9 @@ class RegexVerifier(_Spec):
                 if m:
                     return Verdict(score=1.0, reason="pattern matched", parsed=m.group(0))
             return Verdict(score=0.0, reason="pattern did not match", parsed=None)
-        matches = list(re.finditer(self.pattern, output, flags))
-        if not matches:
+        got = self.parse(output, example)
+        if got is None:
             return Verdict(score=0.0, reason="pattern found nothing in output", parsed=None)
-        m = matches[-1] if self.which == "last" else matches[0]
-        got = m.group(1) if m.re.groups else m.group(0)
-        got = got or ""
         ok = any(normalize(got) == normalize(r) for r in references(example))
         return Verdict(score=float(ok), reason=f"extracted '{_clip(got)}'"
                        + ("" if ok else f", expected '{_clip(example.answer or '')}'"), parsed=got)
@@ -417,6 +479,10 @@ class CodeVerifier(_Spec):
     timeout_s: float = 10.0
     mem_mb: int = 512
     site_packages: bool = False
+
+    def parse(self, output: str, example: Example) -> str | None:
+        """The program in ``output`` (its last fenced block), without running it."""
+        return _clip(extract_code(output), 2000)
 
     def verify(self, output: str, example: Example) -> Verdict:
         """Execute and score (1 = tests pass / output matches)."""
@@ -512,6 +578,10 @@ class JudgeVerifier(_Spec):
             return Request(messages=messages, max_tokens=self.max_tokens, temperature=0.0)
         prompt = "\n\n".join(m["content"] for m in messages) + "\n"
         return Request(prompt=prompt, max_tokens=self.max_tokens, temperature=0.0)
+
+    def parse(self, output: str, example: Example) -> str | None:
+        """None: a judge grades answers but reads none (and is not asked here)."""
+        return None
 
     def verify(self, output: str, example: Example) -> Verdict:
         """Ask the judge LM once (plus retries) and parse its score."""
