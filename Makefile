@@ -1,5 +1,6 @@
 # make run  : create .venv if missing, install what the main job needs, run it on the embedded model
-# make test : the same set-up plus test tools and every extra, then the whole test suite
+# make test : the same set-up plus test tools and every extra, then the import contracts
+#             (lint-imports, see [tool.importlinter] in pyproject.toml) and the whole test suite
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -26,6 +27,7 @@ run: $(VENV)/.run-deps
 	$(VENV)/bin/metaskill run --time-budget 14 --out metaskill-run
 
 test: $(VENV)/.test-deps
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest tests src/metaskill -q -p no:cacheprovider
 
 lint: $(VENV)/.test-deps

@@ -201,7 +201,7 @@ def test_resume_of_sqlite_kill_mid_batch(tmp_path):
     def flaky(run_id, records, totals, status=None):
         n["calls"] += 1
         if n["calls"] == 2:
-            conn = store._conn()
+            conn = store._db.get()
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
                 "INSERT INTO records(run_id, example_id, idx, score, error, data) "
@@ -372,7 +372,7 @@ def test_resume_refused_while_another_live_process_owns_the_run(tmp_path):
     try:
         import socket
 
-        conn = store._conn()
+        conn = store._db.get()
         conn.execute("UPDATE runs SET status='running', owner=? WHERE id='own'",
                      (f"{socket.gethostname()}:{other.pid}",))
         with pytest.raises(MetaskillError, match="being evaluated right now"):

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from metaskill.lm.cache import Cache, stable_hash
+from metaskill.core.hashing import stable_hash
+from metaskill.lm.cache import Cache
 
 WORKER = textwrap.dedent(
     """
@@ -48,7 +49,7 @@ def test_two_processes_write_and_read_one_file(tmp_path):
         for i in range(n):
             assert c.get(f"{who}-{i}") == {"who": who, "i": i, "usage": {"prompt_tokens": i}}
     # The WAL journal is on, so readers never block the writer.
-    mode = c._conn().execute("PRAGMA journal_mode").fetchone()[0]
+    mode = c._db.get().execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
+import pkgutil
 from typing import Any, ClassVar
 
 import pytest
@@ -13,6 +16,7 @@ from metaskill.core.types import Example
 from metaskill.eval.harness import evaluate
 from metaskill.eval.solver import Attempt, Solver
 from metaskill.eval.solvers import (
+    METHOD_SOLVER_KINDS,
     SOLVERS,
     KShot,
     LikelihoodClassifier,
@@ -284,6 +288,23 @@ def test_registry_accepts_new_kinds_and_load_solver_rebuilds_them():
 
     with pytest.raises(MetaskillError, match="already registered"):
         register_solver(Other)
+
+
+def test_every_solver_kind_a_method_makes_is_known_to_load_solver():
+    import metaskill.methods
+
+    made: dict[str, str] = {}
+    for info in pkgutil.iter_modules(metaskill.methods.__path__):
+        module = importlib.import_module(f"metaskill.methods.{info.name}")
+        for name, cls in vars(module).items():
+            if (inspect.isclass(cls) and issubclass(cls, Solver)
+                    and cls.__module__ == module.__name__ and "kind" in cls.__dict__):
+                made[cls.kind] = f"{module.__name__}:{name}"
+    assert made == METHOD_SOLVER_KINDS
+    assert set(made) >= {"demos", "dynaicl", "raml", "self_consistency", "self_refine",
+                         "adaptmi", "meta_prompting", "multi_critique"}
+    for kind in made:
+        assert SOLVERS.get(kind).kind == kind
 
 
 def test_solver_from_name():

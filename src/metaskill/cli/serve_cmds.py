@@ -66,7 +66,7 @@ def serve_cmd(
         "--no-cache", help="Neither read nor write the LM cache.")] = False,
 ) -> None:
     """Serve a saved Solver as an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
-    from metaskill.serve.app import ServeLimits, check_binding, create_app
+    from metaskill.serve.app import ServeLimits, check_binding
 
     check_binding(host, token)  # before anything slow: refuse an open bind at once
     if not 0 < port < 65536:
@@ -80,6 +80,7 @@ def serve_cmd(
         raise MetaskillError("serving needs fastapi and uvicorn; install them with "
                              "pip install 'metaskill[serve]'.") from None
     from metaskill.lm import load_lm
+    from metaskill.serve.asgi import create_app
     from metaskill.serve.server import load_served_solver
 
     spec = model

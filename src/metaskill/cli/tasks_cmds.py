@@ -148,7 +148,7 @@ def validate(
     file: Annotated[Path, typer.Argument(help="A YAML task file.")],
 ) -> None:
     """Check a task file (schema, data, fields, template, labels, splits); exit 1 if bad."""
-    from metaskill.tasks.taskfile import validate_task_file
+    from metaskill.tasks.registry import validate_task_file
 
     t = validate_task_file(file, registry=_registry())
     sizes = ", ".join(f"{k}={len(v)}" for k, v in t.splits.items())

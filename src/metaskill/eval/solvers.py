@@ -20,8 +20,12 @@ Answer extraction (``extract``): ``first_line`` keeps the first non-empty line o
 output, ``full`` keeps all of it, ``auto`` uses ``first_line`` for classification and
 multiple-choice tasks and ``full`` for generative ones.
 
-New Solver kinds (methods) register with :func:`register_solver`; :func:`load_solver`
-then rebuilds them from their JSON, and the harness runs them like any other.
+:data:`SOLVERS` knows every kind :func:`load_solver` can rebuild: the built-ins above, and
+the kinds the methods layer produces as lazy ``"module:Class"`` targets
+(:data:`METHOD_SOLVER_KINDS`), so the eval layer never imports a method until a saved
+Solver of that kind is loaded. A new kind registers with :func:`register_solver` (a method
+shipped with metaskill adds its target to :data:`METHOD_SOLVER_KINDS` instead, so its
+saved Solvers reload without importing it first).
 
 Example:
     >>> from metaskill.lm.fake import ScriptedLM
@@ -62,7 +66,26 @@ if TYPE_CHECKING:
     from metaskill.tasks.base import Task
 
 SOLVERS: Registry[type[Solver]] = Registry("solver")
-"""Solver kind -> Solver class. Register new kinds with :func:`register_solver`."""
+"""Solver kind -> Solver class (or lazy ``"module:Class"`` target)."""
+
+METHOD_SOLVER_KINDS: dict[str, str] = {
+    "demos": "metaskill.methods.demos:DemoSolver",
+    "dynaicl": "metaskill.methods.dynaicl:DynaICLSolver",
+    "raml": "metaskill.methods.raml:RamlSolver",
+    "self_consistency": "metaskill.methods.self_consistency:SelfConsistencySolver",
+    "self_refine": "metaskill.methods.self_refine:SelfRefineSolver",
+    "adaptmi": "metaskill.methods.adaptmi:AdaptMISolver",
+    "meta_prompting": "metaskill.methods.meta_prompting:MetaPromptingSolver",
+    "multi_critique": "metaskill.methods.multi_critique:MultiCritiqueSolver",
+}
+"""Solver kinds the methods layer produces -> lazy targets, registered into :data:`SOLVERS`.
+
+Strings, not imports: the harness loads a method's module only when a saved Solver of its
+kind is rebuilt, and the eval layer keeps no import of the methods layer above it.
+"""
+
+for _kind, _target in METHOD_SOLVER_KINDS.items():
+    SOLVERS.register(_kind, _target)
 
 S = TypeVar("S", bound=type[Solver])
 
@@ -85,6 +108,8 @@ def register_solver(cls: S) -> S:
         True
     """
     kind = cls.kind
+    if METHOD_SOLVER_KINDS.get(kind) == f"{cls.__module__}:{cls.__qualname__}":
+        return cls  # already known as a lazy target (resolving it now would re-enter)
     if kind in SOLVERS:
         old = SOLVERS.get(kind)
         if (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__):
@@ -457,10 +482,7 @@ def load_solver(
             f"{where} has schema_version {version}; this metaskill reads up to "
             f"{SCHEMA_VERSION}. Upgrade metaskill."
         )
-    kind = str(data["kind"])
-    if kind not in SOLVERS:
-        _discover_solver_kinds()
-    cls = SOLVERS.get(kind)
+    cls = SOLVERS.get(str(data["kind"]))
     if lm is None:
         spec = data.get("model")
         if not spec:
@@ -471,22 +493,6 @@ def load_solver(
             lm_loader = load_lm
         lm = lm_loader(str(spec))
     return cls.from_state(dict(data.get("state") or {}), lm)
-
-
-def _discover_solver_kinds() -> None:
-    """Let installed method packages register their Solver kinds (lazy ``module:Class``).
-
-    ``metaskill.methods`` registers the kinds its methods produce into :data:`SOLVERS` when
-    imported; importing it only here, when a JSON names a kind not yet known, keeps the
-    eval layer free of a static dependency on the methods layer.
-    """
-    import importlib
-
-    try:
-        importlib.import_module("metaskill.methods")
-    except ModuleNotFoundError as e:
-        if e.name != "metaskill.methods":
-            raise
 
 
 def save_solver(solver: Solver, path: str | Path) -> Path:
@@ -508,6 +514,7 @@ def save_solver(solver: Solver, path: str | Path) -> Path:
 
 
 __all__ = [
+    "METHOD_SOLVER_KINDS",
     "SOLVERS",
     "KShot",
     "LikelihoodClassifier",

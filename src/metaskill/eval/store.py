@@ -33,7 +33,6 @@ import os
 import secrets
 import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from metaskill.core.errors import MetaskillError, NotFoundError
-from metaskill.core.sqlite import connect_wal
+from metaskill.core.sqlite import ThreadConnections
 from metaskill.eval.run import Record, Run, RunStatus, Totals, skill_stats
 
 STORE_SCHEMA_VERSION = 1
@@ -147,10 +146,8 @@ class RunStore:
 
     def __init__(self, path: str | Path, timeout_s: float = 30.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._timeout = timeout_s
-        self._local = threading.local()
-        conn = self._conn()
+        self._db = ThreadConnections(path, timeout_s, label="run store")
+        conn = self._db.get()
         conn.executescript(_SCHEMA)
         cols = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
         if "owner" not in cols:  # a store made before the owner column existed
@@ -171,20 +168,10 @@ class RunStore:
 
         return cls((settings or Settings.from_env()).runs_path)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = connect_wal(self.path, self._timeout)
-            except sqlite3.DatabaseError as e:
-                raise MetaskillError(f"cannot open run store {self.path}: {e}.") from e
-            self._local.conn = conn
-        return conn
-
     # ---- writing ------------------------------------------------------------------
     def create(self, run: Run) -> Run:
         """Insert a new run (without records) and return it."""
-        conn = self._conn()
+        conn = self._db.get()
         try:
             conn.execute(
                 f"INSERT INTO runs({_RUN_COLS}, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -214,9 +201,7 @@ class RunStore:
              r.model_dump_json())
             for r in records
         ]
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO records(run_id, example_id, idx, score, error, data) "
                 "VALUES (?,?,?,?,?,?)",
@@ -228,10 +213,6 @@ class RunStore:
             if status is not None:
                 conn.execute("UPDATE runs SET status=?, updated=? WHERE id=?",
                              (status, now, run_id))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def claim(self, run_id: str) -> None:
         """Mark a run as being evaluated by this process (refused if another live one is).
@@ -244,9 +225,7 @@ class RunStore:
             MetaskillError: another live process on this machine owns the run.
         """
         me = owner_id()
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             row = conn.execute("SELECT status, owner FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 raise NotFoundError(f"unknown run '{run_id}' in {self.path}.")
@@ -258,15 +237,11 @@ class RunStore:
                 )
             conn.execute("UPDATE runs SET status='running', owner=?, updated=? WHERE id=?",
                          (me, time.time(), run_id))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def recount(self, run_id: str) -> Totals:
         """The run's totals recomputed from its stored records (wall time kept)."""
         rid = self.resolve(run_id)
-        conn = self._conn()
+        conn = self._db.get()
         wall = self.get(rid, records=False).totals.wall_s
         recs = [Record.model_validate_json(d) for (d,) in conn.execute(
             "SELECT data FROM records WHERE run_id=?", (rid,))]
@@ -274,22 +249,16 @@ class RunStore:
 
     def set_status(self, run_id: str, status: RunStatus, note: str = "") -> None:
         """Set a run's status (and why, for failed or interrupted runs)."""
-        self._conn().execute("UPDATE runs SET status=?, note=?, updated=? WHERE id=?",
+        self._db.get().execute("UPDATE runs SET status=?, note=?, updated=? WHERE id=?",
                              (status, note, time.time(), run_id))
 
     def delete(self, run_id: str) -> None:
         """Delete a run and its records."""
         rid = self.resolve(run_id)
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             conn.execute("DELETE FROM records WHERE run_id=?", (rid,))
             conn.execute("DELETE FROM progress WHERE run_id=?", (rid,))
             conn.execute("DELETE FROM runs WHERE id=?", (rid,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     # ---- reading ------------------------------------------------------------------
     def resolve(self, run_id: str) -> str:
@@ -299,7 +268,7 @@ class RunStore:
             NotFoundError: no run matches (close ids are suggested).
             MetaskillError: the prefix matches several runs.
         """
-        conn = self._conn()
+        conn = self._db.get()
         if conn.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone():
             return run_id
         like = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -331,7 +300,7 @@ class RunStore:
     def get(self, run_id: str, records: bool = True) -> Run:
         """A run (by id or unique id prefix), with its records in selection order."""
         rid = self.resolve(run_id)
-        conn = self._conn()
+        conn = self._db.get()
         row = conn.execute(f"{_SELECT} WHERE r.id=?", (rid,)).fetchone()
         run = self._run(row)
         if records:
@@ -345,7 +314,7 @@ class RunStore:
     def done_ids(self, run_id: str) -> set[str]:
         """Ids of the examples of a run that already have a record."""
         rid = self.resolve(run_id)
-        return {r[0] for r in self._conn().execute(
+        return {r[0] for r in self._db.get().execute(
             "SELECT example_id FROM records WHERE run_id=?", (rid,))}
 
     def list(self, task: str | None = None, limit: int | None = None) -> list[Run]:
@@ -359,7 +328,7 @@ class RunStore:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
-        return [self._run(r) for r in self._conn().execute(sql, args)]
+        return [self._run(r) for r in self._db.get().execute(sql, args)]
 
     def compare(self, run_ids: Sequence[str]) -> Comparison:
         """Overall and per-skill accuracy of runs side by side, with deltas vs the first.
@@ -407,10 +376,7 @@ class RunStore:
 
     def close(self) -> None:
         """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._db.close()
 
 
 __all__ = ["Comparison", "RunStore", "SkillDelta", "new_run_id", "skill_stats"]

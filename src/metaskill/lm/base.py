@@ -23,8 +23,9 @@ from pydantic import ValidationError
 
 from metaskill.core.errors import InvalidParameterError
 from metaskill.core.guard import active_guard, check_text
+from metaskill.core.hashing import stable_hash
 from metaskill.core.types import Completion, Message, Request, Sample, Usage
-from metaskill.lm.cache import Cache, stable_hash
+from metaskill.lm.cache import Cache
 
 
 def as_request(obj: Request | dict[str, Any]) -> Request:

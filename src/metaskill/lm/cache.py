@@ -13,15 +13,13 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from metaskill.core.sqlite import connect_wal
+from metaskill.core.hashing import stable_hash
+from metaskill.core.sqlite import ThreadConnections
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -31,12 +29,6 @@ CREATE TABLE IF NOT EXISTS entries (
     created REAL NOT NULL
 );
 """
-
-
-def stable_hash(obj: Any) -> str:
-    """SHA-256 of the canonical JSON of ``obj``."""
-    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(data.encode()).hexdigest()
 
 
 class Cache:
@@ -49,28 +41,18 @@ class Cache:
 
     def __init__(self, path: str | Path, timeout_s: float = 30.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._timeout = timeout_s
-        self._local = threading.local()
-        conn = self._conn()
-        conn.executescript(_SCHEMA)
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect_wal(self.path, self._timeout)
-            self._local.conn = conn
-        return conn
+        self._db = ThreadConnections(path, timeout_s)
+        self._db.get().executescript(_SCHEMA)
 
     def get(self, key: str) -> Any | None:
         """The value stored under ``key`` (a fresh object), or None."""
-        row = self._conn().execute("SELECT value FROM entries WHERE key=?", (key,)).fetchone()
+        row = self._db.get().execute("SELECT value FROM entries WHERE key=?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         """Values for those of ``keys`` that are stored."""
         out: dict[str, Any] = {}
-        conn = self._conn()
+        conn = self._db.get()
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))
@@ -90,21 +72,15 @@ class Cache:
             return
         now = time.time()
         rows = [(k, json.dumps(v, ensure_ascii=False), model, now) for k, v in items]
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO entries(key, value, model, created) VALUES (?,?,?,?)",
                 rows,
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def delete(self, keys: list[str]) -> int:
         """Delete the entries under ``keys``; returns how many existed."""
-        conn = self._conn()
+        conn = self._db.get()
         n = 0
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
@@ -116,7 +92,7 @@ class Cache:
 
     def stats(self) -> dict[str, Any]:
         """Entry counts per model, total entries and file size in bytes."""
-        conn = self._conn()
+        conn = self._db.get()
         per_model = dict(
             conn.execute("SELECT model, COUNT(*) FROM entries GROUP BY model ORDER BY 2 DESC")
         )
@@ -134,7 +110,7 @@ class Cache:
 
     def clear(self, model: str | None = None) -> int:
         """Delete all entries (or those of one model); returns how many were deleted."""
-        conn = self._conn()
+        conn = self._db.get()
         if model is None:
             cur = conn.execute("DELETE FROM entries")
         else:
@@ -144,7 +120,9 @@ class Cache:
 
     def close(self) -> None:
         """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._db.close()
+
+
+# ``stable_hash`` lives in metaskill.core.hashing; re-exported until its last importers
+# (cli/train_cmds.py, pipeline/main_job.py) import it from there.
+__all__ = ["Cache", "stable_hash"]

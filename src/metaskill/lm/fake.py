@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from metaskill.core.hashing import stable_hash
 from metaskill.core.types import Completion, Request, Sample, Usage
 from metaskill.lm.base import LM
-from metaskill.lm.cache import Cache, stable_hash
+from metaskill.lm.cache import Cache
 
 Responder = Callable[[str, Request], str]
 

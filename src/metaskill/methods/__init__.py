@@ -24,7 +24,8 @@ Writing a method (the conventions :func:`~metaskill.methods.compose.build_method
 * ``fit`` returns a NEW Solver, fills ``self.report`` (usage, ``lm_calls``, and
   ``notes["dev_accuracy"]`` when it scored dev), and raises
   :class:`~metaskill.core.errors.MethodError` naming the method and the missing piece;
-* a new Solver kind goes into :data:`SOLVER_KINDS` (lazily) so saved Solvers reload;
+* a new Solver kind goes into :data:`metaskill.eval.solvers.METHOD_SOLVER_KINDS` (a lazy
+  ``"module:Class"`` target) so saved Solvers reload without importing this package;
 * register the method here, lazily, so ``metaskill methods ls`` lists it.
 
 Example:
@@ -59,36 +60,6 @@ _TARGETS = {
 for _name, _target in _TARGETS.items():
     METHODS.register(_name, _target)
 
-#: Solver kinds produced by methods, for :func:`register_solver_kinds`.
-SOLVER_KINDS = {
-    "demos": "metaskill.methods.demos:DemoSolver",
-    "dynaicl": "metaskill.methods.dynaicl:DynaICLSolver",
-    "raml": "metaskill.methods.raml:RamlSolver",
-    "self_consistency": "metaskill.methods.self_consistency:SelfConsistencySolver",
-    "self_refine": "metaskill.methods.self_refine:SelfRefineSolver",
-    "adaptmi": "metaskill.methods.adaptmi:AdaptMISolver",
-    "meta_prompting": "metaskill.methods.meta_prompting:MetaPromptingSolver",
-    "multi_critique": "metaskill.methods.multi_critique:MultiCritiqueSolver",
-}
-
-
-def register_solver_kinds(registry: Registry[Any]) -> None:
-    """Add the Solver kinds that methods produce to a Solver registry (lazily, idempotently).
-
-    The harness's ``SOLVERS`` registry calls this (or lists the same targets) so that
-    ``load_solver`` can rebuild a saved adapted Solver without importing any method.
-
-    Example:
-        >>> r: Registry[Any] = Registry("solver")
-        >>> register_solver_kinds(r); register_solver_kinds(r)
-        >>> "demos" in r
-        True
-    """
-    for kind, target in SOLVER_KINDS.items():
-        if kind not in registry:
-            registry.register(kind, target)
-
-
 def method_available(name: str) -> tuple[bool, str]:
     """Whether method ``name`` can be imported, and a one-line description or the reason not.
 
@@ -104,17 +75,4 @@ def method_available(name: str) -> tuple[bool, str]:
     return True, doc[0] if doc else ""
 
 
-def _register_with_harness() -> None:
-    """Make ``metaskill.eval.solvers.load_solver`` know the kinds methods produce."""
-    try:
-        from metaskill.eval.solvers import SOLVERS
-    except ModuleNotFoundError as e:  # the harness is not installed in this tree
-        if e.name != "metaskill.eval.solvers":
-            raise
-        return
-    register_solver_kinds(SOLVERS)
-
-
-_register_with_harness()
-
-__all__ = ["METHODS", "SOLVER_KINDS", "method_available", "register_solver_kinds"]
+__all__ = ["METHODS", "method_available"]

@@ -6,7 +6,8 @@ use the improved model. See :mod:`metaskill.serve.app` for how a chat request be
 Solver call (last user message = input; system prompt passed through; earlier turns
 dropped unless ``--history``) and for the error bodies and limits.
 
-FastAPI and uvicorn are imported only when an app is built (the ``serve`` extra).
+FastAPI and uvicorn are imported only when an app is built (the ``serve`` extra):
+``create_app`` (from :mod:`metaskill.serve.asgi`) is imported on first use.
 
 Example:
     >>> from metaskill.serve import ServeLimits
@@ -14,15 +15,27 @@ Example:
     4
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from metaskill.serve.app import (
     ApiError,
     ServeLimits,
     chat_task,
     check_binding,
-    create_app,
     parse_chat_request,
 )
 from metaskill.serve.server import ServedSolver, ServerThread, free_port, load_served_solver
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":  # the ASGI side imports fastapi: only on first use
+        from metaskill.serve.asgi import create_app
+
+        return create_app
+    raise AttributeError(f"module 'metaskill.serve' has no attribute '{name}'")
+
 
 __all__ = [
     "ApiError",

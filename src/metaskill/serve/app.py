@@ -1,7 +1,10 @@
 """An OpenAI-compatible HTTP server that applies a saved Solver in front of any LM backend.
 
-``create_app(solver, task, ...)`` returns a FastAPI app with ``POST /v1/chat/completions``
-(streaming and not), ``GET /v1/models``, ``GET /v1/models/{id}`` and ``GET /health``.
+:func:`metaskill.serve.asgi.create_app` returns a FastAPI app with
+``POST /v1/chat/completions`` (streaming and not), ``GET /v1/models``,
+``GET /v1/models/{id}`` and ``GET /health``. This module holds what does not need FastAPI:
+parsing a chat request, the Solver service (one worker thread), errors, limits and the
+binding rule; it never imports the ASGI side.
 
 How a chat request becomes a Solver call (the Solver answers Examples of a Task):
 
@@ -43,12 +46,8 @@ bearer token, 404 for an unknown model or route, 413 for a body over ``max_body_
 429 when the queue is full, 500/502 when the Solver or backend fails.
 
 Example:
-    >>> from metaskill.eval.solvers import ZeroShot
-    >>> from metaskill.lm.fake import ScriptedLM
-    >>> app = create_app(ZeroShot(ScriptedLM(default="hi")), chat_task(), model_id="demo")
-    >>> from fastapi.testclient import TestClient            # doctest: +SKIP
-    >>> TestClient(app).get("/v1/models").json()["data"][0]["id"]  # doctest: +SKIP
-    'demo'
+    >>> chat_task().name
+    'chat'
 """
 
 from __future__ import annotations
@@ -484,37 +483,6 @@ class SolverService:
     def close(self) -> None:
         """Stop the worker thread (after the queued calls finish)."""
         self._executor.shutdown(wait=True)
-
-
-# ---- the app ----------------------------------------------------------------------------------
-def create_app(
-    solver: Any,
-    task: Any | None = None,
-    *,
-    model_id: str = "metaskill",
-    token: str | None = None,
-    limits: ServeLimits | None = None,
-    system_prompt: bool = True,
-    history: bool = False,
-) -> Any:
-    """The FastAPI app serving ``solver`` (see the module doc for the behaviour).
-
-    Args:
-        solver: any Solver; its LM is wrapped so each request's context reaches every call.
-        task: the Task whose template/instructions the Solver uses; None: :func:`chat_task`.
-        model_id: the id listed by ``/v1/models`` and required in each request's ``model``.
-        token: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``.
-        limits: request limits (:class:`ServeLimits`).
-        system_prompt: pass the client's system message to the LM (else drop it).
-        history: pass earlier user/assistant turns to the LM (else drop them).
-
-    Returns:
-        A FastAPI application; ``app.state.service`` is its :class:`SolverService`.
-    """
-    from metaskill.serve.asgi import build_app  # fastapi is imported only here
-
-    return build_app(solver, task, model_id=model_id, token=token, limits=limits,
-                     system_prompt=system_prompt, history=history)
 
 
 # ---- binding rules ---------------------------------------------------------------------------

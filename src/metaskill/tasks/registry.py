@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metaskill.core.errors import NotFoundError, TaskError
+from metaskill.core.errors import MetaskillError, NotFoundError, TaskError
 from metaskill.core.registry import Registry
 from metaskill.tasks.base import Task
+from metaskill.tasks.sources import FieldMap, FileSource
+from metaskill.tasks.taskfile import SplitSpec, apply_task_file, build_file_task, read_task_file
 
 
 @dataclass(frozen=True)
@@ -121,13 +123,61 @@ def get_task(name: str, *, registry: Registry[TaskLoader] | None = None, **optio
     """
     reg = TASKS if registry is None else registry
     if name.endswith((".yaml", ".yml")) and name not in reg:
-        from metaskill.tasks.taskfile import load_task_file
-
         if options:
             raise TaskError(f"options ({', '.join(options)}) cannot be passed to a task file; "
                             "put them in its source.options.")
         return load_task_file(name, registry=reg)
     return reg.get(name).load(name, **options)
+
+
+def load_task_file(path: str | Path, *, registry: Registry[TaskLoader] | None = None,
+                   lm: Any = None) -> Task:
+    """Load a task file into a Task (data included).
+
+    Args:
+        path: the YAML file (see :mod:`metaskill.tasks.taskfile` for its fields).
+        registry: where a ``source.loader`` name is looked up (default: :data:`TASKS`).
+        lm: an LM for verifiers that need one (``judge``).
+
+    Raises:
+        TaskError: any problem, as one line naming the file, the field and the fix.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "t.yaml")
+        >>> _ = open(p, "w").write("name: sst2_terse\\nsource: {loader: sst2, options: "
+        ...                        "{n_test: 10}}\\ntemplate: '{input} ->'\\n")
+        >>> t = load_task_file(p)
+        >>> t.name, len(t.splits["test"])
+        ('sst2_terse', 10)
+    """
+    p = Path(path)
+    spec = read_task_file(p)
+    src = spec.source
+    try:
+        if src.loader is not None:
+            base = get_task(src.loader, registry=registry, **src.options)
+            return apply_task_file(spec, base, p, lm=lm)
+        return build_file_task(
+            src, name=spec.name, base_dir=p.parent, split=spec.split, version=spec.version,
+            description=spec.description, template=spec.template,
+            instructions=spec.instructions, labels=spec.labels, kind=spec.kind,
+            verifier=spec.verifier, metadata={**spec.metadata, "task_file": str(p)}, lm=lm)
+    except TaskError as e:
+        msg = str(e)
+        raise TaskError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
+    except MetaskillError as e:
+        raise TaskError(f"{p}: {e}") from None
+
+
+def validate_task_file(path: str | Path, *, registry: Registry[TaskLoader] | None = None
+                       ) -> Task:
+    """Check a task file end to end (schema, data, fields, template, labels, splits).
+
+    Returns the loaded Task; raises :class:`~metaskill.core.errors.TaskError` with a
+    one-line message.
+    """
+    return load_task_file(path, registry=registry)
 
 
 def list_tasks(registry: Registry[TaskLoader] | None = None) -> list[str]:
@@ -149,8 +199,6 @@ def register_task_file(path: str | Path, registry: Registry[TaskLoader] | None =
     Raises:
         TaskError: an invalid file. MetaskillError: the name is already registered.
     """
-    from metaskill.tasks.taskfile import load_task_file, read_task_file
-
     reg = TASKS if registry is None else registry
     p = Path(path).resolve()
     spec = read_task_file(p)
@@ -211,9 +259,6 @@ def load_file(
         >>> len(t.splits["train"]), len(t.splits["test"])
         (10, 20)
     """
-    from metaskill.tasks.sources import FieldMap, FileSource
-    from metaskill.tasks.taskfile import SplitSpec, build_file_task
-
     if (path is None) == (splits is None):
         raise TaskError("the 'file' task needs exactly one of path=FILE or "
                         "splits={split: FILE}.")
@@ -226,4 +271,5 @@ def load_file(
 
 
 __all__ = ["TASKS", "NotFoundError", "TaskLoader", "get_task", "list_tasks", "load_file",
-           "make_registry", "register_task_dir", "register_task_file"]
+           "load_task_file", "make_registry", "register_task_dir", "register_task_file",
+           "validate_task_file"]

@@ -32,11 +32,15 @@ Or reuse a built-in loader and change only the prompt::
 Every problem is one line naming the file, the field and the fix
 (:class:`~metaskill.core.errors.TaskError`).
 
+This module reads and checks the file format and builds Tasks from files; loading a task
+file by path (which may name a registered loader) is
+:func:`metaskill.tasks.registry.load_task_file`, one layer up.
+
 Example:
     >>> import tempfile, os
     >>> d = tempfile.mkdtemp()
     >>> _ = open(os.path.join(d, "t.yaml"), "w").write("name: x\\nsource: {loder: sst2}\\n")
-    >>> try: load_task_file(os.path.join(d, "t.yaml"))
+    >>> try: read_task_file(os.path.join(d, "t.yaml"))
     ... except TaskError as e: print(str(e).split(": ", 1)[1][:44])
     field 'source.loder': unknown field; allowed
 """
@@ -56,7 +60,7 @@ from pydantic import (
     model_validator,
 )
 
-from metaskill.core.errors import MetaskillError, TaskError
+from metaskill.core.errors import TaskError
 from metaskill.core.types import Example
 from metaskill.tasks.base import Task, TaskKind
 from metaskill.tasks.sources import FieldMap, FileSource, Format, read_hf_splits, read_records
@@ -347,62 +351,50 @@ def check_task(task: Task, where: str | None = None) -> None:
                         "fields.label_map.")
 
 
-def load_task_file(path: str | Path, *, registry: Any = None, lm: Any = None) -> Task:
-    """Load a task file into a Task (data included).
+def apply_task_file(spec: TaskFile, base: Task, path: str | Path, lm: Any = None) -> Task:
+    """A copy of ``base`` (loaded by the file's ``source.loader``) with the file's changes.
+
+    The file's name, version and description replace the base's; its template,
+    instructions, labels, kind and verifier replace them where given.
 
     Args:
-        path: the YAML file.
-        registry: where ``source.loader`` names are looked up (default: the built-ins).
+        spec: the task file, as :func:`read_task_file` returns it.
+        base: the Task its ``source.loader`` loaded (with ``source.options``).
+        path: the file (for messages and ``metadata['task_file']``).
         lm: an LM for verifiers that need one (``judge``).
 
     Raises:
-        TaskError: any problem, as one line naming the file, the field and the fix.
+        TaskError: a ``split`` field (a built-in loader splits its own data) or a Task
+            the changes make inconsistent.
+
+    Example:
+        >>> from metaskill.tasks.registry import get_task
+        >>> spec = TaskFile.model_validate({"name": "terse", "source": {"loader": "sst2"},
+        ...                                 "template": "{input} ->"})
+        >>> t = apply_task_file(spec, get_task("sst2", n_test=5), "terse.yaml")
+        >>> t.name, t.template, t.metadata["loader"]
+        ('terse', '{input} ->', 'sst2')
     """
     p = Path(path)
-    spec = read_task_file(p)
-    src = spec.source
-    try:
-        if src.loader is not None:
-            from metaskill.tasks.registry import get_task
-
-            if spec.split is not None:
-                raise TaskError(f"{p}: field 'split': a built-in loader splits its own data; "
-                                "pass seed and sizes in source.options (e.g. n_test: 100).")
-            base = get_task(src.loader, registry=registry, **src.options)
-            updates: dict[str, Any] = {"name": spec.name, "version": spec.version,
-                                       "description": spec.description or base.description}
-            for key in ("template", "instructions", "labels", "kind"):
-                if getattr(spec, key) is not None:
-                    updates[key] = getattr(spec, key)
-            if spec.verifier is not None:
-                vs = spec.verifier if isinstance(spec.verifier, dict) else {"name": spec.verifier}
-                labels = updates.get("labels", base.labels)
-                if vs.get("name") == "label" and "labels" not in vs and labels:
-                    vs = {**vs, "labels": labels}
-                updates["verifier"] = verifier_from_spec(vs, lm=lm)
-            updates["metadata"] = {**base.metadata, **spec.metadata, "task_file": str(p),
-                                   "loader": src.loader, "loader_options": src.options}
-            task = base.model_copy(update=updates)
-            check_task(task, str(p))
-            return task
-        return build_file_task(
-            src, name=spec.name, base_dir=p.parent, split=spec.split, version=spec.version,
-            description=spec.description, template=spec.template,
-            instructions=spec.instructions, labels=spec.labels, kind=spec.kind,
-            verifier=spec.verifier, metadata={**spec.metadata, "task_file": str(p)}, lm=lm)
-    except TaskError as e:
-        msg = str(e)
-        raise TaskError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
-    except MetaskillError as e:
-        raise TaskError(f"{p}: {e}") from None
-
-
-def validate_task_file(path: str | Path, *, registry: Any = None) -> Task:
-    """Check a task file end to end (schema, data, fields, template, labels, splits).
-
-    Returns the loaded Task; raises :class:`TaskError` with a one-line message.
-    """
-    return load_task_file(path, registry=registry)
+    if spec.split is not None:
+        raise TaskError(f"{p}: field 'split': a built-in loader splits its own data; "
+                        "pass seed and sizes in source.options (e.g. n_test: 100).")
+    updates: dict[str, Any] = {"name": spec.name, "version": spec.version,
+                               "description": spec.description or base.description}
+    for key in ("template", "instructions", "labels", "kind"):
+        if getattr(spec, key) is not None:
+            updates[key] = getattr(spec, key)
+    if spec.verifier is not None:
+        vs = spec.verifier if isinstance(spec.verifier, dict) else {"name": spec.verifier}
+        labels = updates.get("labels", base.labels)
+        if vs.get("name") == "label" and "labels" not in vs and labels:
+            vs = {**vs, "labels": labels}
+        updates["verifier"] = verifier_from_spec(vs, lm=lm)
+    updates["metadata"] = {**base.metadata, **spec.metadata, "task_file": str(p),
+                           "loader": spec.source.loader, "loader_options": spec.source.options}
+    task = base.model_copy(update=updates)
+    check_task(task, str(p))
+    return task
 
 
 def task_to_file_dict(task: Task) -> dict[str, Any]:
