@@ -217,6 +217,7 @@ def evaluate(
     progress: bool = True,
     run_id: str | None = None,
     max_new: int | None = None,
+    examples: Sequence[Example] | None = None,
 ) -> Run:
     """Evaluate ``solver`` on ``task``'s ``split`` and return the :class:`Run`.
 
@@ -237,6 +238,9 @@ def evaluate(
         max_new: evaluate at most this many not-yet-finished examples in this call, then
             return the run with status ``interrupted`` (resume it later); for work done
             in time-boxed slices.
+        examples: score these examples instead of the split's (methods scoring the dev
+            examples they were given); ``split`` then only labels the run (default
+            ``"given"`` when left at ``"test"``).
 
     Returns:
         The Run with all its records (those of a resumed run included).
@@ -250,7 +254,13 @@ def evaluate(
         raise MetaskillError(f"batch_size must be >= 1, got {batch_size}.")
     if max_errors is not None and max_errors < 0:
         raise MetaskillError(f"max_errors must be >= 0, got {max_errors}.")
-    examples = task.examples(split)
+    if examples is not None:
+        split = "given" if split == "test" else split
+        examples = list(examples)
+        if not examples:
+            raise TaskError(f"no examples given to evaluate on task '{task.name}'.")
+    else:
+        examples = task.examples(split)
     guard = active_guard()
     if guard is not None and split == "test":
         raise guard.leak("evaluate", f"a run on the 'test' split of task '{task.name}'")
