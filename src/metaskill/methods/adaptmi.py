@@ -49,8 +49,7 @@ from pydantic import Field, model_validator
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver
-from metaskill.methods.base import FitReport, Method, MethodConfig
-from metaskill.methods.compose import MethodResources
+from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import (
     DemoSolver,
     charge,
@@ -59,6 +58,7 @@ from metaskill.methods.demos import (
 )
 from metaskill.methods.self_consistency import sample_outputs, sampling_requests, vote
 from metaskill.methods.skill_demos import SkillSelector, require_book
+from metaskill.tasks.base import Task
 
 Gate = Literal["agreement", "margin", "judge"]
 DEFAULT_THRESHOLD: dict[str, float] = {"agreement": 1.0, "margin": 0.3, "judge": 0.7}
@@ -474,18 +474,12 @@ class AdaptMI(Method):
 
     name: ClassVar[str] = "adaptmi"
     Config: ClassVar[type[MethodConfig]] = AdaptMIConfig
+    config: AdaptMIConfig
 
-    def __init__(self, config: AdaptMIConfig | None = None, *,
-                 resources: MethodResources | None = None) -> None:
-        super().__init__(config or AdaptMIConfig())
-        self.config: AdaptMIConfig
-        self.resources = resources or MethodResources()
-
-    def fit(self, solver: Any, task: Any, train: list[Example],
+    def fit(self, solver: Solver, task: Task, train: list[Example],
             dev: list[Example] | None = None) -> AdaptMISolver:
         """Wrap ``solver`` as the first pass; with dev, pick the threshold and report the gate."""
         cfg = self.config
-        self.report = FitReport()
         if cfg.gate in ("agreement", "margin"):
             sampling_requests(solver, task, [])  # fail early on a Solver without prompts
         book = require_book(self.name, self.resources, train)

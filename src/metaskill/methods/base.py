@@ -19,12 +19,16 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from metaskill.core.guard import check_examples, guard_fit
 from metaskill.core.types import Example, Usage
+
+if TYPE_CHECKING:
+    from metaskill.eval.solver import Solver
+    from metaskill.tasks.base import Task
 
 
 class MethodConfig(BaseModel):
@@ -55,15 +59,38 @@ class Method(ABC):
         if "fit" in cls.__dict__:
             cls.fit = _guarded(cls.__dict__["fit"])  # type: ignore[method-assign]
 
-    def __init__(self, config: MethodConfig | None = None) -> None:
-        self.config = config
+    #: The method's config class; a method built without a config gets its defaults.
+    Config: ClassVar[type[MethodConfig] | None] = None
+
+    def __init__(self, config: MethodConfig | None = None, *,
+                 resources: Any | None = None) -> None:
+        """The preamble every method shares.
+
+        Args:
+            config: the method's config (an instance of its ``Config``); None: the defaults.
+            resources: embedder, SkillBook, teacher ... (a :class:`MethodResources`);
+                None: an empty one (an embedder is then loaded on first use).
+
+        ``report`` starts empty, and every ``fit`` starts a new one (see ``_guarded``).
+        """
+        cls = type(self).Config
+        self.config = config if config is not None or cls is None else cls()
+        if resources is None:
+            from metaskill.methods.compose import MethodResources
+
+            resources = MethodResources()
+        self.resources = resources
         self.report = FitReport()
 
     @abstractmethod
     def fit(
-        self, solver: Any, task: Any, train: list[Example], dev: list[Example] | None = None
-    ) -> Any:
-        """Return a new, adapted Solver built from ``solver`` and ``train`` (select on dev)."""
+        self, solver: Solver, task: Task, train: list[Example], dev: list[Example] | None = None
+    ) -> Solver:
+        """Return a new, adapted Solver built from ``solver`` and ``train`` (select on dev).
+
+        The subclass's ``fit`` runs with a fresh :attr:`report` (cost and notes of this fit)
+        inside the no-test-data guard.
+        """
 
 
 def _guarded(fit: Callable[..., Any]) -> Callable[..., Any]:
@@ -83,6 +110,7 @@ def _guarded(fit: Callable[..., Any]) -> Callable[..., Any]:
         render = getattr(task, "render", None)
         with guard_fit(self.name, test, others, render):
             check_examples([*train, *(dev or [])], where=f"the train/dev given to {self.name}")
+            self.report = FitReport()  # each fit reports its own cost and findings
             return fit(self, solver, task, train, dev, *args, **kwargs)
 
     return wrapper

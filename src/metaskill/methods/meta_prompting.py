@@ -53,9 +53,9 @@ from pydantic import Field
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver
-from metaskill.methods.base import FitReport, Method, MethodConfig
-from metaskill.methods.compose import MethodResources
+from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import run_solver
+from metaskill.tasks.base import Task
 
 CONDUCTOR_PROMPT = """You are the Conductor. You solve problems by consulting experts.
 Work in this structure:
@@ -317,18 +317,12 @@ class MetaPrompting(Method):
 
     name: ClassVar[str] = "meta_prompting"
     Config: ClassVar[type[MethodConfig]] = MetaPromptingConfig
+    config: MetaPromptingConfig
 
-    def __init__(self, config: MetaPromptingConfig | None = None, *,
-                 resources: MethodResources | None = None) -> None:
-        super().__init__(config or MetaPromptingConfig())
-        self.config: MetaPromptingConfig
-        self.resources = resources or MethodResources()
-
-    def fit(self, solver: Any, task: Any, train: list[Example],
+    def fit(self, solver: Solver, task: Task, train: list[Example],
             dev: list[Example] | None = None) -> MetaPromptingSolver:
         """Wrap ``solver`` (kept as the fallback); with dev, report accuracy and fallbacks."""
         cfg = self.config
-        self.report = FitReport()
         wrapped = MetaPromptingSolver(
             solver.lm, solver, max_rounds=cfg.max_rounds, max_expert_calls=cfg.max_expert_calls,
             allow_python=cfg.allow_python, conductor_max_tokens=cfg.conductor_max_tokens,

@@ -44,10 +44,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Usage
 from metaskill.eval.solver import Attempt, Solver, answer_max_tokens
-from metaskill.methods.base import FitReport, Method, MethodConfig
-from metaskill.methods.compose import MethodResources
+from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import run_solver
 from metaskill.methods.meta_prompting import user_request
+from metaskill.tasks.base import Task
 
 
 class Critic(BaseModel):
@@ -294,18 +294,12 @@ class MultiCritique(Method):
 
     name: ClassVar[str] = "multi_critique"
     Config: ClassVar[type[MethodConfig]] = MultiCritiqueConfig
+    config: MultiCritiqueConfig
 
-    def __init__(self, config: MultiCritiqueConfig | None = None, *,
-                 resources: MethodResources | None = None) -> None:
-        super().__init__(config or MultiCritiqueConfig())
-        self.config: MultiCritiqueConfig
-        self.resources = resources or MethodResources()
-
-    def fit(self, solver: Any, task: Any, train: list[Example],
+    def fit(self, solver: Solver, task: Task, train: list[Example],
             dev: list[Example] | None = None) -> MultiCritiqueSolver:
         """Wrap ``solver``; with dev, report inner vs refined accuracy and fallbacks."""
         cfg = self.config
-        self.report = FitReport()
         wrapped = MultiCritiqueSolver(solver.lm, solver, cfg.critics,
                                       meta_critic=self.resources.teacher,
                                       max_tokens=cfg.max_tokens,

@@ -38,9 +38,9 @@ from pydantic import Field
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Request, Usage
 from metaskill.eval.solver import Attempt, Solver
-from metaskill.methods.base import FitReport, Method, MethodConfig
-from metaskill.methods.compose import MethodResources
+from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import DemoSolver, parse_answer, run_solver
+from metaskill.tasks.base import Task
 
 
 def vote(
@@ -212,18 +212,12 @@ class SelfConsistency(Method):
 
     name: ClassVar[str] = "self_consistency"
     Config: ClassVar[type[MethodConfig]] = SelfConsistencyConfig
+    config: SelfConsistencyConfig
 
-    def __init__(self, config: SelfConsistencyConfig | None = None, *,
-                 resources: MethodResources | None = None) -> None:
-        super().__init__(config or SelfConsistencyConfig())
-        self.config: SelfConsistencyConfig
-        self.resources = resources or MethodResources()
-
-    def fit(self, solver: Any, task: Any, train: list[Example],
+    def fit(self, solver: Solver, task: Task, train: list[Example],
             dev: list[Example] | None = None) -> SelfConsistencySolver:
         """Wrap ``solver``; with dev examples, report inner vs voted dev accuracy."""
         cfg = self.config
-        self.report = FitReport()
         sampling_requests(solver, task, [])  # fail early on a Solver that cannot sample
         wrapped = SelfConsistencySolver(solver.lm, solver, n=cfg.n,
                                         temperature=cfg.temperature, seed=cfg.seed)

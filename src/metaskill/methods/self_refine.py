@@ -52,9 +52,9 @@ from pydantic import Field
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver, answer_max_tokens
-from metaskill.methods.base import FitReport, Method, MethodConfig
-from metaskill.methods.compose import MethodResources
+from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import run_solver
+from metaskill.tasks.base import Task
 
 _VERDICT = re.compile(r"verdict\s*[:\-]\s*\**\s*(correct|wrong|incorrect)\b", re.IGNORECASE)
 
@@ -291,14 +291,9 @@ class SelfRefine(Method):
 
     name: ClassVar[str] = "self_refine"
     Config: ClassVar[type[MethodConfig]] = SelfRefineConfig
+    config: SelfRefineConfig
 
-    def __init__(self, config: SelfRefineConfig | None = None, *,
-                 resources: MethodResources | None = None) -> None:
-        super().__init__(config or SelfRefineConfig())
-        self.config: SelfRefineConfig
-        self.resources = resources or MethodResources()
-
-    def fit(self, solver: Any, task: Any, train: list[Example],
+    def fit(self, solver: Solver, task: Task, train: list[Example],
             dev: list[Example] | None = None) -> SelfRefineSolver:
         """Wrap ``solver``; with dev examples, report first-answer vs refined dev accuracy.
 
@@ -307,7 +302,6 @@ class SelfRefine(Method):
         ``early_stops`` and ``changed`` (answers the loop changed).
         """
         cfg = self.config
-        self.report = FitReport()
         wrapped = SelfRefineSolver(solver.lm, solver, rounds=cfg.rounds,
                                    feedback_max_tokens=cfg.feedback_max_tokens,
                                    refine_max_tokens=cfg.refine_max_tokens,

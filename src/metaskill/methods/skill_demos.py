@@ -56,7 +56,8 @@ from pydantic import Field
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example
-from metaskill.methods.base import FitReport, Method, MethodConfig
+from metaskill.eval.solver import Solver
+from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.compose import MethodResources
 from metaskill.methods.demos import (
     AnswerMode,
@@ -67,6 +68,7 @@ from metaskill.methods.demos import (
     demo_options_from,
     run_solver,
 )
+from metaskill.tasks.base import Task
 
 Via = Literal["auto", "description", "examples"]
 
@@ -214,18 +216,12 @@ class SkillDemos(Method):
 
     name: ClassVar[str] = "skill_demos"
     Config: ClassVar[type[MethodConfig]] = SkillDemosConfig
+    config: SkillDemosConfig
 
-    def __init__(self, config: SkillDemosConfig | None = None, *,
-                 resources: MethodResources | None = None) -> None:
-        super().__init__(config or SkillDemosConfig())
-        self.config: SkillDemosConfig
-        self.resources = resources or MethodResources()
-
-    def fit(self, solver: Any, task: Any, train: list[Example],
+    def fit(self, solver: Solver, task: Task, train: list[Example],
             dev: list[Example] | None = None) -> DemoSolver:
         """Return a DemoSolver whose demos are exemplars of each input's skills."""
         cfg = self.config
-        self.report = FitReport()
         # 1. The SkillBook.
         book = require_book(self.name, self.resources, train)
         # 2. The selector.
