@@ -62,7 +62,9 @@ def test_adapt_saves_solver_that_eval_loads(home, tmp_path) -> None:
     assert data["state"]["inner"]["state"]["k"] == 2
     fit = json.loads(rep.read_text())
     assert [r["method"] for r in fit["reports"]] == ["knn_demos", "self_refine"]
-    assert fit["reports"][0]["lm_calls"] == 8 and fit["reports"][0]["usage"]["prompt_tokens"] > 0
+    # 8 dev inputs x the two prompt formats knn_demos chooses between by default
+    assert fit["reports"][0]["lm_calls"] == 16
+    assert fit["reports"][0]["usage"]["prompt_tokens"] > 0
     ev = cli("eval", "--task", "sst2", "--model", "fake", "--solver", str(out), "--limit", "3",
              "--no-progress", home=home)
     assert "self_refine" in ev.stdout
@@ -114,3 +116,27 @@ def test_bad_requests_are_one_line_errors(home, tmp_path) -> None:
     one_line_error(cli("adapt", "--task", str(spec), "--method", "raml", *base, home=home,
                        check=False), "raml", "classification", "qa_toy")
     assert not Path(out).exists()
+
+
+def test_adapt_scores_the_given_solver_and_keep_best_saves_it(home, tmp_path) -> None:
+    # the fake model answers "" to everything: knn_demos cannot beat zero-shot on dev
+    base = ("adapt", "--task", "sst2", "--model", "fake", "--method", "knn_demos", "--k", "2",
+            "--embedder", "hash:64", "--limit-dev", "6", "--no-progress")
+    out, rep = tmp_path / "adapted.json", tmp_path / "fit.json"
+    res = cli(*base, "--out", str(out), "--report-json", str(rep), home=home)
+    assert "given: zero-shot" in res.stdout and "adapted: demos" in res.stdout
+    warning = [line for line in res.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1, res.stdout
+    assert warning[0].startswith("warning: knn_demos does not beat the Solver it was given "
+                                 "(zero-shot) on 6 dev examples: 0.0% vs 0.0%")
+    assert "keep-best would return the given one" in warning[0]
+    assert json.loads(out.read_text())["kind"] == "demos"  # --keep-best is off for adapt
+    check = json.loads(rep.read_text())["check"]
+    assert check["verdict"] == "within_noise" and check["returned"] == "adapted"
+    assert check["n_dev"] == 6 and check["given_report"]["lm_calls"] == 6
+
+    kept = tmp_path / "kept.json"
+    res = cli(*base, "--keep-best", "--out", str(kept), home=home)
+    assert "returned the given Solver (keep-best)" in res.stdout
+    assert "Solver (zero-shot) saved to" in res.stdout
+    assert json.loads(kept.read_text())["kind"] == "zero-shot"

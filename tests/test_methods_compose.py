@@ -116,3 +116,73 @@ def test_bad_chains() -> None:
     with pytest.raises(MethodError, match="self_consistency: cannot sample"):
         fit_chain(ZeroShot(lm), task, task.splits["train"], None,
                   ["self_refine", "self_consistency"])
+
+
+def confused_by_demos(prompt: str, request) -> str:
+    """Right on its own; any demo in the prompt makes it answer the opposite label."""
+    reviews = prompt.split("Review:")
+    label = "positive" if reviews[-1].split()[0] in GOOD else "negative"
+    if len(reviews) > 2:
+        return "negative" if label == "positive" else "positive"
+    return label
+
+
+def test_keep_best_returns_the_given_solver_when_the_method_makes_it_worse() -> None:
+    task = toy_task()
+    lm = ScriptedLM(confused_by_demos)
+    start = ZeroShot(lm)
+    dev = task.splits["dev"]
+    kept = fit_chain(start, task, task.splits["train"], dev, ["knn_demos"],
+                     options={"k": 2}, resources=resources(), keep_best=True)
+    check = kept.check
+    assert check is not None and check.n_dev == len(dev)
+    assert check.given_accuracy == 1.0 and check.adapted_accuracy == 0.0
+    assert check.verdict == "worse" and check.gain_high < 0 and not check.beats
+    assert check.returned == "given" and kept.solver is start
+    assert isinstance(kept.adapted, DemoSolver)  # the chain's output stays at hand
+    assert check.given_report.lm_calls == len(dev) == check.adapted_report.lm_calls
+    line = check.summary("knn_demos")
+    assert line.startswith("warning: knn_demos does not beat the Solver it was given "
+                           "(zero-shot)")
+    assert "100.0%" in line and "below zero" in line and "returned the given Solver" in line
+    assert len(line.splitlines()) == 1
+
+    # without keep_best the check still warns, and the adapted Solver is returned
+    plain = fit_chain(start, task, task.splits["train"], dev, ["knn_demos"],
+                      options={"k": 2}, resources=resources(), check_input=True)
+    assert plain.check.verdict == "worse" and plain.check.returned == "adapted"
+    assert plain.solver is plain.adapted and isinstance(plain.solver, DemoSolver)
+    assert "keep-best would return the given one" in plain.check.summary("knn_demos")
+
+    # no check unless asked for (no extra LM calls for existing callers)
+    assert fit_chain(start, task, task.splits["train"], dev, ["knn_demos"],
+                     options={"k": 2}, resources=resources()).check is None
+
+
+def test_keep_best_returns_the_adapted_solver_when_it_is_better() -> None:
+    task = toy_task()
+    lm = ScriptedLM(model)  # zero-shot always says "positive"; with demos it copies the nearest
+    start = ZeroShot(lm)
+    result = fit_chain(start, task, task.splits["train"], task.splits["dev"], ["knn_demos"],
+                       options={"k": 2}, resources=resources(), keep_best=True)
+    check = result.check
+    dev = task.splits["dev"]
+    assert check.given_accuracy == sum(e.answer == "positive" for e in dev) / len(dev)
+    assert check.adapted_accuracy > 0.8
+    assert check.verdict == "better" and check.gain_low > 0 and check.beats
+    assert check.returned == "adapted" and result.solver is result.adapted
+    assert isinstance(result.solver, DemoSolver)
+    assert check.summary("knn_demos").startswith("knn_demos beats the Solver it was given")
+
+
+def test_a_tie_is_not_a_win_and_no_dev_means_no_check() -> None:
+    task = toy_task()
+    lm = ScriptedLM(default="positive")  # the same answers with or without demos
+    start = ZeroShot(lm)
+    result = fit_chain(start, task, task.splits["train"], task.splits["dev"], ["knn_demos"],
+                       options={"k": 2}, resources=resources(), keep_best=True)
+    assert result.check.gain == 0.0 and result.check.verdict == "within_noise"
+    assert result.solver is start and "holds zero" in result.check.summary("knn_demos")
+    none = fit_chain(start, task, task.splits["train"], [], ["knn_demos"],
+                     options={"k": 2}, resources=resources(), keep_best=True)
+    assert none.check is None and none.solver is none.adapted

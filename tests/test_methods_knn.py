@@ -99,7 +99,8 @@ def test_knn_demos_fit_beats_zero_shot_and_round_trips(tmp_path) -> None:
     lm = ScriptedLM(copy_last_demo)
     zs = DemoSolver(lm, None, k=0)
     _, base = run_solver(zs, task, task.splits["dev"])
-    method = KnnDemos(KnnDemosConfig(k=2), resources=MethodResources(embedder=HashEmbedder(128)))
+    method = KnnDemos(KnnDemosConfig(k=2, format_candidates=None),
+                      resources=MethodResources(embedder=HashEmbedder(128)))
     solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
     assert method.report.notes["dev_accuracy"] == 1.0 > sum(base) / len(base)
     assert method.report.lm_calls == len(task.splits["dev"])
@@ -119,7 +120,8 @@ def test_knn_demos_fit_beats_zero_shot_and_round_trips(tmp_path) -> None:
 def test_k_chosen_on_dev_and_ties_prefer_fewer_demos() -> None:
     task = toy_task()
     lm = ScriptedLM(copy_last_demo)
-    method = KnnDemos(KnnDemosConfig(k_candidates=[1, 2, 4], try_balanced=True),
+    method = KnnDemos(KnnDemosConfig(k_candidates=[1, 2, 4], try_balanced=True,
+                                     format_candidates=None),
                       resources=MethodResources(embedder=HashEmbedder(128)))
     solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
     table = method.report.notes["candidates"]
@@ -182,7 +184,8 @@ def test_instructions_kept_when_dev_needs_them() -> None:
     solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
     assert solver.instructions is None and method.report.notes["instructions"] is True
     with pytest.raises(MethodError, match="try_no_instructions applies to the plain-completion"):
-        KnnDemos(KnnDemosConfig(prompt_format="chat", try_no_instructions=True),
+        KnnDemos(KnnDemosConfig(prompt_format="chat", try_no_instructions=True,
+                                format_candidates=None),
                  resources=MethodResources(embedder=HashEmbedder(64))).fit(
             ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
 

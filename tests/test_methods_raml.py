@@ -62,7 +62,9 @@ def test_fuse_endpoints() -> None:
 def test_fit_reports_three_accuracies_and_picks_weight_on_dev() -> None:
     task = toy_task()
     lm = ScriptedLM(scores=biased_scores)
-    method = Raml(RamlConfig(k_neighbours=4, calibrate=False), resources=resources())
+    method = Raml(RamlConfig(k_neighbours=4, calibrate=False, format_candidates=None,
+                             try_no_instructions=False, k_candidates=None),
+                  resources=resources())
     solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
     notes = method.report.notes
     # The LM misses 'dull' (leans positive); retrieval knows 'dull pacing' is negative.
@@ -187,7 +189,8 @@ def demo_helps(prompt: str, cont: str) -> float:
 def test_k_candidates_chosen_by_fused_dev_accuracy() -> None:
     task = toy_task()
     lm = ScriptedLM(scores=demo_helps)
-    cfg = RamlConfig(k_candidates=[0, 2], k_neighbours=4, calibrate=False, weights=[0.0])
+    cfg = RamlConfig(k_candidates=[0, 2], k_neighbours=4, calibrate=False, weights=[0.0],
+                     format_candidates=None, try_no_instructions=False)
     method = Raml(cfg, resources=resources())
     solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
     variants = method.report.notes["variants"]
@@ -205,6 +208,7 @@ def test_token_cap_skips_dear_variants_without_calling_the_lm() -> None:
                        task.labels, k=0)
     k0_cost = cheap.prompt_cost(task, task.splits["dev"])
     cfg = RamlConfig(k_candidates=[0, 2], k_neighbours=4, calibrate=False, weights=[0.0],
+                     format_candidates=None, try_no_instructions=False,
                      max_prompt_tokens=k0_cost + 0.5)
     method = Raml(cfg, resources=resources())
     solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])

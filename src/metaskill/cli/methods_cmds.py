@@ -13,6 +13,10 @@ Examples::
 ``adapt`` fits the methods in order on the task's ``train`` split, selects on ``dev``,
 writes the adapted Solver's JSON to ``--out`` and prints each method's fit report
 (compile tokens, LM calls, dev accuracy). ``--report-json`` also keeps the full reports.
+It also scores the Solver it was given (zero-shot) on the same dev examples, shows both
+dev scores, and says in one line when the adapted Solver does not beat it (the paired-
+bootstrap 95% interval of the gain holds zero or lies below it); ``--keep-best`` then
+saves the given Solver instead.
 """
 
 from __future__ import annotations
@@ -160,7 +164,8 @@ def adapt_cmd(
     option: Annotated[list[str] | None, typer.Option(
         "--option", "-o", help="METHOD.FIELD=VALUE (repeatable); see `methods show`.")] = None,
     fmt: Annotated[str, typer.Option(
-        "--format", help="Prompt format of the base Solver: auto, chat or completion.")
+        "--format", help="Prompt format of the base Solver: auto, chat or completion "
+        "(knn_demos and raml choose theirs on dev unless -o METHOD.format_candidates=null).")
                    ] = "auto",
     train_split: Annotated[str, typer.Option("--train-split", help="Split to fit on.")
                            ] = "train",
@@ -185,6 +190,10 @@ def adapt_cmd(
                            ] = False,
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="Neither read nor write the LM cache.")] = False,
+    keep_best: Annotated[bool, typer.Option(
+        "--keep-best/--no-keep-best", help="Save the Solver adapt was given (zero-shot) "
+        "instead of the adapted one when the adapted one does not beat it on dev (paired-"
+        "bootstrap 95% interval); the warning is shown either way.")] = False,
 ) -> None:
     """Fit methods on a task's train split (selecting on dev) and save the adapted Solver."""
     from metaskill.eval.solvers import ZeroShot, save_solver
@@ -223,7 +232,8 @@ def adapt_cmd(
     con = Console()
     t0 = time.perf_counter()
     try:
-        result = fit_chain(ZeroShot(lm, format=fmt), task_obj, train, dev, methods)
+        result = fit_chain(ZeroShot(lm, format=fmt), task_obj, train, dev, methods,
+                           check_input=True, keep_best=keep_best)
         path = save_solver(result.solver, out)
     finally:
         close = getattr(lm, "close", None)
@@ -234,19 +244,36 @@ def adapt_cmd(
     table = Table(title=f"adapt {task} ({len(train)} train, {len(dev)} dev) on {model}")
     for col in ("method", "prompt tokens", "completion tokens", "LM calls", "dev accuracy"):
         table.add_column(col)
-    for name, rep in zip(result.methods, result.reports, strict=True):
+    check = result.check
+    rows = [(name, rep, rep.notes.get("dev_accuracy"))
+            for name, rep in zip(result.methods, result.reports, strict=True)]
+    if check is not None:  # both Solvers scored on all the same dev examples
+        rows = [(f"given: {check.given_kind}", check.given_report, check.given_accuracy),
+                *rows,
+                (f"adapted: {check.adapted_kind}", check.adapted_report,
+                 check.adapted_accuracy)]
+    for name, rep, acc in rows:
         table.add_row(name, str(rep.usage.prompt_tokens), str(rep.usage.completion_tokens),
-                      str(rep.lm_calls), _fmt(rep.notes.get("dev_accuracy")))
+                      str(rep.lm_calls), _fmt(acc))
     con.print(table)
+    if check is None:
+        con.print("no dev examples: the adapted Solver was not compared with the one adapt "
+                  "was given.", highlight=False, soft_wrap=True)
+    else:
+        line = check.summary("+".join(result.methods))
+        con.print(line if check.beats else f"[yellow]{line}[/]", highlight=False,
+                  soft_wrap=True)
     for name, rep in zip(result.methods, result.reports, strict=True):
         details = {key: rep.notes[key] for key in _DETAIL_KEYS.get(name, ())
                    if key in rep.notes}
         if details:
             con.print(f"{name}: " + ", ".join(f"{a}={_fmt(b)}" for a, b in details.items()),
                       highlight=False, soft_wrap=True)
-    total_tokens = sum(r.usage.total_tokens for r in result.reports)
-    con.print(f"compile: {total_tokens} tokens, {sum(r.lm_calls for r in result.reports)} "
-              f"LM calls, {wall:.1f} s. Solver ({result.solver.kind}) saved to {path}; "
+    spent = [*result.reports, *((check.given_report, check.adapted_report) if check else ())]
+    total_tokens = sum(r.usage.total_tokens for r in spent)
+    con.print(f"compile: {total_tokens} tokens, {sum(r.lm_calls for r in spent)} "
+              f"LM calls (the dev check included), {wall:.1f} s. Solver "
+              f"({result.solver.kind}) saved to {path}; "
               f"evaluate it with: metaskill eval --task {task} --model {model} "
               f"--solver {path}", highlight=False, soft_wrap=True)
     if plot is not None:
@@ -264,6 +291,7 @@ def adapt_cmd(
             "dev": len(dev), "wall_s": wall, "solver": str(path),
             "reports": [{"method": n, **r.model_dump(mode="json")}
                         for n, r in zip(result.methods, result.reports, strict=True)],
+            "check": check.model_dump(mode="json") if check is not None else None,
         }, indent=2))
 
 

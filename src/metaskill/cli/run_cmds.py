@@ -46,6 +46,10 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of subsets and demo draws."),
         embedder: str = typer.Option("minilm", help="Embedder spec: minilm or hash:DIM."),
         out: Path = typer.Option(Path("metaskill-run"), help="Run folder (resumable)."),
+        keep_best: bool = typer.Option(
+            True, "--keep-best/--no-keep-best",
+            help="A method chain that does not beat zero-shot on dev (paired-bootstrap 95% "
+            "interval) hands back zero-shot instead of its adapted Solver."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
     ) -> None:
         """Measure a model, find its missing skills, adapt and (optionally) train it, and
@@ -63,6 +67,10 @@ def register(app: typer.Typer) -> None:
             "seed": seed, "embedder": embedder, "out": out, "progress": not no_progress,
             "time_budget_s": time_budget * 60 if time_budget is not None else None,
         }
+        # RunConfig.keep_best reaches fit_chain(keep_best=...) in the adapt stage; until
+        # RunConfig has the field the main job keeps every chain's own Solver.
+        if "keep_best" in RunConfig.model_fields:
+            values["keep_best"] = keep_best
         if task:
             values["tasks"] = task
         if train_task:

@@ -54,8 +54,9 @@ from pydantic import Field, field_validator
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example
-from metaskill.eval.solver import Attempt, Solver
-from metaskill.methods.base import Method, MethodConfig
+from metaskill.eval.solver import Attempt
+from metaskill.methods.base import FitReport, Method, MethodConfig
+from metaskill.methods.compose import MethodResources
 from metaskill.methods.demos import (
     DemoSolver,
     KnnSelector,
@@ -65,7 +66,6 @@ from metaskill.methods.demos import (
     run_solver,
     selector_from_json,
 )
-from metaskill.tasks.base import Task
 
 
 # ---------------------------------------------------------------------------------------
@@ -320,7 +320,8 @@ class DynaICLConfig(MethodConfig):
         0.0, ge=0.0, le=1.0,
         description="with no budget: accept dev accuracy this far below the best fixed k")
     max_train_probe: int | None = Field(
-        100, ge=1, description="probe at most this many train inputs (seeded subset)")
+        60, ge=1, description="probe at most this many train inputs (seeded subset); 60 as "
+        "in every dynaicl row of benchmarks/results/vs_dspy.md")
     max_dev: int | None = Field(None, ge=1, description="probe at most this many dev inputs")
     c: float = Field(1.0, gt=0, description="inverse L2 strength of the logistic regressions")
     shrink_candidates: list[float] = Field(
@@ -349,7 +350,12 @@ class DynaICL(Method):
 
     name: ClassVar[str] = "dynaicl"
     Config: ClassVar[type[MethodConfig]] = DynaICLConfig
-    config: DynaICLConfig
+
+    def __init__(self, config: DynaICLConfig | None = None, *,
+                 resources: MethodResources | None = None) -> None:
+        super().__init__(config or DynaICLConfig())
+        self.config: DynaICLConfig
+        self.resources = resources or MethodResources()
 
     def _selector(self, solver: Any, train: list[Example]) -> tuple[Selector, dict[str, Any]]:
         cfg = self.config
@@ -388,10 +394,11 @@ class DynaICL(Method):
             tokens[:, j] = [lm.count_tokens(a.prompt) for a in attempts]
         return success, tokens
 
-    def fit(self, solver: Solver, task: Task, train: list[Example],
+    def fit(self, solver: Any, task: Any, train: list[Example],
             dev: list[Example] | None = None) -> DynaICLSolver:
         """Probe, fit the controller, trace the dev curve, pick the budget (module doc)."""
         cfg = self.config
+        self.report = FitReport()
         dev_set = list(dev or [])[: cfg.max_dev]
         if not dev_set:
             raise MethodError("dynaicl: needs dev examples to trace the accuracy-vs-tokens "

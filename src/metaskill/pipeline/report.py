@@ -17,31 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from metaskill.eval.report import Section, figure_svg, pct, render_html
-from metaskill.eval.stats import wilson
-
-
-def paired_gain(
-    after: Sequence[float], before: Sequence[float], *, n_boot: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean paired difference ``after - before`` and its percentile-bootstrap 95% interval.
-
-    Both score lists are over the same examples in the same order; resampling examples
-    (not runs) keeps the pairing, so the interval is much tighter than comparing two
-    independent proportions.
-    """
-    a = np.asarray(after, dtype=float)
-    b = np.asarray(before, dtype=float)
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError("paired_gain needs two equally long, non-empty score lists")
-    d = a - b
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(n_boot, d.size))
-    boots = d[idx].mean(axis=1)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return float(d.mean()), float(lo), float(hi)
+from metaskill.eval.stats import paired_gain, wilson
 
 
 def _esc(x: Any) -> str:
