@@ -54,9 +54,8 @@ from pydantic import Field, field_validator
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example
-from metaskill.eval.solver import Attempt
-from metaskill.methods.base import FitReport, Method, MethodConfig
-from metaskill.methods.compose import MethodResources
+from metaskill.eval.solver import Attempt, Solver
+from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import (
     DemoSolver,
     KnnSelector,
@@ -66,6 +65,7 @@ from metaskill.methods.demos import (
     run_solver,
     selector_from_json,
 )
+from metaskill.tasks.base import Task
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,12 +350,7 @@ class DynaICL(Method):
 
     name: ClassVar[str] = "dynaicl"
     Config: ClassVar[type[MethodConfig]] = DynaICLConfig
-
-    def __init__(self, config: DynaICLConfig | None = None, *,
-                 resources: MethodResources | None = None) -> None:
-        super().__init__(config or DynaICLConfig())
-        self.config: DynaICLConfig
-        self.resources = resources or MethodResources()
+    config: DynaICLConfig
 
     def _selector(self, solver: Any, train: list[Example]) -> tuple[Selector, dict[str, Any]]:
         cfg = self.config
@@ -394,11 +389,10 @@ class DynaICL(Method):
             tokens[:, j] = [lm.count_tokens(a.prompt) for a in attempts]
         return success, tokens
 
-    def fit(self, solver: Any, task: Any, train: list[Example],
+    def fit(self, solver: Solver, task: Task, train: list[Example],
             dev: list[Example] | None = None) -> DynaICLSolver:
         """Probe, fit the controller, trace the dev curve, pick the budget (module doc)."""
         cfg = self.config
-        self.report = FitReport()
         dev_set = list(dev or [])[: cfg.max_dev]
         if not dev_set:
             raise MethodError("dynaicl: needs dev examples to trace the accuracy-vs-tokens "

@@ -53,14 +53,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example
-from metaskill.methods.base import FitReport, Method, MethodConfig
-from metaskill.methods.compose import MethodResources
+from metaskill.eval.solver import Solver
+from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import (
     AnswerMode,
     DemoSolver,
@@ -71,6 +71,7 @@ from metaskill.methods.demos import (
     prompt_variants,
     run_solver,
 )
+from metaskill.tasks.base import Task
 
 
 class KnnDemosConfig(MethodConfig):
@@ -133,20 +134,13 @@ class KnnDemos(Method):
 
     name: ClassVar[str] = "knn_demos"
     Config: ClassVar[type[MethodConfig]] = KnnDemosConfig
-
-    def __init__(
-        self, config: KnnDemosConfig | None = None, *, resources: MethodResources | None = None
-    ) -> None:
-        super().__init__(config or KnnDemosConfig())
-        self.config: KnnDemosConfig
-        self.resources = resources or MethodResources()
+    config: KnnDemosConfig
 
     def fit(
-        self, solver: Any, task: Any, train: list[Example], dev: list[Example] | None = None
+        self, solver: Solver, task: Task, train: list[Example], dev: list[Example] | None = None
     ) -> DemoSolver:
         """Return a DemoSolver with nearest-neighbour demos from ``train`` (chosen on dev)."""
         cfg = self.config
-        self.report = FitReport()
         pool = [e for e in train if e.answer is not None]
         if not pool:
             raise MethodError("knn_demos: no training examples with answers to use as demos.")

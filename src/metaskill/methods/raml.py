@@ -55,9 +55,8 @@ from pydantic import Field, field_validator, model_validator
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Usage
-from metaskill.eval.solver import Attempt
-from metaskill.methods.base import FitReport, Method, MethodConfig
-from metaskill.methods.compose import MethodResources
+from metaskill.eval.solver import Attempt, Solver
+from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import (
     DemoSolver,
     KnnSelector,
@@ -65,6 +64,7 @@ from metaskill.methods.demos import (
     demo_options_from,
     prompt_variants,
 )
+from metaskill.tasks.base import Task
 
 _EPS = 1e-9
 
@@ -310,20 +310,14 @@ class Raml(Method):
 
     name: ClassVar[str] = "raml"
     Config: ClassVar[type[MethodConfig]] = RamlConfig
+    config: RamlConfig
 
-    def __init__(self, config: RamlConfig | None = None, *,
-                 resources: MethodResources | None = None) -> None:
-        super().__init__(config or RamlConfig())
-        self.config: RamlConfig
-        self.resources = resources or MethodResources()
-
-    def fit(self, solver: Any, task: Any, train: list[Example],
+    def fit(self, solver: Solver, task: Task, train: list[Example],
             dev: list[Example] | None = None) -> RamlSolver:
         """Fit the fusion weight (and calibration) on dev; see the module doc."""
         cfg = self.config
         if isinstance(solver, DemoSolver) and isinstance(solver.selector, KnnSelector):
             cfg = cfg.over_demos()
-        self.report = FitReport()
         # 1. A classification task with labels.
         labels = list(getattr(task, "labels", None) or [])
         if getattr(task, "kind", "generative") == "generative" or not labels:
