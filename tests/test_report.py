@@ -153,3 +153,46 @@ def test_write_html_creates_folders(runs, tmp_path):
 def test_empty_report():
     html = render_html([])
     assert "No runs." in html and "<svg" not in html
+
+
+def test_skill_hover_shows_a_member_example(runs):
+    from metaskill.eval.report import skill_tip, skills_section
+
+    _, rs = runs
+    tip = skill_tip("small", "Numbers under 10.", "number 3 <b>")
+    sec = skills_section(rs, tips={"small": tip})
+    assert sec is not None
+    svg = sec.html.split("</svg>")[0]
+    title = "<title>small: Numbers under 10.\ne.g. number 3 &lt;b&gt;</title>"
+    # on the skill's axis label and on its bar of each of the two runs
+    assert svg.count(title) == 3 and svg.count("<title>") == 3
+    assert "<td title='small: Numbers under 10.\ne.g. number 3 &lt;b&gt;'>small</td>" in sec.html
+    plain = skills_section(rs)
+    assert plain is not None and "<title>" not in plain.html and " title=" not in plain.html
+
+
+def test_job_report_skill_chart_has_hover_examples(runs):
+    from types import SimpleNamespace
+
+    from metaskill.pipeline.report import _skills_before_after, skill_tips
+
+    store, rs = runs
+    skills = [{"name": "small", "description": "Training examples mostly labelled 'even'.",
+               "source": "embedding", "metadata": {"example": "number 4", "label": "even"}},
+              {"name": "big", "source": "labels",
+               "metadata": {"example": "number 12", "label": "Big/Numbers"}}]
+    tips = skill_tips(skills)
+    assert tips["small"].endswith("e.g. number 4") and "even" not in tips  # label key: labels only
+    assert tips["Big/Numbers"] == tips["big"]
+    ns = SimpleNamespace
+    task = ns(task="parity", selected="kshot", skills=skills, skill_map={},
+              candidates=[ns(name="zero-shot", test_run=rs[0].id),
+                          ns(name="kshot", test_run=rs[1].id)])
+    sec = _skills_before_after(ns(tasks=[task]), store)
+    assert sec is not None
+    svg = sec.html.split("<figure>")[1]
+    small = ("<title>small: Training examples mostly labelled &#x27;even&#x27;.\n"
+             "e.g. number 4</title>")
+    assert svg.count(small) == 3  # the axis label and the baseline and selected bars
+    assert svg.count("<title>big\ne.g. number 12</title>") == 3
+    assert svg.count("<title>") == 6  # x3 has no skill record: no hover

@@ -19,6 +19,9 @@ from metaskill.skills.discover import (
     discover_from_labels,
     discover_metacognitive,
     load_catalog,
+    majority_label,
+    name_clusters,
+    naming_labels,
     parse_choices,
     parse_skill_names,
 )
@@ -260,3 +263,119 @@ def test_discover_dispatch():
         discover(plain, _book(), source="catalog")
     with pytest.raises(MetaskillError, match="has no split"):
         discover(plain, _book(), split="validation")
+
+
+# ---- readable names for embedding clusters -------------------------------------------------
+
+FRUIT = [f"apple banana fruit salad number {i}" for i in range(6)]
+CARS = [f"engine wheels car garage number {i}" for i in range(6)]
+PASTA = [f"spaghetti pasta tomato sauce number {i}" for i in range(6)]
+
+
+def _labelled(texts: list[str], answers: list[str], prefix: str) -> list[Example]:
+    return [Example(id=f"{prefix}{i}", input=t, answer=a)
+            for i, (t, a) in enumerate(zip(texts, answers, strict=True))]
+
+
+def _groups(book: SkillBook) -> dict[str, set[str]]:
+    return {n: set(book.examples_of(n)) for n in book.names()}
+
+
+def test_embedding_clusters_named_by_majority_label():
+    exs = (_labelled(FRUIT, ["food"] * 5 + ["vehicle"], "a")
+           + _labelled(CARS, ["vehicle"] * 6, "c"))
+    book = discover_by_embedding(exs, _book(), n_skills=2, labels=["vehicle", "food"])
+    assert _groups(book) == {"food": {f"a{i}" for i in range(6)},
+                             "vehicle": {f"c{i}" for i in range(6)}}
+    food = book.get("food")
+    assert food.metadata["named_by"] == "label"
+    assert (food.metadata["label_count"], food.metadata["labelled"]) == (5, 6)
+    assert "5 of 6" in food.description
+    assert book.info()["discovery"]["named_by"] == {"label": 2}
+    # every skill carries one of its members' text for the report's hover
+    assert food.metadata["example"] in FRUIT
+    assert book.get("vehicle").metadata["example"] in CARS
+
+
+def test_embedding_names_are_stable_and_unique():
+    exs = (_labelled(FRUIT, ["food"] * 6, "a") + _labelled(PASTA, ["food"] * 6, "p")
+           + _labelled(CARS, ["vehicle"] * 6, "c"))
+    runs = [_groups(discover_by_embedding(exs, _book(), n_skills=3, labels=["food", "vehicle"]))
+            for _ in range(2)]
+    assert runs[0] == runs[1]  # same data, same names, same members
+    names = sorted(runs[0])
+    assert len(set(names)) == 3 and "vehicle" in names
+    food = [n for n in names if n.startswith("food_")]
+    assert len(food) == 2  # two clusters share the label: each gets a distinctive term
+    by_members = {frozenset(v): k for k, v in runs[0].items()}
+    fruit_name = by_members[frozenset(f"a{i}" for i in range(6))]
+    pasta_name = by_members[frozenset(f"p{i}" for i in range(6))]
+    assert fruit_name.split("_", 1)[1] in FRUIT[0].split()
+    assert pasta_name.split("_", 1)[1] in PASTA[0].split()
+
+
+def test_name_clusters_dedupes_deterministically():
+    exs = [Example(id=str(i), input=f"q{i}", answer="yes") for i in range(3)]
+    got = name_clusters([exs[:1], exs[1:2], exs[2:]], [["alpha"], [], ["alpha"]],
+                        labels=["yes", "no"])
+    # a shared label takes each cluster's term; what still clashes gets a number
+    assert [g.name for g in got] == ["yes_alpha", "yes", "yes_alpha_2"]
+    assert all(g.named_by == "label" for g in got)
+    assert majority_label(["No", "yes", "no "], ["yes", "no"]) == ("no", 2, 3)
+    assert majority_label(["yes", "no"], ["yes", "no"]) == ("yes", 1, 2)  # tie: label order
+
+
+def test_unlabelled_clusters_fall_back_to_terms():
+    exs = (_labelled(FRUIT, ["?"] * 6, "a") + _labelled(CARS, ["?"] * 6, "c"))
+    book = discover_by_embedding(exs, _book(), n_skills=2, labels=["food", "vehicle"])
+    assert all(s.metadata["named_by"] == "terms" for s in book.skills())
+    names = " ".join(book.names())
+    assert "apple" in names or "banana" in names or "fruit" in names
+    assert "engine" in names or "car" in names or "garage" in names
+    assert book.info()["discovery"]["named_by"] == {"terms": 2}
+
+
+def test_teacher_names_clusters_without_labels():
+    def script(prompt: str, request) -> str:
+        if "These questions belong to one group" not in prompt:
+            return "unexpected"
+        if "apple" in prompt:
+            return "Fruit salad questions"
+        return "I am sorry, I cannot name this."  # unusable, also on the retry
+
+    teacher = ScriptedLM(script)
+    exs = [Example(id=f"a{i}", input=t) for i, t in enumerate(FRUIT)]
+    exs += [Example(id=f"c{i}", input=t) for i, t in enumerate(CARS)]
+    task = Task(name="plain", splits={"train": exs}, verifier=_Exact())
+    book = discover(task, _book(), source="embedding", teacher=teacher, n_skills=2,
+                    config=DiscoveryConfig(progress=False))
+    groups = _groups(book)
+    assert groups["fruit_salad_questions"] == {f"a{i}" for i in range(6)}
+    assert book.get("fruit_salad_questions").metadata["named_by"] == "teacher"
+    other = next(s for s in book.skills() if s.name != "fruit_salad_questions")
+    assert other.metadata["named_by"] == "terms"
+    assert set(other.name.split("_")) & {"engine", "wheels", "car", "garage"}
+    rec = book.info()["discovery"]
+    assert rec["teacher_log"]["retries"] == 1 and rec["teacher_log"]["unparseable"] == 1
+    again = discover(task, _book(), source="embedding", teacher=teacher, n_skills=2,
+                     config=DiscoveryConfig(progress=False))
+    assert _groups(again) == groups  # stable across runs
+
+
+def test_discover_names_by_train_labels_only():
+    train = (_labelled(FRUIT, ["food"] * 6, "a") + _labelled(CARS, ["vehicle"] * 6, "c"))
+    dev = (_labelled(FRUIT, ["vehicle"] * 6, "da") + _labelled(CARS, ["food"] * 6, "dc"))
+    task = Task(name="cls", splits={"train": train, "dev": dev}, verifier=_Exact(),
+                labels=["food", "vehicle"], kind="classification")
+    book = discover(task, _book(), n_skills=2, config=DiscoveryConfig(progress=False))
+    assert book.info()["discovery"]["source"] == "embedding"
+    assert _groups(book)["food"] == {f"a{i}" for i in range(6)}
+    # discovering on another split never names by its answers
+    on_dev = discover(task, _book(), n_skills=2, split="dev",
+                      config=DiscoveryConfig(progress=False))
+    assert {s.metadata["named_by"] for s in on_dev.skills()} == {"terms"}
+    # option letters of a multiple-choice task are not names
+    mc = Task(name="mc", splits={"train": train}, verifier=_Exact(),
+              labels=["food", "vehicle"], kind="multiple_choice")
+    assert naming_labels(mc, "train") is None
+    assert naming_labels(task, "train") == ["food", "vehicle"]

@@ -23,7 +23,7 @@ import html
 import io
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,14 +253,53 @@ def figure_svg(draw: Callable[[Any], None], size: tuple[float, float], salt: str
     return svg
 
 
+_GROUP = re.compile(r'<g id="([A-Za-z0-9_-]+)">')
+
+
+def svg_titles(svg: str, titles: Mapping[str, str]) -> str:
+    """Give the groups of an SVG whose ids are in ``titles`` a ``<title>`` (a hover tooltip).
+
+    matplotlib writes an artist whose gid is set (``artist.set_gid("tip-0")``) as
+    ``<g id="tip-0">``; the title becomes that group's first child, which browsers show
+    when the pointer rests on the artist. Ids not in ``titles`` are left alone.
+
+    Example:
+        >>> svg_titles('<svg><g id="tip-0"><text>x</text></g></svg>', {"tip-0": "a < b"})
+        '<svg><g id="tip-0"><title>a &lt; b</title><text>x</text></g></svg>'
+    """
+    def add(m: re.Match[str]) -> str:
+        text = titles.get(m.group(1))
+        return m.group(0) if not text else f"{m.group(0)}<title>{_esc(text)}</title>"
+
+    return _GROUP.sub(add, svg)
+
+
+def skill_tip(name: str, description: str = "", example: str = "") -> str:
+    """The hover text of one skill: its name, description and one member example.
+
+    Example:
+        >>> print(skill_tip("numeric", "Mostly 'numeric'.", "How far is the moon?"))
+        numeric: Mostly 'numeric'.
+        e.g. How far is the moon?
+    """
+    head = f"{name}: {description}" if description else name
+    return f"{head}\ne.g. {_clip(example, 300)}" if example else head
+
+
 def _colours(n: int) -> list[str]:
     base = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3",
             "#8C8C8C", "#CCB974", "#64B5CD"]
     return [base[i % len(base)] for i in range(n)]
 
 
-def skill_bars_svg(runs: Sequence[Run]) -> str:
-    """Horizontal bars of per-skill accuracy (one bar per run) with Wilson 95% intervals."""
+def skill_bars_svg(runs: Sequence[Run], tips: Mapping[str, str] | None = None) -> str:
+    """Horizontal bars of per-skill accuracy (one bar per run) with Wilson 95% intervals.
+
+    Args:
+        runs: the runs.
+        tips: skill name -> hover text (e.g. :func:`skill_tip`), shown on the skill's label
+            and bars.
+    """
     rows: list[tuple[str, list[SkillStat | None]]] = []
     overall = [SkillStat(skill="all", n=r.n, score=r.totals.score, low=r.interval[0],
                          high=r.interval[1]) for r in runs]
@@ -270,6 +309,7 @@ def skill_bars_svg(runs: Sequence[Run]) -> str:
                    key=lambda s: -max(p[s].n if s in p else 0 for p in per))
     for name in sorted(names[:MAX_SKILLS_PLOTTED]):
         rows.append((name, [p.get(name) for p in per]))
+    row_tips = _row_tips([name for name, _ in rows], tips or {}, len(runs))
     colours = _colours(len(runs))
     height = 1.0 + 0.22 * len(rows) * max(1, len(runs)) ** 0.8 + 0.15 * (len(runs) > 1) * (
         1 + len(runs) // 3)
@@ -288,12 +328,19 @@ def skill_bars_svg(runs: Sequence[Run]) -> str:
                 xs.append(s.accuracy)
                 lo.append(max(0.0, s.accuracy - s.low))
                 hi.append(max(0.0, s.high - s.accuracy))
-            ax.barh(ys, xs, height=bar_h * 0.9, color=colours[j], alpha=0.85,
-                    xerr=[lo, hi], error_kw={"ecolor": "#333", "elinewidth": 0.8,
-                                              "capsize": 2},
-                    label=f"{run.id} ({run.label})")
+            bars = ax.barh(ys, xs, height=bar_h * 0.9, color=colours[j], alpha=0.85,
+                           xerr=[lo, hi], error_kw={"ecolor": "#333", "elinewidth": 0.8,
+                                                     "capsize": 2},
+                           label=f"{run.id} ({run.label})")
+            rows_drawn = [i for i, (_, stats) in enumerate(rows) if stats[j] is not None]
+            for i, bar in zip(rows_drawn, bars.patches, strict=True):
+                if f"skilltip-{i}-label" in row_tips:
+                    bar.set_gid(f"skilltip-{i}-bar{j}")
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels([f"{name} (n={max(s.n for s in st if s)})" for name, st in rows])
+        for i, tick in enumerate(ax.get_yticklabels()):
+            if f"skilltip-{i}-label" in row_tips:
+                tick.set_gid(f"skilltip-{i}-label")
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
         ax.set_xlabel("accuracy (bars: Wilson 95% interval)")
@@ -302,7 +349,17 @@ def skill_bars_svg(runs: Sequence[Run]) -> str:
             fig.legend(loc="outside lower center", ncols=min(3, len(runs)), fontsize=7,
                        frameon=False)
 
-    return figure_svg(draw, (7.5, height), salt="skills")
+    return svg_titles(figure_svg(draw, (7.5, height), salt="skills"), row_tips)
+
+
+def _row_tips(names: Sequence[str], tips: Mapping[str, str], n_bars: int) -> dict[str, str]:
+    """gid -> hover text for the label and bars of each plotted skill row."""
+    out: dict[str, str] = {}
+    for i, name in enumerate(names):
+        if tips.get(name):
+            out[f"skilltip-{i}-label"] = tips[name]
+            out.update({f"skilltip-{i}-bar{j}": tips[name] for j in range(n_bars)})
+    return out
 
 
 def accuracy_tokens_svg(runs: Sequence[Run]) -> str:
@@ -355,11 +412,19 @@ def overview_section(runs: Sequence[Run]) -> Section | None:
     return Section("overview", "Runs", body)
 
 
-def skills_section(runs: Sequence[Run]) -> Section | None:
-    """Per-skill accuracy bars with Wilson 95% intervals, and the numbers in a table."""
+def skills_section(runs: Sequence[Run], tips: Mapping[str, str] | None = None) -> Section | None:
+    """Per-skill accuracy bars with Wilson 95% intervals, and the numbers in a table.
+
+    Args:
+        runs: the runs.
+        tips: skill name -> hover text (a member example, :func:`skill_tip`) for the bars'
+            labels and the table's skill cells; bind it with ``functools.partial`` to use
+            this as a section builder.
+    """
     if not runs:
         return None
-    svg = skill_bars_svg(runs)
+    tips = tips or {}
+    svg = skill_bars_svg(runs, tips)
     per = [{s.skill: s for s in r.per_skill} for r in runs]
     names = sorted(set().union(*[set(p) for p in per]))
     head = "<tr><th>skill</th>" + "".join(
@@ -374,7 +439,8 @@ def skills_section(runs: Sequence[Run]) -> Section | None:
             cells.append("<td>-</td>" if s is None else
                          f"<td>{pct(s.accuracy)} <small>{interval_text(s.low, s.high)} "
                          f"n={s.n}</small></td>")
-        rows.append(f"<tr><td>{_esc(name)}</td>{''.join(cells)}</tr>")
+        tip = f" title='{_esc(tips[name])}'" if tips.get(name) else ""
+        rows.append(f"<tr><td{tip}>{_esc(name)}</td>{''.join(cells)}</tr>")
     note = "" if names else "<p class='note'>The examples carry no skills; only overall " \
                             "accuracy is shown.</p>"
     if len(names) > MAX_SKILLS_PLOTTED:
@@ -509,8 +575,10 @@ __all__ = [
     "render_html",
     "runs_table",
     "skill_bars_svg",
+    "skill_tip",
     "skills_section",
     "skills_table",
+    "svg_titles",
     "tokens_section",
     "write_html",
 ]

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metaskill.eval.report import Section, figure_svg, pct, render_html
+from metaskill.eval.report import (
+    Section,
+    figure_svg,
+    pct,
+    render_html,
+    skill_tip,
+    svg_titles,
+)
 from metaskill.eval.stats import paired_gain, wilson
 
 
@@ -107,9 +114,32 @@ def _headline_section(job: Any, store: Any) -> Section:
     return Section("headline", "Headline", body)
 
 
+def skill_tips(skills: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Skill name -> hover text (description and one member example) from a task's skills.
+
+    A skill found from the task's own labels is also reachable under its raw label (the
+    name test records carry).
+
+    Example:
+        >>> tips = skill_tips([{"name": "numeric", "description": "Mostly 'numeric'.",
+        ...                     "metadata": {"example": "How far is the moon?"}}])
+        >>> print(tips["numeric"])
+        numeric: Mostly 'numeric'.
+        e.g. How far is the moon?
+    """
+    out: dict[str, str] = {}
+    for s in skills:
+        meta = s.get("metadata") or {}
+        tip = skill_tip(s["name"], s.get("description", ""), str(meta.get("example") or ""))
+        out[s["name"]] = tip
+        if s.get("source") == "labels" and isinstance(meta.get("label"), str):
+            out.setdefault(meta["label"], tip)
+    return out
+
+
 def _skills_before_after(job: Any, store: Any) -> Section | None:
     parts = []
-    for t in job.tasks:
+    for k, t in enumerate(job.tasks):
         runs = _runs(t, store)
         if "zero-shot" not in runs or t.selected not in runs:
             continue
@@ -123,7 +153,11 @@ def _skills_before_after(job: Any, store: Any) -> Section | None:
         skills = sorted(set(rows[0][1]) | set(rows[1][1]),
                         key=lambda s: -len(rows[0][1].get(s, [])))[:25]
 
-        def draw(fig: Any, rows: Any = rows, skills: list[str] = skills) -> None:
+        gid = f"batip{k}"
+        tips = skill_tips(t.skills)
+
+        def draw(fig: Any, rows: Any = rows, skills: list[str] = skills, gid: str = gid,
+                 tips: dict[str, str] = tips) -> None:
             ax = fig.add_subplot()
             colours = ["#8C8C8C", "#4C72B0"]
             h = 0.38
@@ -139,10 +173,17 @@ def _skills_before_after(job: Any, store: Any) -> Section | None:
                     xs.append(acc)
                     lo.append(max(0.0, acc - w_lo))
                     hi.append(max(0.0, w_hi - acc))
-                ax.barh(ys, xs, height=h * 0.92, color=colours[j], label=label,
-                        xerr=[lo, hi], error_kw={"elinewidth": 0.7, "capsize": 2})
+                bars = ax.barh(ys, xs, height=h * 0.92, color=colours[j], label=label,
+                               xerr=[lo, hi], error_kw={"elinewidth": 0.7, "capsize": 2})
+                drawn = [i for i, s in enumerate(skills) if per.get(s)]
+                for i, bar in zip(drawn, bars.patches, strict=True):
+                    if skills[i] in tips:
+                        bar.set_gid(f"{gid}-{i}-bar{j}")
             ax.set_yticks(range(len(skills)))
             ax.set_yticklabels([f"{s} (n={len(rows[0][1].get(s, []))})" for s in skills])
+            for i, tick in enumerate(ax.get_yticklabels()):
+                if skills[i] in tips:
+                    tick.set_gid(f"{gid}-{i}-label")
             ax.invert_yaxis()
             ax.set_xlim(0, 1)
             ax.xaxis.set_major_formatter(lambda x, _: f"{100 * x:.0f}%")
@@ -150,12 +191,17 @@ def _skills_before_after(job: Any, store: Any) -> Section | None:
             ax.legend(loc="lower right", fontsize=7)
 
         svg = figure_svg(draw, (7.5, 1.2 + 0.32 * len(skills)), salt=f"ba-{t.task}")
+        svg = svg_titles(svg, {f"{gid}-{i}-{part}": tips[s] for i, s in enumerate(skills)
+                               if s in tips for part in ("label", "bar0", "bar1")})
         parts.append(f"<h3>{_esc(t.task)}</h3><figure>{svg}</figure>")
     if not parts:
         return None
     note = ("<p class='note'>Skills come from the task's labels or from the discovered "
             "SkillBook (each test input is assigned its nearest skill by embedding; the "
-            "reference answer is never used).</p>")
+            "reference answer is never used). A discovered cluster is named by the majority "
+            "label of its training examples where the task has labels, else by a teacher, "
+            "else by its distinctive words; rest the pointer on a skill to see one of its "
+            "training examples.</p>")
     return Section("skills", "Per-skill accuracy, before and after", note + "".join(parts))
 
 

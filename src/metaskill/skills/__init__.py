@@ -6,7 +6,8 @@
   skills, labelled examples, ``nearest_skills`` and ``exemplars`` by cosine similarity,
   JSON export/import.
 * :mod:`metaskill.skills.discover` -- skills from the task's labels, from a teacher LM
-  (metacognitive labelling + clustering), from a user catalog, or from embedding clusters.
+  (metacognitive labelling + clustering), from a user catalog, or from embedding clusters
+  named by their members' majority label, a teacher's short name, or distinctive terms.
 * :mod:`metaskill.skills.profile` -- which skills a Solver lacks on held-out examples.
 
 Names are imported on first use, so ``import metaskill.skills`` stays light.
@@ -41,6 +42,10 @@ _EXPORTS = {
     "discover_from_catalog": "metaskill.skills.discover",
     "discover_by_embedding": "metaskill.skills.discover",
     "load_catalog": "metaskill.skills.discover",
+    "ClusterName": "metaskill.skills.discover",
+    "majority_label": "metaskill.skills.discover",
+    "name_clusters": "metaskill.skills.discover",
+    "naming_labels": "metaskill.skills.discover",
     "Profile": "metaskill.skills.profile",
     "ProfileConfig": "metaskill.skills.profile",
     "SkillProfile": "metaskill.skills.profile",

@@ -24,9 +24,15 @@
    embedding, ``shortlist`` in all) so that prompts fit a small model's context.
 3. :func:`discover_from_catalog` -- a user-supplied YAML catalog of names and descriptions;
    the teacher only picks from it (step d).
-4. :func:`discover_by_embedding` -- no teacher at all: cluster the examples' embeddings
-   (k-means for a target count, agglomerative for a threshold) and name each cluster by
-   its most distinctive TF-IDF terms. Used by ``benchmarks/skills.py``.
+4. :func:`discover_by_embedding` -- cluster the examples' embeddings (k-means for a target
+   count, agglomerative for a threshold) and name each cluster by what its members share
+   (:func:`name_clusters`): the majority label of its train members where the task has a
+   label set, else a teacher's short name where a teacher is given, else its most
+   distinctive TF-IDF terms. Used by ``benchmarks/skills.py`` (terms only) and by the main
+   job for tasks without skill labels.
+
+Every skill also carries one typical member's text in ``metadata["example"]``; reports
+show it on hover.
 
 Teacher output that cannot be parsed is asked again once with a stricter prompt; if that
 fails too the example is recorded as unlabelled (``SkillBook.unlabelled()``). Nothing a
@@ -55,6 +61,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -413,13 +420,22 @@ def _prepare(book: SkillBook, examples: Sequence[Example], progress: bool) -> li
     return exs
 
 
+#: Characters of a member example kept in ``Skill.metadata["example"]`` (the report's hover).
+EXAMPLE_CHARS = 200
+
+
 def _finish(book: SkillBook, record: dict[str, Any], per_skill: int) -> SkillBook:
-    """Store curated exemplars (the most typical examples) and the discovery record."""
-    if per_skill > 0:
-        for name in book.names():
-            ex = [e.id for e in book.exemplars(name, k=per_skill)]
-            if ex:
-                book.update_skill(name, exemplars=ex)
+    """Store curated exemplars (the most typical examples), one typical member's text in
+    ``metadata["example"]``, and the discovery record."""
+    for skill in book.skills():
+        typical = book.exemplars(skill.name, k=max(per_skill, 1))
+        if not typical:
+            continue
+        changes: dict[str, Any] = {
+            "metadata": {**skill.metadata, "example": _cut(typical[0].text, EXAMPLE_CHARS)}}
+        if per_skill > 0:
+            changes["exemplars"] = [e.id for e in typical]
+        book.update_skill(skill.name, **changes)
     record.setdefault("unlabelled", len(book.unlabelled()))
     record.setdefault("skills", len(book))
     record["created"] = time.time()
@@ -793,6 +809,171 @@ def cluster_terms(
     return out
 
 
+def majority_label(
+    answers: Sequence[str | None], labels: Sequence[str]
+) -> tuple[str, int, int] | None:
+    """The most common label among ``answers``, its count, and how many answers are labels.
+
+    Answers match labels case- and space-insensitively; answers outside the label set are
+    ignored; a tie goes to the label listed first in ``labels``.
+
+    Returns:
+        (label as spelled in ``labels``, its count, answers that are labels), or None when
+        no answer is a label.
+
+    Example:
+        >>> majority_label(["human", "Human ", "location", None, "n/a"],
+        ...                ["location", "human"])
+        ('human', 2, 3)
+        >>> majority_label(["x"], ["a", "b"]) is None
+        True
+    """
+    canon = {str(lab).strip().lower(): str(lab) for lab in labels}
+    got = [canon[a.strip().lower()] for a in answers
+           if a is not None and a.strip().lower() in canon]
+    if not got:
+        return None
+    counts = Counter(got)
+    order = {lab: i for i, lab in enumerate(canon.values())}
+    best = min(counts, key=lambda lab: (-counts[lab], order[lab]))
+    return best, counts[best], len(got)
+
+
+@dataclass(frozen=True)
+class ClusterName:
+    """The name :func:`name_clusters` gave one cluster.
+
+    Attributes:
+        name: a unique snake_case skill name.
+        description: one sentence on what the members share.
+        named_by: ``label`` (majority label of its members), ``teacher`` or ``terms``.
+        metadata: ``terms`` and, for ``label``, ``label``, ``label_count``, ``labelled``.
+    """
+
+    name: str
+    description: str
+    named_by: Literal["label", "teacher", "terms"]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _cluster_name_prompt(questions: Sequence[str]) -> str:
+    qs = "\n".join(f"- {q}" for q in questions)
+    return (
+        f"These questions belong to one group:\n{qs}\n\n"
+        "Give the group a short name that says what its questions have in common: two to "
+        "four lowercase words joined by underscores (for example: questions_about_dates). "
+        "Write only the name."
+    )
+
+
+def _cluster_name_retry(prompt: str) -> str:
+    return prompt + "\nAnswer ONLY with the name, for example: questions_about_dates"
+
+
+def _teacher_names(
+    teacher: Any, clusters: Sequence[Sequence[Example]], log: _TeacherLog, progress: bool
+) -> list[str | None]:
+    """A teacher's short snake_case name per cluster (None where its reply is unusable)."""
+    prompts = [_cluster_name_prompt([_cut(e.text, 160) for e in members[:5]])
+               for members in clusters]
+    got = ask_parsed(
+        teacher, prompts, lambda i, t: parse_skill_names(t, 1), _cluster_name_retry,
+        max_tokens=24, progress=progress, description="naming clusters", log=log,
+    )
+    return [g[0][0] if g else None for g in got]
+
+
+def _unique_names(bases: Sequence[str], terms: Sequence[Sequence[str]]) -> list[str]:
+    """Make names unique, deterministically: a name shared by several clusters gets each
+    cluster's first distinctive term not already in it (``human_rockefeller``); what still
+    clashes gets ``_2``, ``_3`` ... in cluster order."""
+    shared = Counter(bases)
+    named: list[str] = []
+    for base, words in zip(bases, terms, strict=True):
+        extra = next((to_snake(w) for w in words if to_snake(w) and
+                      to_snake(w) not in base.split("_")), "")
+        named.append(f"{base}_{extra}" if shared[base] > 1 and extra else base)
+    out: list[str] = []
+    for name in named:
+        unique, k = name, 2
+        while unique in out:
+            unique, k = f"{name}_{k}", k + 1
+        out.append(unique)
+    return out
+
+
+def name_clusters(
+    clusters: Sequence[Sequence[Example]],
+    terms: Sequence[Sequence[str]],
+    *,
+    labels: Sequence[str] | None = None,
+    teacher: Any = None,
+    progress: bool = False,
+    log: _TeacherLog | None = None,
+) -> list[ClusterName]:
+    """Name each cluster of examples by what its members share.
+
+    In order of preference: the majority label of the members' reference answers where
+    ``labels`` (the task's label set) is given -- pass it only for examples of the training
+    pool; else a teacher's short name (free text, read as snake_case, asked once more if
+    unusable) where a teacher is given; else the cluster's distinctive ``terms``. Names are
+    deterministic (same clusters, same names) and unique (see :func:`_unique_names`).
+
+    Args:
+        clusters: the members of each cluster, most typical first (the teacher sees the
+            first five).
+        terms: the distinctive terms of each cluster (:func:`cluster_terms`).
+        labels: the task's label set, or None.
+        teacher: an LM, or None.
+        progress: show a progress bar while the teacher names.
+        log: counts teacher calls.
+
+    Returns:
+        One :class:`ClusterName` per cluster, in order.
+
+    Example:
+        >>> exs = [Example(id=str(i), input=f"q{i}", answer=a)
+        ...        for i, a in enumerate(["human", "human", "numeric", "human"])]
+        >>> [n.name for n in name_clusters([exs[:2], exs[2:3], exs[3:]],
+        ...                                [["who"], ["year"], ["born"]],
+        ...                                labels=["human", "numeric"])]
+        ['human_who', 'numeric', 'human_born']
+        >>> name_clusters([exs[:2]], [["who", "born"]])[0].name
+        'who_born'
+    """
+    picks: list[tuple[str, int, int] | None] = [
+        majority_label([e.answer for e in members], labels) if labels else None
+        for members in clusters]
+    ask = [i for i, p in enumerate(picks) if p is None]
+    by_teacher: dict[int, str | None] = {}
+    if teacher is not None and ask:
+        got = _teacher_names(teacher, [clusters[i] for i in ask], log or _TeacherLog(),
+                             progress)
+        by_teacher = dict(zip(ask, got, strict=True))
+    bases: list[str] = []
+    out: list[tuple[str, Literal["label", "teacher", "terms"], dict[str, Any]]] = []
+    for i, (pick, words) in enumerate(zip(picks, terms, strict=True)):
+        about = ("; about: " + ", ".join(words[:5])) if words else ""
+        meta: dict[str, Any] = {"terms": list(words)}
+        label_name = to_snake(pick[0]) if pick else ""
+        if pick and label_name:
+            label, count, labelled = pick
+            bases.append(label_name)
+            meta.update(label=label, label_count=count, labelled=labelled)
+            out.append((f"Training examples mostly labelled '{label}' ({count} of "
+                        f"{labelled}){about}.", "label", meta))
+        elif by_teacher.get(i):
+            bases.append(str(by_teacher[i]))
+            out.append((f"Named by the teacher{about}.", "teacher", meta))
+        else:
+            bases.append("_".join(to_snake(w) for w in words[:3]) or f"cluster_{i + 1}")
+            out.append((("Examples about: " + ", ".join(words) + ".") if words
+                        else "An example cluster.", "terms", meta))
+    names = _unique_names(bases, terms)
+    return [ClusterName(name=n, description=d, named_by=by, metadata=m)
+            for n, (d, by, m) in zip(names, out, strict=True)]
+
+
 def discover_by_embedding(
     examples: Sequence[Example],
     book: SkillBook,
@@ -803,15 +984,20 @@ def discover_by_embedding(
     exemplars_per_skill: int = 4,
     task_name: str = "",
     progress: bool = False,
+    labels: Sequence[str] | None = None,
+    teacher: Any = None,
 ) -> SkillBook:
-    """Skills as clusters of the examples' embeddings, named by their top terms; no teacher.
+    """Skills as clusters of the examples' embeddings, named by what their members share.
 
     With ``n_skills`` k-means (``n_init=4``) makes exactly that many clusters; without it,
     agglomerative clustering (cosine, average linkage) cuts at ``distance_threshold``
     (quadratic memory: keep it to ~20k examples). Each example gets its cluster's skill.
+    Clusters are named by :func:`name_clusters`: majority label (with ``labels``), else a
+    teacher's name (with ``teacher``), else distinctive terms.
 
     Args:
-        examples: training examples.
+        examples: training examples (with ``labels``, their answers name the clusters: pass
+            only examples of the training pool).
         book: the SkillBook to fill.
         n_skills: target number of skills, or None to use the threshold.
         distance_threshold: cosine distance cut for agglomerative clustering.
@@ -819,6 +1005,8 @@ def discover_by_embedding(
         exemplars_per_skill: curated exemplars per skill.
         task_name: provenance.
         progress: show progress bars.
+        labels: the task's label set (a classification task), or None.
+        teacher: an LM that names clusters without a majority label, or None.
 
     Returns:
         ``book``, filled.
@@ -837,24 +1025,57 @@ def discover_by_embedding(
         assign = _cluster(vecs, None, distance_threshold)
     terms = cluster_terms([e.text for e in exs], assign)
     sizes = Counter(assign.tolist())
+    first = {int(c): int(np.argmax(assign == c)) for c in sizes}
+    order = sorted(sizes, key=lambda c: (-sizes[c], first[int(c)]))
+    members = [_most_typical(exs, vecs, assign == c) for c in order]
+    log = _TeacherLog()
+    names = name_clusters(members, [terms.get(int(c), []) for c in order], labels=labels,
+                          teacher=teacher, progress=progress, log=log)
     skills: list[Skill] = []
     name_of: dict[int, str] = {}
-    for c, _ in sizes.most_common():
-        words = terms.get(int(c), [])
-        base = "_".join(words[:3]) or f"cluster_{c}"
-        name, k = base, 2
-        while name in name_of.values():
-            name, k = f"{base}_{k}", k + 1
-        name_of[int(c)] = name
-        desc = ("Examples about: " + ", ".join(words) + ".") if words else "An example cluster."
-        skills.append(make_skill(name=name, description=desc, source="embedding",
-                                 metadata={"cluster": int(c), "terms": words}))
+    for c, got in zip(order, names, strict=True):
+        name_of[int(c)] = got.name
+        skills.append(make_skill(name=got.name, description=got.description, source="embedding",
+                                 metadata={"cluster": int(c), "named_by": got.named_by,
+                                           **got.metadata}))
     book.add_skills(skills, replace=True)
     book.label_many({e.id: [name_of[int(c)]] for e, c in zip(exs, assign, strict=True)})
-    record = {"source": "embedding", "task": task_name, "examples": len(exs),
-              "n_skills": n_skills, "distance_threshold": None if n_skills else distance_threshold,
-              "seconds": round(time.perf_counter() - t0, 3)}
+    record: dict[str, Any] = {
+        "source": "embedding", "task": task_name, "examples": len(exs), "n_skills": n_skills,
+        "distance_threshold": None if n_skills else distance_threshold,
+        "named_by": dict(Counter(n.named_by for n in names)),
+        "seconds": round(time.perf_counter() - t0, 3)}
+    if log.calls:
+        record.update(teacher=getattr(teacher, "spec", "?"), teacher_log=log.as_dict())
     return _finish(book, record, exemplars_per_skill)
+
+
+def _most_typical(exs: list[Example], vecs: np.ndarray, mask: np.ndarray) -> list[Example]:
+    """The examples under ``mask``, nearest their centroid first (ties in input order)."""
+    rows = np.flatnonzero(mask)
+    sims = vecs[rows] @ vecs[rows].mean(axis=0)
+    return [exs[int(rows[j])] for j in np.argsort(-sims, kind="stable")]
+
+
+def naming_labels(task: Any, split: str) -> list[str] | None:
+    """The label set whose majority names embedding clusters, or None.
+
+    Only a classification task's labels of the ``train`` split: naming must never read the
+    answers of dev or test examples, and the option letters of a multiple-choice task say
+    nothing about what its questions share.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> t = NS(labels=["human", "numeric"], kind="classification")
+        >>> naming_labels(t, "train"), naming_labels(t, "dev")
+        (['human', 'numeric'], None)
+        >>> naming_labels(NS(labels=["A", "B"], kind="multiple_choice"), "train") is None
+        True
+    """
+    labels = getattr(task, "labels", None)
+    if split != "train" or not labels or getattr(task, "kind", None) == "multiple_choice":
+        return None
+    return [str(lab) for lab in labels]
 
 
 def discover(
@@ -873,13 +1094,16 @@ def discover(
 
     ``source="auto"`` picks: the catalog if one is given (teacher picks from it); else
     metacognitive labelling if a teacher is given; else the labels the examples carry;
-    else embedding clustering.
+    else embedding clustering. Embedding clusters are named by their members' majority
+    label when the task is a classification task and ``split`` is ``train`` (see
+    :func:`naming_labels`), else by the teacher if one is given, else by their terms.
 
     Args:
         task: a :class:`~metaskill.tasks.base.Task`.
         book: the SkillBook to fill (new skills replace same-named ones).
         source: ``auto``, ``labels``, ``metacognitive``, ``catalog`` or ``embedding``.
-        teacher: an LM for ``metacognitive`` and ``catalog``.
+        teacher: an LM for ``metacognitive`` and ``catalog``; with ``embedding`` it names
+            the clusters that have no majority label.
         catalog: entries or a YAML path, for ``catalog``.
         split: the split to learn from.
         limit: use only the first ``limit`` examples of the split.
@@ -927,7 +1151,8 @@ def discover(
     if source == "embedding":
         return discover_by_embedding(exs, book, n_skills=cfg.n_skills, seed=cfg.seed,
                                      exemplars_per_skill=cfg.exemplars_per_skill,
-                                     task_name=name, progress=cfg.progress)
+                                     task_name=name, progress=cfg.progress,
+                                     labels=naming_labels(task, split), teacher=teacher)
     raise MetaskillError(
         f"unknown source '{source}'; use auto, labels, metacognitive, catalog or embedding."
     )
