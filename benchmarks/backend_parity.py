@@ -4,7 +4,7 @@ The adapter parity test (``tests/test_adapter.py``) compares HF+adapter with
 llama.cpp+adapter. This measures the floor under it: the same base model, no adapter,
 through transformers (which dequantizes the GGUF and computes in fp32) and through
 llama.cpp on (a) the shipped Q4_1 file and (b) an F32 copy written by
-:func:`metaskill.methods.adapters.dequantize_gguf`. Disagreement on (a) is quantization
+:func:`metaskill.lm.adapters.dequantize_gguf`. Disagreement on (a) is quantization
 noise; on (b) there should be none.
 
 Writes ``benchmarks/results/backend_parity.md``.
@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 from metaskill.core.types import Message, Request
-from metaskill.lm.hf import HFLM, embedded_gguf_path
+from metaskill.lm.adapters import dequantize_gguf
+from metaskill.lm.files import embedded_gguf_path
+from metaskill.lm.hf import HFLM
 from metaskill.lm.llama import LlamaLM
-from metaskill.methods.adapters import dequantize_gguf
 
 # The 50 held-out words of the adapter parity test.
 WORDS = ("ocean planet violin copper basket desert falcon ginger hammer island jacket "

@@ -42,7 +42,8 @@ from stat_vs_uniform import DEFAULT_MIX, load_mix, skill_table
 
 from metaskill.eval.harness import evaluate
 from metaskill.eval.solvers import ZeroShot
-from metaskill.lm.hf import HFLM, embedded_gguf_path
+from metaskill.lm.files import embedded_gguf_path
+from metaskill.lm.hf import HFLM
 from metaskill.methods.lora_library import ComposedLM, train_skill_library
 from metaskill.methods.sft import SFTConfig, user_text
 from metaskill.skills.embed import load_embedder

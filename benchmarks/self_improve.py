@@ -32,9 +32,10 @@ from typing import Any
 from metaskill.core.types import Message, Request
 from metaskill.eval.harness import evaluate
 from metaskill.eval.solvers import ZeroShot
-from metaskill.lm.hf import embedded_gguf_path, load_hf_model
+from metaskill.lm.adapters import export_gguf
+from metaskill.lm.files import embedded_gguf_path
+from metaskill.lm.hf import load_hf_model
 from metaskill.lm.llama import LlamaLM
-from metaskill.methods.adapters import export_gguf
 from metaskill.methods.sft import SFTConfig, StepInfo, pairs_from_examples, train_lora, user_text
 from metaskill.tasks import get_task
 

@@ -1,12 +1,13 @@
 """SELF self-evolution rounds on the embedded model: dev accuracy per round.
 
-Runs :class:`metaskill.methods.self_evolve.SelfEvolve` (the code behind
-``metaskill evolve``) on a task with a verifier: each round the current model answers
-training inputs (sampled), critiques each answer and refines the ones it judges wrong;
-answers the task's verifier accepts are kept (rounds accumulate) and the model is
-LoRA-trained on them, continuing from the previous round's adapter; every round is scored
-on dev with llama.cpp + the exported adapter. Then the base and the best round are scored
-on the test split.
+Runs the ``self_evolve`` Method through the chain (``fit_chain``, the code behind
+``metaskill evolve``) on a task with a verifier, given the task's train and dev splits
+(selection on dev only; the test split is read after the fit, never during it): each
+round the current model answers training inputs (sampled), critiques each answer and
+refines the ones it judges wrong; answers the task's verifier accepts are kept (rounds
+accumulate) and the model is LoRA-trained on them, continuing from the previous round's
+adapter; every round is scored on dev with llama.cpp + the exported adapter. Then the base
+and the best round are scored on the test split.
 
 Writes ``benchmarks/results/self_rounds.md``.
 
@@ -29,8 +30,9 @@ from pathlib import Path
 from metaskill.eval.harness import evaluate
 from metaskill.eval.solvers import ZeroShot
 from metaskill.lm import load_lm
-from metaskill.methods.adapters import lm_with_adapter
-from metaskill.methods.self_evolve import SelfEvolve, SelfEvolveConfig
+from metaskill.methods.base import MethodResources
+from metaskill.methods.compose import fit_chain
+from metaskill.methods.self_evolve import SelfEvolveConfig
 from metaskill.tasks import get_task
 
 
@@ -56,17 +58,21 @@ def main(argv: list[str] | None = None) -> None:
     cfg = SelfEvolveConfig(rounds=a.rounds, samples=a.samples, n_train=a.n_train,
                            steps=a.steps, max_tokens=a.max_tokens, eval_limit=a.eval_limit,
                            refine=not a.no_refine, patience=a.rounds)
-    summary = SelfEvolve(cfg, work).evolve("local", task, progress=sys.stderr.isatty())
-    # held-out test: base and the best round
     base = load_lm("local")
+    result = fit_chain(ZeroShot(base, max_tokens=a.max_tokens), task, task.examples("train"),
+                       task.splits.get("dev"), [("self_evolve", cfg.model_dump())],
+                       resources=MethodResources(work_dir=work, progress=sys.stderr.isatty(),
+                                                 log=print))
+    notes = result.reports[0].notes
+    summary = {**notes, "best_accuracy": notes["dev_accuracy"]}
+    rounds_dir = Path(notes["run_dir"])
+    # held-out test, after the fit: base and the Solver the fit returned (best round)
     test = {"base": evaluate(ZeroShot(base, max_tokens=a.max_tokens), task, "test",
                              limit=a.test_limit, progress=False)}
-    if summary["best_adapter"]:
-        tuned = lm_with_adapter(base, summary["best_adapter"])
-        test[f"round {summary['best_round']}"] = evaluate(
-            ZeroShot(tuned, max_tokens=a.max_tokens), task, "test", limit=a.test_limit,
-            progress=False)
-        tuned.close()
+    if summary["best_round"]:
+        test[f"round {summary['best_round']}"] = evaluate(result.solver, task, "test",
+                                                         limit=a.test_limit, progress=False)
+        result.solver.lm.close()
     base.close()
 
     cmd = "python benchmarks/self_rounds.py " + " ".join(argv or sys.argv[1:])
@@ -83,14 +89,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{'off' if a.no_refine else 'on'}, curation by the task's verifier, LoRA "
         f"{a.steps} steps (rank {cfg.rank}, lr {cfg.learning_rate}, batch {cfg.batch_size}) "
         f"on everything curated so far, continuing from the previous adapter; dev "
-        f"accuracy on {a.eval_limit} examples",
+        f"accuracy on {a.eval_limit} examples ({summary['dev']})",
         "", "## Dev accuracy per round", "",
         "| round | dev accuracy | n | curated this round | trained on | self-verdicts |",
         "| ---: | ---: | ---: | ---: | ---: | --- |",
         f"| 0 (base) | {summary['base']['accuracy']:.1%} | {summary['base'].get('n')} | | | |",
     ]
     for r in summary["rounds"]:
-        verdicts = json.loads((work / f"round-{r['round']}" / "candidates.json").read_text())
+        verdicts = json.loads((rounds_dir / f"round-{r['round']}" / "candidates.json").read_text())
         counts: dict[str, int] = {}
         for c in verdicts.values():
             for v in c["verdicts"]:

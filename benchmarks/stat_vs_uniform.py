@@ -41,16 +41,14 @@ from typing import Any
 from metaskill.eval.harness import evaluate
 from metaskill.eval.solvers import ZeroShot
 from metaskill.eval.stats import wilson
-from metaskill.lm.hf import embedded_gguf_path
+from metaskill.lm.files import embedded_gguf_path
 from metaskill.lm.llama import LlamaLM
-from metaskill.methods.adapters import train_for_lm
-from metaskill.methods.sft import SFTConfig, pairs_from_examples
+from metaskill.methods.sft import SFTConfig, pairs_from_examples, train_for_lm, uniform_sample
 from metaskill.methods.stat import (
     missing_pairs,
     reasoning_gym_generator,
     stat_sel,
     stat_syn_procedural,
-    uniform_sample,
 )
 from metaskill.skills.profile import ProfileConfig, build_profile
 from metaskill.tasks import get_task

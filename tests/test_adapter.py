@@ -11,7 +11,7 @@ pytest.importorskip("peft")
 pytest.importorskip("gguf")
 
 from metaskill.core.types import Message
-from metaskill.methods.adapters import _permute_rows, export_gguf
+from metaskill.lm.adapters import _permute_rows, export_gguf
 from metaskill.methods.sft import ChatPair, SFTConfig, train_lora
 
 
@@ -33,7 +33,7 @@ def _tiny_adapter(tmp_path: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from metaskill.lm.hf import embedded_gguf_path
+    from metaskill.lm.files import embedded_gguf_path
 
     try:
         g = embedded_gguf_path()
@@ -120,9 +120,10 @@ def test_hf_and_llama_cpp_adapter_agree(tmp_path: Path, tmp_home: Path) -> None:
     """
     pytest.importorskip("llama_cpp")
     from metaskill.core.types import Request
-    from metaskill.lm.hf import HFLM, embedded_gguf_path
+    from metaskill.lm.adapters import dequantize_gguf
+    from metaskill.lm.files import embedded_gguf_path
+    from metaskill.lm.hf import HFLM
     from metaskill.lm.llama import LlamaLM
-    from metaskill.methods.adapters import dequantize_gguf
 
     gguf_path = embedded_gguf_path()
     lm = HFLM(gguf_path)
@@ -165,7 +166,7 @@ def test_hf_and_llama_cpp_adapter_agree(tmp_path: Path, tmp_home: Path) -> None:
 def test_dequantize_gguf_bad_input(tmp_path: Path) -> None:
     pytest.importorskip("gguf")
     from metaskill.core.errors import InvalidParameterError, ModelNotFoundError
-    from metaskill.methods.adapters import dequantize_gguf
+    from metaskill.lm.adapters import dequantize_gguf
 
     with pytest.raises(InvalidParameterError, match="dtype must be one of"):
         dequantize_gguf(tmp_path / "m.gguf", tmp_path / "out.gguf", dtype="q8")

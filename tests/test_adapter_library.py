@@ -29,7 +29,8 @@ def test_composition_is_weighted_sum_of_updates(tmp_path: Path) -> None:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from metaskill.core.types import Message
-    from metaskill.lm.hf import HFLM, embedded_gguf_path
+    from metaskill.lm.files import embedded_gguf_path
+    from metaskill.lm.hf import HFLM
     from metaskill.methods.lora_library import ComposedLM
     from metaskill.methods.sft import ChatPair, SFTConfig, train_lora
 

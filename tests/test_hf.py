@@ -55,7 +55,8 @@ def test_gguf_load_saves_copy_then_completes_and_scores(tmp_path: Path) -> None:
     the second load uses the copy. Greedy chat answers and log-likelihoods are real."""
     pytest.importorskip("transformers")
     from metaskill.core.types import Request
-    from metaskill.lm.hf import HFLM, embedded_gguf_path, hf_copy_dir
+    from metaskill.lm.files import embedded_gguf_path
+    from metaskill.lm.hf import HFLM, hf_copy_dir
 
     try:
         gguf = embedded_gguf_path()

@@ -49,8 +49,11 @@ def test_run_job_end_to_end_and_resume(tmp_path, tmp_home):
     names = [c.name for c in t.candidates]
     assert names == ["zero-shot", "knn_demos", "raml"]
     assert all(c.test_run for c in t.candidates)
-    # selection happened on dev: the selected candidate has the best dev accuracy
-    best_dev = max(c.dev_accuracy for c in t.candidates)
+    # selection happened on dev: the selected candidate has the best dev accuracy of those
+    # eligible (keep-best: a chain that does not beat zero-shot on dev is not eligible)
+    best_dev = max(c.dev_accuracy for c in t.candidates if c.eligible)
+    assert all(c.eligible == (c.fit.get("beats_zero_shot") is not False)
+               for c in t.candidates)
     assert next(c for c in t.candidates if c.name == t.selected).dev_accuracy == best_dev
     assert t.profile is not None and t.profile["n"] == 10
     assert t.skills, "embedding discovery should give sst2 some skills"
@@ -60,7 +63,8 @@ def test_run_job_end_to_end_and_resume(tmp_path, tmp_home):
                   "Missing-Skill Profile", "Examples fixed and still failing"):
         assert title in html, title
     md = (tmp_path / "run" / "summary.md").read_text()
-    assert "| sst2 | zero-shot |" in md and "(selected)" in md and "- sst2: zero-shot" in md
+    assert "| sst2 |" in md and "zero-shot" in md and "(selected)" in md
+    assert "- sst2: zero-shot" in md
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["schema_version"] == 1 and saved["tasks"][0]["selected"] == t.selected
 
@@ -76,7 +80,9 @@ def test_run_job_end_to_end_and_resume(tmp_path, tmp_home):
 def test_time_budget_skips_and_is_reported(tmp_path, tmp_home):
     job = run_job(_cfg(tmp_path / "run", time_budget_s=1e-9), lm=_positive_lm())
     assert any("time budget" in s for s in job.skipped)
-    assert job.tasks[0].selected == "zero-shot"
+    assert job.tasks[0].candidates == [] and job.tasks[0].selected is None
+    assert job.plan is not None and job.plan["sizes"]["chains"] == 1  # the plan shrank
+    assert job.plan["changes"] and job.plan["sizes"]["train_steps"] == 60  # none trains
     assert "Skipped" in Path(job.report).read_text()
 
 

@@ -26,7 +26,7 @@ def _tokenizer(tmp_path_factory: pytest.TempPathFactory):
     """SmolLM2's tokenizer (chat template included), read from the embedded GGUF."""
     from transformers import AutoTokenizer
 
-    from metaskill.lm.hf import embedded_gguf_path
+    from metaskill.lm.files import embedded_gguf_path
 
     pytest.importorskip("gguf")
     try:

@@ -9,8 +9,12 @@ from typing import Any
 
 import pytest
 
+from metaskill.core.guard import TestDataLeakError
 from metaskill.core.types import Example, Request
+from metaskill.eval.solvers import ZeroShot, load_solver
 from metaskill.lm.fake import ScriptedLM
+from metaskill.methods.base import MethodResources
+from metaskill.methods.compose import fit_chain
 from metaskill.methods.self_evolve import SelfEvolveConfig, curate, self_evolve
 from metaskill.methods.sft import TrainingError
 from metaskill.tasks.base import Task, Verdict, Verifier
@@ -68,7 +72,8 @@ def run(task: Task, out: Path, cfg: SelfEvolveConfig, calls: list[dict[str, Any]
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "adapter_config.json").write_text("{}")
 
-    return self_evolve(task, cfg, out, lm_for=lm_for or (lambda a: fake_lm(level_of(a))),
+    return self_evolve(task, cfg, out, train=task.examples("train"),
+                       lm_for=lm_for or (lambda a: fake_lm(level_of(a))),
                        trainer=trainer, score=lambda lm: score(lm, task))
 
 
@@ -116,3 +121,64 @@ def test_empty_curated_set_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="curated set is empty"):
         run(task, tmp_path, cfg, calls, lm_for=lambda a: ScriptedLM(default="no"))
     assert calls == []
+
+
+class LevelLM(ScriptedLM):
+    """fake_lm(level) whose adapters are SELF rounds (level = round number, at most 2)."""
+
+    def __init__(self, level: int = 0) -> None:
+        super().__init__(fake_lm(level).script)
+
+    def with_adapter(self, adapter: Any) -> ScriptedLM:
+        lm = LevelLM(level_of(Path(adapter)) if adapter else 0)
+        if adapter:
+            lm.spec = f"fake+adapter:{adapter}"
+        return lm
+
+
+def fake_trainer(lm: Any, pairs: list, cfg: Any, out: Path, **_: Any) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adapter_config.json").write_text("{}")
+
+
+def with_test(task: Task, n: int = 6) -> Task:
+    test = [Example(id=f"t{i}", input=f"Say number {200 + i}", answer=str(200 + i))
+            for i in range(n)]
+    return task.model_copy(update={"splits": {**task.splits, "test": test}})
+
+
+def test_fit_selects_on_the_dev_it_is_given_and_never_reads_test(tmp_path: Path) -> None:
+    task = with_test(make_task())
+    dev = task.examples("dev")[:4]
+    res = MethodResources(work_dir=tmp_path, trainer=fake_trainer)
+    out = fit_chain(ZeroShot(LevelLM()), task, task.examples("train"), dev,
+                    [("self_evolve", {"rounds": 3, "samples": 2, "n_train": 3})],
+                    resources=res)
+    notes = out.reports[0].notes
+    assert notes["dev"] == "the 4 dev examples given"
+    assert notes["base"]["n"] == 4 and all(r["n"] == 4 for r in notes["rounds"])
+    assert notes["base"]["accuracy"] == pytest.approx(1 / 4)
+    assert notes["best_round"] == 2 and notes["dev_accuracy"] == pytest.approx(1.0)
+    # The Solver JSON's model spec carries the adapter, and reloads onto the base LM.
+    spec = out.solver.to_json()["model"]
+    assert spec.startswith("fake+adapter:") and spec.endswith("round-2/adapter")
+    assert load_solver(out.solver.to_json(), lm=LevelLM()).lm.spec == spec
+
+
+def test_fit_without_dev_carves_it_from_train_and_says_so(tmp_path: Path) -> None:
+    task = with_test(make_task(n_train=10))
+    res = MethodResources(work_dir=tmp_path, trainer=fake_trainer)
+    out = fit_chain(ZeroShot(LevelLM()), task, task.examples("train"), None,
+                    [("self_evolve", {"rounds": 1, "samples": 2, "n_train": 3,
+                                      "eval_limit": 3})], resources=res)
+    notes = out.reports[0].notes
+    assert notes["dev"].startswith("no dev examples were given: the last 3 of 10")
+    assert notes["base"]["n"] == 3
+
+
+def test_fit_given_test_examples_as_dev_is_refused(tmp_path: Path) -> None:
+    task = with_test(make_task())
+    res = MethodResources(work_dir=tmp_path, trainer=fake_trainer)
+    with pytest.raises(TestDataLeakError, match="test example 't0'"):
+        fit_chain(ZeroShot(LevelLM()), task, task.examples("train"), task.examples("test"),
+                  [("self_evolve", {"rounds": 1})], resources=res)

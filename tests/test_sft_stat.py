@@ -9,11 +9,11 @@ import pytest
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Request
 from metaskill.lm.fake import ScriptedLM
+from metaskill.methods.sft import uniform_sample
 from metaskill.methods.stat import (
     stat_sel,
     stat_syn_procedural,
     stat_syn_teacher,
-    uniform_sample,
 )
 from metaskill.skills.profile import DifficultExample, Profile
 from metaskill.tasks.base import Task, Verdict, Verifier

@@ -50,6 +50,9 @@ def register(app: typer.Typer) -> None:
             True, "--keep-best/--no-keep-best",
             help="A method chain that does not beat zero-shot on dev (paired-bootstrap 95% "
             "interval) hands back zero-shot instead of its adapted Solver."),
+        threads: int | None = typer.Option(
+            None, "--threads", help="CPU threads for llama.cpp and torch (default: "
+            "$METASKILL_THREADS, else all cores)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
     ) -> None:
         """Measure a model, find its missing skills, adapt and (optionally) train it, and
@@ -65,6 +68,7 @@ def register(app: typer.Typer) -> None:
             "train_rank": train_rank, "train_lr": train_lr,
             "budget_tokens": budget_tokens, "n_dev": n_dev, "n_test": n_test, "k": k,
             "seed": seed, "embedder": embedder, "out": out, "progress": not no_progress,
+            "threads": threads,
             "time_budget_s": time_budget * 60 if time_budget is not None else None,
         }
         # RunConfig.keep_best reaches fit_chain(keep_best=...) in the adapt stage; until

@@ -65,34 +65,6 @@ def _run_args(out: Path, given: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
-def _load_any(spec: str, cache: Any = None) -> Any:
-    """load_lm, plus the ``hf:`` backend (until lm/spec.py routes ``hf:`` itself)."""
-    if spec.startswith("hf:"):
-        from metaskill.lm.hf import load_hf
-
-        return load_hf(spec[len("hf:"):], cache=cache)
-    from metaskill.lm import load_lm
-
-    return load_lm(spec, cache=cache if cache is not None else False)
-
-
-def _dev_accuracy(spec: str, task: Any, split: str, limit: int | None, max_tokens: int,
-                  cache_dir: Path) -> dict[str, Any]:
-    from metaskill.eval.harness import evaluate
-    from metaskill.eval.solvers import ZeroShot
-    from metaskill.lm.cache import Cache
-
-    lm = _load_any(spec, cache=Cache(cache_dir / "cache.sqlite"))
-    try:
-        run = evaluate(ZeroShot(lm, max_tokens=max_tokens), task, split, limit=limit,
-                       progress=True)
-    finally:
-        lm.close()
-    ok = sum(r.score for r in run.records)
-    return {"spec": spec, "split": split, "n": len(run.records), "accuracy":
-            ok / max(1, len(run.records))}
-
-
 def train_cmd(
     task: Annotated[str | None, typer.Option(
         "--task", "-t", help="Task name (see `metaskill tasks ls`).")] = None,
@@ -123,6 +95,9 @@ def train_cmd(
         "--max-tokens", help="Generation budget when scoring dev.")] = 64,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Run directory (resumable; default under $METASKILL_HOME/train).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="CPU threads for llama.cpp and torch (default: "
+        "$METASKILL_THREADS, else all cores).")] = None,
 ) -> None:
     """Fine-tune a LoRA adapter on a task's training answers; score dev before and after."""
     from metaskill.core.settings import Settings
@@ -138,7 +113,7 @@ def train_cmd(
                              "the skills profile verb).")
     if profile is not None and not profile.is_file():
         raise MetaskillError(f"profile file '{profile}' does not exist.")
-    settings = Settings.from_env()
+    settings = Settings.from_env(threads=threads)
     given: dict[str, Any] = {
         "task": task, "options": _options(option), "model": model, "method": method,
         "profile": str(profile) if profile else None, "teacher": teacher,
@@ -150,7 +125,7 @@ def train_cmd(
     if out is None:
         if task is None:
             raise MetaskillError("--task is required (or --out DIR of a run to resume).")
-        from metaskill.lm.cache import stable_hash
+        from metaskill.core.hashing import stable_hash
 
         out = settings.home / "train" / f"{task}-{method}-{stable_hash(given)[:8]}"
     args = _run_args(out, given)
@@ -158,85 +133,73 @@ def train_cmd(
 
 
 def _train_run(out: Path, args: dict[str, Any], settings: Any, console: Console) -> None:
-    from metaskill.methods.adapters import adapter_spec, train_for_lm
-    from metaskill.methods.sft import ChatPair, SFTConfig, pairs_from_examples
-    from metaskill.pipeline.stages import StageRunner
+    """Fit the training method through the chain (a registered Method) and score dev."""
+    from metaskill.core.stages import StageRunner
+    from metaskill.eval.solvers import ZeroShot, load_solver
+    from metaskill.lm import load_lm
+    from metaskill.lm.cache import Cache
+    from metaskill.methods.base import MethodResources, split_dev
+    from metaskill.methods.compose import fit_chain
     from metaskill.tasks import get_task
 
     runner = StageRunner(out)
     task = get_task(args["task"], **args["options"])
-    cfg = SFTConfig(rank=args["rank"], alpha=2.0 * args["rank"], learning_rate=args["lr"],
-                    steps=args["steps"], batch_size=args["batch_size"], seed=args["seed"])
+    train = task.examples("train")
+    if args["skills"]:
+        wanted = set(args["skills"])
+        train = [e for e in train if wanted & set(e.skills)]
+    if args["n_train"]:
+        train = train[: args["n_train"]]
+    train, dev, dev_note = split_dev(train, task.splits.get("dev"), args["eval_limit"])
+    dev = dev[: args["eval_limit"]] if args["eval_limit"] else []
+    name, options = _method_options(args)
+    lm = load_lm(args["model"], cache=Cache(out / "cache.sqlite"), settings=settings)
+    teacher = load_lm(args["teacher"], settings=settings) if args.get("teacher") else None
+    base = ZeroShot(lm, max_tokens=args["max_tokens"])
+    resources = MethodResources(profile=args.get("profile"), teacher=teacher, progress=True,
+                                settings=settings, work_dir=out, log=console.print)
 
-    def make_data() -> dict[str, Any]:
-        train = task.examples("train")
-        if args["skills"]:
-            wanted = set(args["skills"])
-            train = [e for e in train if wanted & set(e.skills)]
-        if args["n_train"]:
-            train = train[: args["n_train"]]
-        if args["method"] != "sft":
-            train = _stat_data(args, task, train)
-        pairs = pairs_from_examples(task, train)
-        with open(out / "data.jsonl", "w") as f:
-            for p in pairs:
-                f.write(p.model_dump_json() + "\n")
-        return {"n": len(pairs)}
+    def fit() -> dict[str, Any]:
+        result = fit_chain(base, task, train, dev, [(name, options)], resources=resources)
+        return {"solver": result.solver.to_json(), "report": result.reports[0].notes}
 
-    data = runner.run("data", {k: args.get(k) for k in ("task", "options", "skills", "n_train",
-                                                         "method", "profile", "teacher",
-                                                         "per_pair")}, make_data)
-    console.print(f"training data: {data['n']} examples ({out / 'data.jsonl'})")
-    pairs = [ChatPair.model_validate_json(line)
-             for line in (out / "data.jsonl").read_text().splitlines() if line.strip()]
-    lm = _load_any(args["model"])
-
-    def train() -> dict[str, Any]:
-        res = train_for_lm(lm, pairs, cfg, out / "adapter", settings=settings)
-        return {"steps": res.steps, "final_loss": res.losses[-1], "seconds": res.seconds,
-                "seconds_per_step": res.seconds_per_step, "peak_rss_mb": res.peak_rss_mb}
-
-    trained = runner.run("train", {"data": data, "model": args["model"],
-                                   "config": cfg.model_dump(mode="json")}, train)
-    console.print(f"trained {trained['steps']} steps in {trained['seconds']:.0f} s, final loss "
-                  f"{trained['final_loss']:.3f}; adapter in {out / 'adapter'}")
-    tuned = adapter_spec(lm, out / "adapter")
-    lm.close()
-    scores: dict[str, Any] = {"adapter_spec": tuned}
-    if args["eval_limit"] != 0:
-        split = "dev" if task.splits.get("dev") else "test"
-        for name, spec in (("base", args["model"]), ("trained", tuned)):
-            scores[name] = runner.run(
-                f"eval_{name}", {"spec": spec, "trained": trained, "split": split,
-                                 "limit": args["eval_limit"], "max_tokens": args["max_tokens"]},
-                lambda spec=spec: _dev_accuracy(spec, task, split, args["eval_limit"],
-                                                args["max_tokens"], out))
-        console.print(f"{split} accuracy: base {scores['base']['accuracy']:.1%} -> trained "
-                      f"{scores['trained']['accuracy']:.1%} (n={scores['trained']['n']})")
+    fitted = runner.run("train", {k: args.get(k) for k in args if k != "eval_limit"}, fit)
+    notes = fitted["report"]
+    console.print(f"{notes.get('data', '')}; trained {notes['steps']} steps in "
+                  f"{notes['seconds']:.0f} s, final loss {notes['final_loss']:.3f}; adapter in "
+                  f"{notes['adapter']}", highlight=False)
+    trained = load_solver(fitted["solver"], lm=lm)
+    scores: dict[str, Any] = {"adapter_spec": trained.lm.spec, "dev": dev_note}
+    for label, solver in (("base", base), ("trained", trained)):
+        if dev:
+            scores[label] = runner.run(f"eval_{label}", {"solver": solver.to_json(),
+                                                        "dev": [e.id for e in dev]},
+                                       lambda s=solver: _dev_accuracy(s, task, dev))
+    if dev:
+        console.print(f"dev accuracy ({dev_note}): base {scores['base']['accuracy']:.1%} -> "
+                      f"trained {scores['trained']['accuracy']:.1%} (n={len(dev)})",
+                      highlight=False)
     (out / "scores.json").write_text(json.dumps(scores, indent=1))
     typer.echo(json.dumps(scores))
 
 
-def _stat_data(args: dict[str, Any], task: Any, train: list[Any]) -> list[Any]:
-    """STAT-Sel / STAT-Syn training data for the run's profile."""
-    from metaskill.methods import stat
-    from metaskill.skills.profile import Profile
+def _method_options(args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The registered method and its config for the run's ``--method`` and settings."""
+    opts: dict[str, Any] = {"rank": args["rank"], "alpha": 2.0 * args["rank"],
+                            "learning_rate": args["lr"], "steps": args["steps"],
+                            "batch_size": args["batch_size"], "seed": args["seed"]}
+    if args["method"] == "sft":
+        return "sft", opts
+    variant = args["method"].split("-", 1)[1]
+    return "stat", {**opts, "variant": variant, "per_pair": args["per_pair"]}
 
-    prof = Profile.load(args["profile"])
-    if args["method"] == "stat-sel":
-        return stat.stat_sel(prof, train, args["per_pair"], args["seed"])
-    if args["task"] == "reasoning_gym":
-        gen = stat.reasoning_gym_generator(args["options"].get("config"))
-        return stat.stat_syn_procedural(prof, gen, args["per_pair"], args["seed"] + 10_000)
-    if not args.get("teacher"):
-        raise MetaskillError("stat-syn on a non-procedural task needs --teacher SPEC.")
-    lm = _load_any(args["teacher"])
-    try:
-        data, _stats = stat.stat_syn_teacher(lm, task, prof, train,
-                                             per_pair=args["per_pair"], seed=args["seed"])
-    finally:
-        lm.close()
-    return data
+
+def _dev_accuracy(solver: Any, task: Any, dev: list[Any]) -> dict[str, Any]:
+    from metaskill.eval.harness import evaluate
+
+    run = evaluate(solver, task, examples=dev, progress=True)
+    return {"spec": solver.lm.spec, "split": "dev", "n": len(run.records),
+            "accuracy": run.accuracy}
 
 
 def register(app: typer.Typer) -> None:
@@ -263,27 +226,47 @@ def evolve_cmd(
         "--n-train", help="Unlabelled training inputs per round.")] = 64,
     eval_limit: Annotated[int, typer.Option("--eval-limit", help="Dev examples.")] = 50,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (resumable).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="CPU threads for llama.cpp and torch (default: "
+        "$METASKILL_THREADS, else all cores).")] = None,
 ) -> None:
     """SELF: rounds of self-answering, self-feedback, curation and LoRA training."""
     from metaskill.core.settings import Settings
-    from metaskill.methods.self_evolve import SelfEvolveConfig, run_self_evolve
 
     if rounds < 1:
         raise MetaskillError(f"--rounds must be >= 1, got {rounds}.")
-    settings = Settings.from_env()
+    settings = Settings.from_env(threads=threads)
     given: dict[str, Any] = {"task": task, "options": _options(option), "model": model,
                              "rounds": rounds, "samples": samples, "steps": steps,
                              "n_train": n_train, "eval_limit": eval_limit}
     if out is None:
         if task is None:
             raise MetaskillError("--task is required (or --out DIR of a run to resume).")
-        from metaskill.lm.cache import stable_hash
+        from metaskill.core.hashing import stable_hash
 
         out = settings.home / "evolve" / f"{task}-{stable_hash(given)[:8]}"
     args = _run_args(out, given)
-    cfg = SelfEvolveConfig(rounds=args["rounds"], samples=args["samples"],
-                           steps=args["steps"], n_train=args["n_train"],
-                           eval_limit=args["eval_limit"])
-    result = run_self_evolve(args["task"], args["options"], args["model"], cfg, out,
-                             settings=settings)
-    typer.echo(json.dumps(result))
+    typer.echo(json.dumps(_evolve_run(out, args, settings, Console(stderr=True))))
+
+
+def _evolve_run(out: Path, args: dict[str, Any], settings: Any,
+                console: Console) -> dict[str, Any]:
+    """SELF through the chain: rounds selected on dev (carved from train without one)."""
+    from metaskill.eval.solvers import ZeroShot
+    from metaskill.lm import load_lm
+    from metaskill.lm.cache import Cache
+    from metaskill.methods.base import MethodResources
+    from metaskill.methods.compose import fit_chain
+    from metaskill.tasks import get_task
+
+    task = get_task(args["task"], **args["options"])
+    lm = load_lm(args["model"], cache=Cache(out / "cache.sqlite"), settings=settings)
+    options = {k: args[k] for k in ("rounds", "samples", "steps", "n_train", "eval_limit")}
+    resources = MethodResources(progress=True, settings=settings, work_dir=out,
+                                log=console.print)
+    result = fit_chain(ZeroShot(lm, max_tokens=64), task, task.examples("train"),
+                       task.splits.get("dev"), [("self_evolve", options)], resources=resources)
+    notes = result.reports[0].notes
+    return {"base": notes["base"], "rounds": notes["rounds"], "best_round": notes["best_round"],
+            "best_accuracy": notes["dev_accuracy"], "dev": notes["dev"],
+            "model": result.solver.lm.spec}

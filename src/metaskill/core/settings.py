@@ -21,16 +21,39 @@ class Settings:
     Attributes:
         home: root folder for the cache, run store and SkillBook
             (``METASKILL_HOME``, default ``~/.cache/metaskill``).
+        threads: CPU threads for llama.cpp and torch (``METASKILL_THREADS``; None: the
+            backends' default, all cores). On a loaded machine 1 thread can beat 2.
     """
 
     home: Path
+    threads: int | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read settings from an environment mapping (``os.environ`` by default)."""
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 threads: int | None = None) -> Settings:
+        """Read settings from an environment mapping (``os.environ`` by default).
+
+        ``threads`` (a ``--threads`` option) overrides ``METASKILL_THREADS``.
+
+        Example:
+            >>> Settings.from_env({"METASKILL_THREADS": "1"}).threads
+            1
+            >>> Settings.from_env({"METASKILL_THREADS": "1"}, threads=2).threads
+            2
+        """
+        from metaskill.core.errors import InvalidParameterError
+
         env = os.environ if env is None else env
         home = env.get("METASKILL_HOME") or str(Path("~/.cache/metaskill").expanduser())
-        return cls(home=Path(home).expanduser())
+        raw = env.get("METASKILL_THREADS", "").strip()
+        if threads is None and raw:
+            if not raw.isdigit() or int(raw) < 1:
+                raise InvalidParameterError(
+                    f"METASKILL_THREADS must be a whole number >= 1, got '{raw}'.")
+            threads = int(raw)
+        if threads is not None and threads < 1:
+            raise InvalidParameterError(f"--threads must be >= 1, got {threads}.")
+        return cls(home=Path(home).expanduser(), threads=threads)
 
     @property
     def cache_path(self) -> Path:

@@ -395,3 +395,41 @@ def _check_resumable(run: Run, task: Any, split: str, solver_json: dict[str, Any
 
 
 __all__ = ["FATAL_ERRORS", "EvaluationError", "evaluate", "select"]
+
+
+def evaluate_stored(solver: Solver, task: Any, split: str, *, store: RunStore, name: str,
+                    limit: int | None = None, seed: int = 0, progress: bool = True,
+                    deadline: float | None = None, batch_size: int = 16) -> Run:
+    """The stored run of ``solver`` on ``split`` if it is done; else resume it or start it.
+
+    The run id is ``name`` plus a hash of everything the result depends on (the Solver's
+    JSON, the LM's identity, the task version, split, limit and seed), so a changed input
+    starts a new run instead of reusing a stale one, and a killed job loses at most one
+    batch. With ``deadline`` (a ``time.monotonic()`` value) it works batch by batch and
+    returns the run ``interrupted`` once the deadline has passed (resume it later).
+
+    Example:
+        >>> run = evaluate_stored(solver, task, "dev", store=store,
+        ...                       name="sst2/zero-shot/dev")  # doctest: +SKIP
+    """
+    from metaskill.core.hashing import stable_hash
+
+    key = stable_hash({"solver": solver.to_json(), "lm": getattr(solver.lm, "identity", None),
+                       "task": [task.name, getattr(task, "version", "1")], "split": split,
+                       "limit": limit, "seed": seed})
+    run_id = f"{name}-{key[:8]}"
+    try:
+        run = store.get(run_id, records=False)
+        found = run.id == run_id  # store.get also accepts unique prefixes
+    except MetaskillError:
+        found = False
+    if found and run.status == "done":
+        return store.get(run_id)
+    step = None if deadline is None else batch_size
+    args: dict[str, Any] = {"resume": run_id} if found else {"run_id": run_id}
+    while True:
+        run = evaluate(solver, task, split, limit=limit, seed=seed, store=store,
+                       progress=progress, batch_size=batch_size, max_new=step, **args)
+        if run.status != "interrupted" or deadline is None or time.monotonic() >= deadline:
+            return run
+        args = {"resume": run_id}

@@ -448,8 +448,9 @@ def load_solver(
 
     Args:
         path_or_dict: a JSON file path, or the dict :meth:`Solver.to_json` returned.
-        lm: the LM to use; when None, the JSON's ``model`` spec is loaded with
-            ``metaskill.lm.load_lm`` (or ``lm_loader``).
+        lm: the LM to use (plus the adapter the JSON's ``model`` spec names, if any); when
+            None, the JSON's ``model`` spec is loaded with ``metaskill.lm.load_lm`` (or
+            ``lm_loader``).
         lm_loader: how to load a model spec (default :func:`metaskill.lm.load_lm`).
 
     Raises:
@@ -492,7 +493,30 @@ def load_solver(
 
             lm_loader = load_lm
         lm = lm_loader(str(spec))
+    else:
+        lm = with_adapter_of(lm, data.get("model"))
     return cls.from_state(dict(data.get("state") or {}), lm)
+
+
+def with_adapter_of(lm: Any, spec: str | None) -> Any:
+    """``lm`` plus the adapter that the Solver JSON's model ``spec`` names, if it lacks it.
+
+    A trained Solver is plain Solver JSON whose model spec carries its adapter
+    (``local+adapter:PATH``); loading it onto the base LM serves base + that adapter.
+
+    Example:
+        >>> from metaskill.lm.fake import ScriptedLM
+        >>> with_adapter_of(ScriptedLM(), "fake+adapter:runs/a").spec
+        'fake+adapter:runs/a'
+        >>> with_adapter_of(ScriptedLM(), "fake").spec
+        'fake'
+    """
+    from metaskill.lm.adapters import split_adapter
+
+    wanted = split_adapter(str(spec or ""))[1]
+    if wanted is None or getattr(lm, "adapter", None) == wanted:
+        return lm
+    return lm.with_adapter(wanted)
 
 
 def save_solver(solver: Solver, path: str | Path) -> Path:

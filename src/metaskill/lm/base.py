@@ -17,11 +17,12 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from metaskill.core.errors import InvalidParameterError
+from metaskill.core.errors import InvalidParameterError, MethodError
 from metaskill.core.guard import active_guard, check_text
 from metaskill.core.hashing import stable_hash
 from metaskill.core.types import Completion, Message, Request, Sample, Usage
@@ -173,6 +174,51 @@ class LM(ABC):
             assert self.cache is not None
             self.cache.put(key, values, model=self.name)
         return values
+
+    # ---- adapters -----------------------------------------------------------------
+    @property
+    def adapter(self) -> str | None:
+        """The adapter this LM serves (the part of its spec after ``+adapter:``), if any."""
+        from metaskill.lm.adapters import split_adapter
+
+        return split_adapter(self.spec)[1]
+
+    def with_adapter(self, adapter: str | Path | None) -> LM:
+        """A new LM: this model plus the LoRA adapter at ``adapter`` (None: the bare model).
+
+        ``adapter`` is a training output folder (PEFT files, plus ``adapter.gguf`` for a GGUF
+        base) or an adapter file. Backends that run local weights override this; the others
+        refuse with a one-line error.
+
+        Example:
+            >>> from metaskill.lm.openai_compat import OpenAICompatLM
+            >>> OpenAICompatLM("m", "http://127.0.0.1:9").with_adapter("a")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            metaskill.core.errors.MethodError: the openai:m@... backend cannot serve a LoRA ...
+        """
+        raise MethodError(
+            f"the {self.spec} backend cannot serve a LoRA adapter; adapters need local weights "
+            "(specs local, gguf:PATH or hf:PATH)."
+        )
+
+    def with_trained(self, peft_model: Any, checkpoint_dir: str | Path) -> LM:
+        """This model plus the adapter of a PEFT model being trained (a checkpoint to score).
+
+        The default saves the adapter to ``checkpoint_dir`` (with its GGUF export for a GGUF
+        base) and serves it through :meth:`with_adapter` without the response cache, so a
+        checkpoint is scored exactly as the final adapter will be served. Close it when done.
+        """
+        from metaskill.lm.adapters import base_model_path, export_gguf
+
+        ck = Path(checkpoint_dir)
+        peft_model.save_pretrained(str(ck), save_embedding_layers=False)
+        base = base_model_path(self)
+        if base.endswith(".gguf"):
+            export_gguf(ck, base_gguf=base)
+        lm = self.with_adapter(ck)
+        lm.cache = None
+        return lm
 
     # ---- helpers ------------------------------------------------------------------
     def request_key(self, request: Request) -> str:

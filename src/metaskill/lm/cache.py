@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metaskill.core.hashing import stable_hash
 from metaskill.core.sqlite import ThreadConnections
 
 _SCHEMA = """
@@ -123,6 +122,4 @@ class Cache:
         self._db.close()
 
 
-# ``stable_hash`` lives in metaskill.core.hashing; re-exported until its last importers
-# (cli/train_cmds.py, pipeline/main_job.py) import it from there.
-__all__ = ["Cache", "stable_hash"]
+__all__ = ["Cache"]

@@ -9,10 +9,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from metaskill.core.hashing import stable_hash
 from metaskill.core.types import Completion, Request, Sample, Usage
+from metaskill.lm.adapters import ADAPTER_SEP
 from metaskill.lm.base import LM
 from metaskill.lm.cache import Cache
 
@@ -42,11 +44,13 @@ class ScriptedLM(LM):
         default: str = "",
         scores: Callable[[str, str], float] | None = None,
         cache: Cache | None = None,
+        adapted: ScriptedLM | None = None,
     ) -> None:
         super().__init__(cache=cache)
         self.script = script or {}
         self.default = default
         self._scores = scores
+        self.adapted = adapted
         self.calls: list[str] = []
 
     @property
@@ -57,7 +61,25 @@ class ScriptedLM(LM):
             if isinstance(self.script, Mapping)
             else getattr(self.script, "__qualname__", "fn")
         )
-        return {"backend": "fake", "script": tag, "default": self.default}
+        return {"backend": "fake", "script": tag, "default": self.default,
+                "adapter": self.adapter}
+
+    def with_adapter(self, adapter: str | Path | None) -> ScriptedLM:
+        """The "trained" fake model: ``adapted`` (else the same script) behind
+        ``fake+adapter:PATH``, so logic around adapters is testable without weights.
+
+        Example:
+            >>> lm = ScriptedLM(default="a", adapted=ScriptedLM(default="b"))
+            >>> t = lm.with_adapter("runs/x")
+            >>> t.spec, t.complete([Request(prompt="q")])[0].text
+            ('fake+adapter:runs/x', 'b')
+        """
+        src = self.adapted or self
+        lm = ScriptedLM(src.script, src.default, src._scores, cache=self.cache,
+                        adapted=self.adapted)
+        if adapter is not None:
+            lm.spec = f"fake{ADAPTER_SEP}{adapter}"
+        return lm
 
     def answer(self, prompt: str, request: Request) -> str:
         """The scripted answer for a prompt."""

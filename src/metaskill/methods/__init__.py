@@ -56,9 +56,14 @@ _TARGETS = {
     "adaptmi": "metaskill.methods.adaptmi:AdaptMI",
     "meta_prompting": "metaskill.methods.meta_prompting:MetaPrompting",
     "multi_critique": "metaskill.methods.multi_critique:MultiCritique",
+    # parametric methods (train LoRA adapters; a chain runs them first)
+    "sft": "metaskill.methods.sft:SFT",
+    "stat": "metaskill.methods.stat:STAT",
+    "self_evolve": "metaskill.methods.self_evolve:SelfEvolve",
 }
 for _name, _target in _TARGETS.items():
     METHODS.register(_name, _target)
+
 
 def method_available(name: str) -> tuple[bool, str]:
     """Whether method ``name`` can be imported, and a one-line description or the reason not.

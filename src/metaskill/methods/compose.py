@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
@@ -44,37 +44,7 @@ from metaskill.core.errors import MethodError
 from metaskill.core.types import Example
 from metaskill.eval.stats import paired_gain
 from metaskill.methods import METHODS
-from metaskill.methods.base import FitReport, Method, MethodConfig
-
-
-@dataclass
-class MethodResources:
-    """Things methods need besides data, passed explicitly (never through globals).
-
-    Attributes:
-        embedder: a ready embedder (``encode(texts)``); None loads ``embedder_spec``.
-        embedder_spec: spec for :func:`metaskill.skills.embed.load_embedder`.
-        skillbook: a SkillBook, for skill-based methods (skill_demos, adaptmi).
-        teacher: a stronger LM for teacher/critic roles, where a method has one.
-        progress: show progress bars on stderr during fitting.
-        extra: anything else a method documents that it reads.
-    """
-
-    embedder: Any = None
-    embedder_spec: str = "minilm"
-    skillbook: Any = None
-    teacher: Any = None
-    progress: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def get_embedder(self) -> Any:
-        """The embedder, loaded once from ``embedder_spec`` if none was given."""
-        if self.embedder is None:
-            from metaskill.skills.embed import load_embedder
-
-            self.embedder = load_embedder(self.embedder_spec)
-        return self.embedder
-
+from metaskill.methods.base import FitReport, Method, MethodConfig, MethodResources
 
 CheckVerdict = Literal["better", "within_noise", "worse"]
 
@@ -233,6 +203,9 @@ def fit_chain(
 ) -> AdaptResult:
     """Apply ``methods`` in order, each to the Solver the previous one returned.
 
+    Parametric methods (``sft``, ``stat``, ``self_evolve``: they train the weights) run
+    before inference-time ones, so every prompt-level choice is made for the trained model.
+
     Args:
         solver: the starting Solver (not mutated).
         task: the task (its verifier scores dev answers during fitting).
@@ -260,13 +233,12 @@ def fit_chain(
     reports: list[FitReport] = []
     names: list[str] = []
     current = solver
-    for item in methods:
-        if isinstance(item, Method):
-            method = item
-        elif isinstance(item, tuple):
-            method = build_method(item[0], item[1], resources, shared=shared)
-        else:
-            method = build_method(item, None, resources, shared=shared)
+    built = [item if isinstance(item, Method) else
+             build_method(item[0], item[1], resources, shared=shared) if isinstance(item, tuple)
+             else build_method(item, None, resources, shared=shared) for item in methods]
+    # Parametric methods first (stable): "knn_demos+sft" trains the model, then retrieves
+    # demos for the trained model, whatever the order the chain was written in.
+    for method in sorted(built, key=lambda m: m.stage != "parametric"):
         current = method.fit(current, task, train, dev)
         reports.append(method.report)
         names.append(method.name)
@@ -345,7 +317,6 @@ def compare_with_input(
         given_report=given_report, adapted_report=adapted_report)
 
 
-
 def adapt(
     solver: Any,
     task: Any,
@@ -363,11 +334,15 @@ def adapt(
 def parse_method_list(text: str) -> list[str]:
     """``"knn_demos,self_refine"`` -> ``["knn_demos", "self_refine"]``, checked by name.
 
+    A chain may also be joined with ``+``, as ``metaskill run --methods`` writes it.
+
     Example:
         >>> parse_method_list("knn_demos, self_refine")
         ['knn_demos', 'self_refine']
+        >>> parse_method_list("knn_demos+sft")
+        ['knn_demos', 'sft']
     """
-    names = [t.strip() for t in text.split(",") if t.strip()]
+    names = [t.strip() for t in text.replace("+", ",").split(",") if t.strip()]
     if not names:
         raise MethodError("adapt: --method is empty; name one or more methods, comma-separated.")
     for n in names:

@@ -98,8 +98,7 @@ def train_skill_library(lm: Any, task: Any, train: list[Example], config: Any,
         skills: the skills to train (default: every skill seen in ``train``).
         book: a SkillBook; each trained skill present in it gets ``adapter=<path>``.
     """
-    from metaskill.methods.adapters import train_for_lm
-    from metaskill.methods.sft import pairs_from_examples, user_text
+    from metaskill.methods.sft import pairs_from_examples, train_for_lm, user_text
 
     out = Path(out_dir)
     names = skills or sorted({s for e in train for s in e.skills})

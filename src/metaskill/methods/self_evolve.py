@@ -15,11 +15,13 @@ Algorithm (rounds r = 1..R, model M_0 = the base model):
    agree.
 4. LoRA fine-tuning on everything curated so far (rounds accumulate), continuing from the
    previous round's adapter, gives M_r.
-5. M_r is scored on dev. The loop stops once dev accuracy has not improved for
-   ``patience`` rounds; the best round's adapter is the result.
+5. M_r is scored on the dev examples ``fit`` was given (a dev carved from train when it
+   was given none, said in the fit report; never the test split). The loop stops once dev
+   accuracy has not improved for ``patience`` rounds; the best round's adapter is the
+   result.
 
 Each round's candidates, curated data, adapter and scores stay in the run directory
-(``round-N/``); every step is a stage of :class:`~metaskill.pipeline.stages.StageRunner`,
+(``round-N/``); every step is a stage of :class:`~metaskill.core.stages.StageRunner`,
 so a killed run resumes and a finished round is never redone.
 
 What we changed: SELF first trains the meta-skills (feedback and refinement) on a seed set
@@ -33,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -42,8 +45,11 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from metaskill.core.types import Example, Message, Request
-from metaskill.methods.base import FitReport, Method, MethodConfig
+from metaskill.eval.solver import Solver
+from metaskill.lm.base import LM
+from metaskill.methods.base import FitReport, Method, MethodConfig, MethodResources, split_dev
 from metaskill.methods.sft import ChatPair, SFTConfig, TrainingError, user_text
+from metaskill.tasks.base import Task
 
 
 class SelfEvolveConfig(MethodConfig):
@@ -172,6 +178,7 @@ def self_evolve(
     cfg: SelfEvolveConfig,
     out: str | Path,
     *,
+    train: list[Example],
     lm_for: LMFactory,
     trainer: Trainer,
     score: Scorer,
@@ -180,32 +187,35 @@ def self_evolve(
     """Run SELF rounds in the run directory ``out`` (resumable).
 
     Args:
-        task: the Task (its ``train`` inputs are answered, ``dev`` scores each round).
+        task: the Task (its template, instructions and Verifier).
         cfg: the :class:`SelfEvolveConfig`.
         out: the run directory.
-        lm_for: ``adapter_dir or None -> LM`` (the base model plus that adapter).
+        train: the training inputs answered in the rounds.
+        lm_for: ``adapter_dir or None -> LM`` (the base model plus that adapter; with None
+            the caller's own LM, which is never closed here).
         trainer: ``(pairs, sft_config, out_dir, init_adapter) -> None``; writes a PEFT
             adapter to ``out_dir`` (e.g. :func:`train_for_lm` bound to the base LM).
-        score: ``LM -> {"accuracy": ..., "n": ...}`` on dev.
+        score: ``LM -> {"accuracy": ..., "n": ...}`` on the dev examples (never test).
         progress: called with one line per finished step.
 
     Returns:
         ``{"rounds": [...], "best_round": r, "best_adapter": path or None, "base": ...}``.
     """
-    from metaskill.pipeline.stages import StageRunner
+    from metaskill.core.stages import StageRunner
 
     say = progress or (lambda _m: None)
     root = Path(out)
     runner = StageRunner(root)
     cfg_json = cfg.model_dump(mode="json")
-    base = runner.run("round-0-eval", {"cfg": cfg_json}, lambda: _scored(lm_for(None), score))
+    base = runner.run("round-0-eval", {"cfg": cfg_json}, lambda: score(lm_for(None)))
     say(f"round 0 (base): dev accuracy {base['accuracy']:.1%}")
     history: list[dict[str, Any]] = []
     best_acc, best_round, best_adapter = base["accuracy"], 0, None
     adapter: Path | None = None
     curated_all: list[ChatPair] = []
     stale = 0
-    train = task.examples("train")
+    if not train:
+        raise TrainingError("SELF: no training inputs to answer.")
     for r in range(1, cfg.rounds + 1):
         rdir = root / f"round-{r}"
         rdir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +229,8 @@ def self_evolve(
             try:
                 cands = generate_candidates(lm, task, inputs, cfg, seed=cfg.seed + 1000 * r)
             finally:
-                _close(lm)
+                if adapter is not None:
+                    _close(lm)
             (rdir / "candidates.json").write_text(json.dumps(cands, indent=1))
             verdicts = [v for c in cands.values() for v in c["verdicts"]]
             return {"n_inputs": len(inputs), "verdicts": dict(Counter(map(str, verdicts)))}
@@ -287,75 +298,61 @@ def _close(lm: Any) -> None:
         close()
 
 
-# ---- wiring to real models -----------------------------------------------------------------
-def run_self_evolve(task_name: str, options: dict[str, Any], model: str, cfg: SelfEvolveConfig,
-                    out: str | Path, *, settings: Any = None) -> dict[str, Any]:
-    """SELF on a registered task with a local model spec (``local``, ``gguf:PATH``)."""
-    from metaskill.tasks import get_task
-
-    task = get_task(task_name, **options)
-    return SelfEvolve(cfg, out, settings=settings).evolve(model, task)
-
-
+# ---- the Method ----------------------------------------------------------------------------
 class SelfEvolve(Method):
-    """SELF as a Method: ``fit(solver, task, train, dev)`` returns a Solver whose LM is the
-    base model plus the best round's adapter (the input Solver if no round beat it)."""
+    """SELF as a Method: ``fit(solver, task, train, dev)`` returns the Solver on the base
+    model plus the best round's adapter (the input Solver if no round beat it on dev).
+
+    Rounds are selected on ``dev``; without one, the last ``eval_limit`` (at least a fifth)
+    of ``train`` becomes dev and is not answered in the rounds, said in the fit report.
+    The rounds live in ``resources.work_dir_for("self_evolve", ...)`` and resume there.
+
+    Example:
+        >>> SelfEvolve(SelfEvolveConfig(rounds=1)).stage
+        'parametric'
+    """
 
     name: ClassVar[str] = "self_evolve"
+    stage: ClassVar[str] = "parametric"
+    Config: ClassVar[type[MethodConfig]] = SelfEvolveConfig
 
-    def __init__(self, config: SelfEvolveConfig | None = None, out_dir: str | Path = "self",
-                 settings: Any = None) -> None:
+    def __init__(self, config: SelfEvolveConfig | None = None, *,
+                 resources: MethodResources | None = None) -> None:
         super().__init__(config or SelfEvolveConfig())
-        self.out_dir = Path(out_dir)
-        self.settings = settings
+        self.config: SelfEvolveConfig
+        self.resources = resources or MethodResources()
 
-    def evolve(self, model: str | Any, task: Any, *, progress: bool = True) -> dict[str, Any]:
-        """Run the rounds for a model spec (or an LM) on ``task``."""
-        from rich.console import Console
-
+    def fit(self, solver: Solver, task: Task, train: list[Example],
+            dev: list[Example] | None = None) -> Solver:
+        """Run the SELF rounds from ``solver``'s LM; select the round on ``dev``."""
         from metaskill.eval.harness import evaluate
-        from metaskill.eval.solvers import ZeroShot
-        from metaskill.lm import load_lm
-        from metaskill.lm.cache import Cache
-        from metaskill.methods.adapters import lm_with_adapter, train_for_lm
+        from metaskill.methods.sft import train_for_lm
 
-        assert isinstance(self.config, SelfEvolveConfig)
-        cfg = self.config
-        cache = Cache(self.out_dir / "cache.sqlite")
-        base_lm = load_lm(model, cache=cache) if isinstance(model, str) else model
-        console = Console(stderr=True)
+        cfg, res = self.config, self.resources
+        self.report = FitReport()
+        train, dev, dev_note = split_dev(train, dev, cfg.eval_limit)
+        dev = dev[: cfg.eval_limit] if cfg.eval_limit else dev
+        out = res.work_dir_for(self.name, {"task": task.name, "cfg": cfg.model_dump(mode="json"),
+                                           "train": [e.id for e in train],
+                                           "dev": [e.id for e in dev], "lm": solver.lm.spec})
+        trainer = res.trainer or functools.partial(train_for_lm, settings=res.settings)
 
-        def lm_for(adapter: Path | None) -> Any:
-            if adapter is None:
-                return base_lm
-            return lm_with_adapter(base_lm, adapter, settings=self.settings, cache=cache)
+        def lm_for(adapter: Path | None) -> LM:
+            return solver.lm if adapter is None else solver.lm.with_adapter(adapter)
 
-        def trainer(pairs: list[ChatPair], sft: SFTConfig, out: Path,
-                    init: Path | None) -> None:
-            train_for_lm(base_lm, pairs, sft, out, settings=self.settings, init_adapter=init,
-                         progress=progress)
+        def train_round(pairs: list[ChatPair], sft: SFTConfig, to: Path,
+                        init: Path | None) -> None:
+            trainer(solver.lm, pairs, sft, to, init_adapter=init, progress=res.progress)
 
-        def score(lm: Any) -> dict[str, Any]:
-            split = "dev" if task.splits.get("dev") else "test"
-            run = evaluate(ZeroShot(lm, max_tokens=cfg.max_tokens), task, split,
-                           limit=cfg.eval_limit, progress=progress)
-            n = len(run.records)
-            return {"accuracy": sum(x.score for x in run.records) / max(1, n), "n": n}
+        def score(lm: LM) -> dict[str, Any]:
+            run = evaluate(solver.with_lm(lm), task, examples=dev, progress=res.progress)
+            return {"accuracy": run.accuracy, "n": len(run.records)}
 
-        summary = self_evolve(task, cfg, self.out_dir, lm_for=lm_for, trainer=trainer,
-                              score=score, progress=console.print if progress else None)
-        if isinstance(model, str):
-            _close(base_lm)
-        return summary
-
-    def fit(self, solver: Any, task: Any, train: list[Example],
-            dev: list[Example] | None = None) -> Any:
-        """Run SELF from ``solver``'s LM and return a Solver with the best adapter."""
-        from metaskill.methods.adapters import solver_with_adapter
-
-        summary = self.evolve(solver.lm, task)
-        self.report = FitReport(notes={"rounds": summary["rounds"],
-                                       "best_round": summary["best_round"]})
+        summary = self_evolve(task, cfg, out, train=train, lm_for=lm_for, trainer=train_round,
+                              score=score, progress=res.log)
+        self.report.notes.update({"rounds": summary["rounds"], "base": summary["base"],
+                                  "best_round": summary["best_round"], "dev": dev_note,
+                                  "dev_accuracy": summary["best_accuracy"], "run_dir": str(out)})
         if summary["best_adapter"] is None:
-            return type(solver).from_state(solver.state(), solver.lm)
-        return solver_with_adapter(solver, summary["best_adapter"], settings=self.settings)
+            return solver.with_lm(solver.lm)
+        return solver.with_lm(solver.lm.with_adapter(summary["best_adapter"]))

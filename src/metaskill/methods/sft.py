@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -34,6 +35,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +45,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message
-from metaskill.methods.base import FitReport, Method, MethodConfig
+from metaskill.eval.solver import Solver
+from metaskill.methods.base import FitReport, Method, MethodConfig, MethodResources
+from metaskill.tasks.base import Task
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -71,6 +75,11 @@ class SFTConfig(MethodConfig):
         warmup_steps: linear learning-rate warm-up steps.
         grad_clip: gradient-norm clip (0 disables).
         threads: torch CPU threads (None keeps torch's default).
+        n_examples: train on a seeded uniform sample of this many answered training
+            examples (None: all of them); the uniform-SFT baseline of STAT.
+        eval_every: as a Method, score ``curve_n`` dev examples every this many steps and
+            after the last (the learning curve in the fit report); None: no curve.
+        curve_n: dev examples scored at each point of the learning curve.
     """
 
     rank: int = Field(8, ge=1, le=1024)
@@ -87,6 +96,9 @@ class SFTConfig(MethodConfig):
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     threads: int | None = Field(None, ge=1)
+    n_examples: int | None = Field(None, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    curve_n: int = Field(20, ge=1)
 
     @model_validator(mode="after")
     def _one_budget(self) -> SFTConfig:
@@ -424,37 +436,161 @@ def _progress(enabled: bool) -> Any:
     )
 
 
+# ---- training for an LM's own weights ----------------------------------------------------
+#: ``(lm, pairs, config, out_dir, *, init_adapter, progress, on_step) -> TrainResult``.
+Trainer = Callable[..., TrainResult]
+
+
+def train_for_lm(lm: Any, pairs: list[ChatPair], config: SFTConfig, out_dir: str | Path, *,
+                 settings: Any = None, init_adapter: str | Path | None = None,
+                 progress: bool = True, on_step: Any = None) -> TrainResult:
+    """Train a LoRA adapter for the model behind ``lm`` (its local weights, loaded with
+    transformers) and export it to GGUF when the base is a GGUF file.
+
+    Example:
+        >>> train_for_lm(load_lm("local"), pairs, SFTConfig(steps=30), "out")  # doctest: +SKIP
+    """
+    from metaskill.lm.adapters import base_model_path, export_gguf
+    from metaskill.lm.hf import load_hf_model
+
+    base = base_model_path(lm)
+    model, tok, info = load_hf_model(base, settings=settings)
+    meta: dict[str, Any] = {"base": {"source": info["source"], "hash": info["hash"],
+                                     "kind": info["kind"],
+                                     "model_type": getattr(model.config, "model_type", None)}}
+    res = train_lora(model, tok, pairs, config, out_dir, init_adapter=init_adapter,
+                     meta=meta, progress=progress, on_step=on_step)
+    if info["kind"] == "gguf":
+        export_gguf(res.adapter_dir, base_gguf=info["source"])
+    return res
+
+
+def train_solver(method: Method, solver: Solver, task: Task, data: list[Example],
+                 dev: list[Example] | None, config: SFTConfig, resources: Any) -> Solver:
+    """Train an adapter for ``solver``'s LM on ``data``; the Solver on base + adapter.
+
+    The shared second half of every parametric method (SFT, STAT): the training pairs go to
+    ``WORK/data.jsonl`` and the adapter to ``WORK/adapter`` (``WORK`` is
+    ``resources.work_dir_for(method, inputs)``), a learning curve on
+    ``config.curve_n`` dev examples every ``config.eval_every`` steps, a stop at
+    ``resources.deadline`` (the adapter is saved either way), and the fit report
+    (adapter, steps, losses, curve, cost). The returned Solver's LM spec carries the
+    adapter, so its JSON reloads base + adapter.
+    """
+    from metaskill.eval.harness import evaluate
+
+    work = resources.work_dir_for(method.name, {"task": task.name, "lm": solver.lm.spec,
+                                                "data": [e.id for e in data],
+                                                "cfg": config.model_dump(mode="json")})
+    out_dir = work / "adapter"
+    pairs = pairs_from_examples(task, data)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "data.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in pairs))
+    trainer: Trainer = resources.trainer or functools.partial(train_for_lm,
+                                                              settings=resources.settings)
+    threads = getattr(resources.settings, "threads", None)
+    if config.threads is None and threads is not None:
+        config = config.model_copy(update={"threads": threads})
+    curve_dev = list(dev or [])[: config.curve_n]
+    say = resources.say
+
+    def point(s: Solver) -> float:
+        return evaluate(s, task, examples=curve_dev, progress=False).accuracy
+
+    curve: list[dict[str, Any]] = []
+    if config.eval_every and curve_dev:
+        curve.append({"step": 0, "accuracy": point(solver), "train_s": 0.0})
+        say(f"{method.name}: LoRA training, dev curve on {len(curve_dev)} examples: "
+            f"step 0 {curve[0]['accuracy']:.0%}")
+
+    def on_step(st: StepInfo) -> bool:
+        stop = resources.past_deadline()
+        last = st.step >= st.total_steps or stop
+        if not (config.eval_every and curve_dev) or (st.step % config.eval_every and not last):
+            return stop
+        ck_lm = solver.lm.with_trained(st.model, work / "checkpoint")
+        try:
+            acc = point(solver.with_lm(ck_lm))
+        finally:
+            ck_lm.close()
+        curve.append({"step": st.step, "accuracy": acc, "loss": round(st.loss, 4),
+                      "train_s": round(st.elapsed_s, 1)})
+        say(f"  step {st.step}: loss {st.loss:.3f}, dev {acc:.0%}")
+        return stop
+
+    res = trainer(solver.lm, pairs, config, out_dir,
+                  progress=resources.progress, on_step=on_step)
+    method.report.notes.update({
+        "adapter": str(res.adapter_dir), "steps": res.steps, "planned_steps": config.steps,
+        "stopped_early": bool(config.steps and res.steps < config.steps),
+        "losses": [round(x, 4) for x in res.losses],
+        "final_loss": res.losses[-1] if res.losses else None,
+        "seconds": round(res.seconds, 1), "seconds_per_step": round(res.seconds_per_step, 2),
+        "peak_rss_mb": round(res.peak_rss_mb), "n_examples": len(data), "curve": curve,
+        "curve_n": len(curve_dev),
+        "data_skills": dict(Counter(sk for e in data for sk in e.skills)),
+    })
+    return solver.with_lm(solver.lm.with_adapter(res.adapter_dir))
+
+
+def uniform_sample(train: list[Example], n: int, seed: int = 0) -> list[Example]:
+    """The uniform-SFT baseline: ``n`` answered training examples drawn without skill
+    targeting (with replacement only if ``n`` exceeds the pool)."""
+    pool = [e for e in train if e.answer is not None]
+    if not pool:
+        raise MethodError("uniform SFT: no answered training examples.")
+    rng = random.Random(seed)
+    if n <= len(pool):
+        return rng.sample(pool, n)
+    return [rng.choice(pool) for _ in range(n)]
+
+
+def check_trainable(lm: Any, resources: MethodResources) -> None:
+    """Fail before any work when ``lm`` has no local weights to train (no custom trainer).
+
+    Raises:
+        MethodError: naming the spec forms that can be trained.
+    """
+    if resources.trainer is None:
+        from metaskill.lm.adapters import base_model_path
+
+        base_model_path(lm)
+
+
 # ---- the Method -----------------------------------------------------------------------------
 class SFT(Method):
-    """Uniform LoRA SFT on a task's training answers: ``fit(solver, task, train) -> Solver``.
+    """Uniform LoRA SFT on a task's training answers: ``fit(solver, task, train, dev)``.
 
     The returned Solver has the same state as the input Solver but its LM serves
-    base + the new adapter (the GGUF export, via the llama.cpp backend, when the base is a
-    GGUF model; the HF backend otherwise).
+    base + the new adapter (``lm.with_adapter``: the GGUF export on llama.cpp, the PEFT
+    folder on the HF backend); its JSON's model spec carries the adapter.
 
-    Args:
-        config: an :class:`SFTConfig`.
-        out_dir: where the adapter folder goes.
-        settings: passed to the HF loader (METASKILL_HOME).
+    Example:
+        >>> SFT(SFTConfig(steps=10)).stage
+        'parametric'
     """
 
     name: ClassVar[str] = "sft"
+    stage: ClassVar[str] = "parametric"
+    Config: ClassVar[type[MethodConfig]] = SFTConfig
 
-    def __init__(self, config: SFTConfig | None = None, out_dir: str | Path = "sft-adapter",
-                 settings: Any = None) -> None:
+    def __init__(self, config: SFTConfig | None = None, *,
+                 resources: MethodResources | None = None) -> None:
         super().__init__(config or SFTConfig())
-        self.out_dir = Path(out_dir)
-        self.settings = settings
+        self.config: SFTConfig
+        self.resources = resources or MethodResources()
 
-    def fit(self, solver: Any, task: Any, train: list[Example],
-            dev: list[Example] | None = None) -> Any:
-        """Train an adapter on ``train`` and return a new Solver that uses it."""
-        from metaskill.methods.adapters import solver_with_adapter, train_for_lm
-
-        assert isinstance(self.config, SFTConfig)
-        pairs = pairs_from_examples(task, train)
-        res = train_for_lm(solver.lm, pairs, self.config, self.out_dir, settings=self.settings)
-        self.report = FitReport(notes={"adapter": str(res.adapter_dir), "steps": res.steps,
-                                       "final_loss": res.losses[-1] if res.losses else None,
-                                       "seconds": res.seconds, "n_examples": res.n_examples})
-        return solver_with_adapter(solver, res.adapter_dir, settings=self.settings)
+    def fit(self, solver: Solver, task: Task, train: list[Example],
+            dev: list[Example] | None = None) -> Solver:
+        """Train an adapter on ``train`` (or a uniform sample of it) and return a new Solver
+        that uses it."""
+        self.report = FitReport()
+        check_trainable(solver.lm, self.resources)
+        cfg = self.config
+        data = [e for e in train if e.answer is not None]
+        if not data:
+            raise TrainingError("sft: no training examples with answers to train on.")
+        if cfg.n_examples is not None:
+            data = uniform_sample(data, cfg.n_examples, seed=cfg.seed)
+        self.report.notes["data"] = f"uniform SFT on {len(data)} training examples"
+        return train_solver(self, solver, task, data, dev, cfg, self.resources)

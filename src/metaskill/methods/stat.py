@@ -16,7 +16,7 @@ the model is missing. STAT then builds a training set aimed at those skills:
 
 Both then run LoRA fine-tuning (:class:`STAT` = data construction + :class:`SFT`). The
 baseline to compare against is uniform SFT on the same number of examples and steps
-(:func:`uniform_sample`).
+(:func:`~metaskill.methods.sft.uniform_sample`).
 
 What we changed: exemplars are retrieved by skill label (seeded draw) rather than by
 embedding similarity; agreement is exact match after whitespace/case normalisation.
@@ -36,13 +36,16 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message, Request
-from metaskill.methods.base import FitReport, Method, MethodConfig
+from metaskill.eval.solver import Solver
+from metaskill.methods.base import FitReport, Method, MethodConfig, MethodResources
+from metaskill.methods.sft import SFTConfig, check_trainable, train_solver, uniform_sample
+from metaskill.tasks.base import Task
 
 
 def missing_pairs(profile: Any) -> list[tuple[str, str]]:
@@ -87,18 +90,6 @@ def stat_sel(profile: Any, train: list[Example], per_pair: int = 2,
     if limit is not None and limit < len(out):
         out = random.Random(seed + 1).sample(out, limit)
     return out
-
-
-def uniform_sample(train: list[Example], n: int, seed: int = 0) -> list[Example]:
-    """The uniform-SFT baseline: ``n`` answered training examples drawn without skill
-    targeting (with replacement only if ``n`` exceeds the pool)."""
-    pool = [e for e in train if e.answer is not None]
-    if not pool:
-        raise MethodError("uniform SFT: no answered training examples.")
-    rng = random.Random(seed)
-    if n <= len(pool):
-        return rng.sample(pool, n)
-    return [rng.choice(pool) for _ in range(n)]
 
 
 def skill_counts(profile: Any) -> Counter[str]:
@@ -194,62 +185,113 @@ def stat_syn_procedural(profile: Any, generator: Generator, per_pair: int = 2,
     return out
 
 
-class STATConfig(MethodConfig):
-    """STAT settings.
+class STATConfig(SFTConfig):
+    """STAT settings: the data construction, then the LoRA settings of :class:`SFTConfig`.
 
     Attributes:
-        variant: ``sel`` or ``syn``.
-        per_pair: examples per (difficult example, missing skill) pair.
-        seed: selection/synthesis seed.
+        variant: ``sel`` (select training examples of the missing skills) or ``syn``
+            (synthesize new ones: a procedural generator, else the teacher LM).
+        per_pair: examples per (difficult example, missing skill) pair; None sizes the set
+            to ``n_examples`` (default ``steps x batch_size``: every step sees new data).
+        fallback_uniform: when the Profile names no missing skill, train uniformly on
+            ``n_examples`` training examples (said in the fit report) instead of failing.
     """
 
-    variant: str = Field("sel", pattern="^(sel|syn)$")
-    per_pair: int = Field(2, ge=1)
-    seed: int = 0
+    variant: Literal["sel", "syn"] = "sel"
+    per_pair: int | None = Field(None, ge=1)
+    fallback_uniform: bool = True
 
 
 class STAT(Method):
-    """STAT-Sel / STAT-Syn data construction followed by LoRA SFT.
+    """STAT-Sel / STAT-Syn data construction for a Profile's missing skills, then LoRA SFT.
 
-    Args:
-        config: :class:`STATConfig`.
-        profile: the Missing-Skill Profile of the Solver to improve.
-        sft: the :class:`~metaskill.methods.sft.SFT` method that trains on the data.
-        generator: for ``syn`` on a procedural task; else ``teacher`` must be given.
-        teacher: a teacher LM for ``syn`` on a non-procedural task.
+    Reads the Missing-Skill Profile of the Solver being adapted from
+    ``resources.profile`` (a :class:`~metaskill.skills.profile.Profile`, its JSON dict, or
+    a path); ``syn`` takes its generator from ``resources.extra["generator"]`` or, for a
+    reasoning-gym task, that task's generators, else the teacher ``resources.teacher``.
+
+    Example:
+        >>> STAT(STATConfig(variant="sel")).stage
+        'parametric'
     """
 
     name: ClassVar[str] = "stat"
+    stage: ClassVar[str] = "parametric"
+    Config: ClassVar[type[MethodConfig]] = STATConfig
 
-    def __init__(self, config: STATConfig | None, profile: Any, sft: Any,
-                 generator: Generator | None = None, teacher: Any = None) -> None:
+    def __init__(self, config: STATConfig | None = None, *,
+                 resources: MethodResources | None = None) -> None:
         super().__init__(config or STATConfig())
-        self.profile = profile
-        self.sft = sft
-        self.generator = generator
-        self.teacher = teacher
+        self.config: STATConfig
+        self.resources = resources or MethodResources()
 
-    def build_data(self, task: Any, train: list[Example]) -> list[Example]:
-        """The STAT training set for ``train``."""
-        assert isinstance(self.config, STATConfig)
-        c = self.config
-        if c.variant == "sel":
-            return stat_sel(self.profile, train, c.per_pair, c.seed)
-        if self.generator is not None:
-            return stat_syn_procedural(self.profile, self.generator, c.per_pair, c.seed + 10_000)
-        if self.teacher is None:
-            raise MethodError("STAT-Syn needs a teacher LM or a procedural generator.")
-        data, _stats = stat_syn_teacher(self.teacher, task, self.profile, train,
-                                        per_pair=c.per_pair, seed=c.seed)
-        return data
+    def fit(self, solver: Solver, task: Task, train: list[Example],
+            dev: list[Example] | None = None) -> Solver:
+        """Build the targeted data and fine-tune; returns the Solver on base + adapter."""
+        self.report = FitReport()
+        check_trainable(solver.lm, self.resources)
+        data, note = build_data(task, train, self.config, self.resources)
+        self.report.notes["data"] = note
+        return train_solver(self, solver, task, data, dev, self.config, self.resources)
 
-    def fit(self, solver: Any, task: Any, train: list[Example],
-            dev: list[Example] | None = None) -> Any:
-        """Build the targeted data and fine-tune; returns the SFT's new Solver."""
-        data = self.build_data(task, train)
-        new = self.sft.fit(solver, task, data, dev)
-        self.report = FitReport(notes={"n_train": len(data),
-                                       "skills": dict(Counter(s for e in data
-                                                              for s in e.skills)),
-                                       **self.sft.report.notes})
-        return new
+
+def load_profile(profile: Any) -> Any:
+    """A Profile from a Profile, its JSON dict, or a JSON file path (None stays None)."""
+    from metaskill.skills.profile import Profile
+
+    if profile is None or isinstance(profile, Profile):
+        return profile
+    if isinstance(profile, dict):
+        return Profile.model_validate(profile)
+    return Profile.load(profile)
+
+
+def build_data(task: Task, train: list[Example], cfg: STATConfig,
+               resources: MethodResources) -> tuple[list[Example], str]:
+    """The STAT training set and one line saying what it is (the one copy of this logic).
+
+    Example:
+        >>> from metaskill.skills.profile import Profile
+        >>> train = [Example(id=str(i), input=f"q{i}", answer="a") for i in range(4)]
+        >>> cfg = STATConfig(steps=2, batch_size=2)
+        >>> build_data(None, train, cfg, MethodResources(profile=Profile(task="t")))[1]
+        'the profile names no missing skill, so uniform SFT on 4 training examples'
+    """
+    profile = load_profile(resources.profile)
+    if profile is None:
+        raise MethodError("stat: needs the Missing-Skill Profile of the Solver it adapts "
+                          "(build one with `metaskill skills profile`; pass --profile).")
+    answered = [e for e in train if e.answer is not None]
+    n_target = cfg.n_examples or min(len(answered), (cfg.steps or 1) * cfg.batch_size)
+    pairs = missing_pairs(profile)
+    if not pairs:
+        if not cfg.fallback_uniform:
+            raise MethodError("stat: the profile names no missing skill.")
+        data = uniform_sample(answered, n_target, seed=cfg.seed)
+        return data, (f"the profile names no missing skill, so uniform SFT on {len(data)} "
+                      "training examples")
+    per_pair = cfg.per_pair or max(1, -(-n_target // len(pairs)))
+    if cfg.variant == "sel":
+        data = stat_sel(profile, train, per_pair=per_pair, seed=cfg.seed,
+                        limit=None if cfg.per_pair else n_target)
+        return data, (f"STAT-Sel: {len(data)} training examples for {len(pairs)} "
+                      "(difficult dev example, missing skill) pairs")
+    generator = resources.extra.get("generator") or _procedural_generator(train)
+    if generator is not None:
+        data = stat_syn_procedural(profile, generator, per_pair, cfg.seed + 10_000)
+        return data, f"STAT-Syn (procedural): {len(data)} generated examples"
+    if resources.teacher is None:
+        raise MethodError("stat: variant syn on a non-procedural task needs a teacher LM "
+                          "(--teacher SPEC).")
+    data, stats = stat_syn_teacher(resources.teacher, task, profile, train,
+                                   per_pair=per_pair, seed=cfg.seed)
+    if not data:
+        raise MethodError(f"stat: the teacher's synthesized questions never agreed ({stats}); "
+                          "nothing to train on.")
+    return data, f"STAT-Syn (teacher): kept {stats['kept']} of {stats['proposed']} questions"
+
+
+def _procedural_generator(train: list[Example]) -> Generator | None:
+    """reasoning-gym's generators, when the training examples come from reasoning-gym."""
+    rg = next((e.metadata["rg"] for e in train if "rg" in e.metadata), None)
+    return reasoning_gym_generator(rg.get("config") or None) if rg else None

@@ -12,17 +12,24 @@
    select the best on dev only (never on test). Candidates over the token budget are
    not eligible.
 5. **train** -- for the tasks chosen for training (``--train`` for all of them; by default
-   the default suite's string-skill task, ``word_reversal``): build a STAT-Sel training
-   set from the Missing-Skill Profile (uniform SFT when it names no missing skill), train
-   a LoRA adapter, scoring a dev subset every few steps for the learning curve, and add
-   the trained model (zero-shot prompt, base + adapter) as one more candidate. Training
-   stops early when the time budget is spent; the adapter is kept either way.
+   the default suite's string-skill task, ``word_reversal``): the ``stat`` Method (a
+   STAT-Sel training set from the Missing-Skill Profile, uniform SFT when it names no
+   missing skill; ``sft`` with ``--train-method sft``) through the same chain as every
+   method, scoring a dev subset every few steps for the learning curve. The trained
+   Solver (zero-shot prompt, base + adapter; its JSON's model spec carries the adapter)
+   is one more candidate. Training stops at its deadline; the adapter is kept either way.
 6. **test** -- evaluate every candidate on test.
 7. **report** -- one self-contained HTML file plus a terminal summary.
 
+One function per stage (:func:`stage_baseline` ... :func:`stage_report`) over a
+:class:`TaskContext`. With a time budget the job first measures the machine and plans
+every stage's size to end within it (:mod:`metaskill.pipeline.plan`); the budget is a hard
+limit, and what is unfinished is reported as such.
+
 A stage's result is stored as JSON keyed by a hash of its inputs
-(:class:`~metaskill.pipeline.stages.StageRunner`); evaluations are stored in the run
-store (``OUT/runs.sqlite``) batch by batch and resumed, so a killed run continues where it
+(:class:`~metaskill.core.stages.StageRunner`); evaluations are stored in the run
+store (``OUT/runs.sqlite``) batch by batch and resumed
+(:func:`~metaskill.eval.harness.evaluate_stored`), so a killed run continues where it
 stopped and loses at most one batch.
 
 Example:
@@ -35,13 +42,15 @@ Example:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from metaskill.core.errors import MetaskillError
-from metaskill.pipeline.stages import StageRunner
+from metaskill.core.stages import StageRunner
+from metaskill.eval.harness import evaluate_stored
 
 SCHEMA_VERSION = 1
 # The default suite: a classification task where demonstrations help a 135M model a lot
@@ -83,8 +92,14 @@ class RunConfig(BaseModel):
         train_curve_n: dev examples scored at each point of the learning curve.
         budget_tokens: most prompt tokens per input a candidate may spend on average (on
             dev) to be eligible; also offered to methods that allocate tokens (dynaicl).
-        time_budget_s: wall-clock budget; when spent, remaining candidates are skipped
-            (and listed as skipped in the report).
+        time_budget_s: wall-clock budget, a hard limit: the job measures the machine,
+            sizes every stage to end within it (the plan is printed and reported), and
+            stops work that would run past it (listed as unfinished in the report).
+        threads: CPU threads for llama.cpp and torch (None: ``METASKILL_THREADS``, else
+            all cores; see :class:`~metaskill.core.settings.Settings`).
+        keep_best: a candidate whose Solver does not beat zero-shot on dev (the
+            paired-bootstrap 95% interval of the gain holds zero or lies below it) is not
+            eligible for selection; it is still tested and reported, with the reason.
         n_dev: dev examples used for profiling and selection.
         n_test: test examples per task.
         k: demonstrations per input for demo methods.
@@ -111,6 +126,8 @@ class RunConfig(BaseModel):
     train_curve_n: int = Field(default=20, ge=2)
     budget_tokens: int | None = Field(default=None, ge=1)
     time_budget_s: float | None = Field(default=None, gt=0)
+    threads: int | None = Field(default=None, ge=1)
+    keep_best: bool = True
     n_dev: int = Field(default=40, ge=2)
     n_test: int = Field(default=100, ge=2)
     k: int = Field(default=4, ge=0)
@@ -160,8 +177,10 @@ class RunConfig(BaseModel):
         return task in chosen
 
     def identity(self) -> dict[str, Any]:
-        """What the stages depend on (the output folder and progress flag excluded)."""
-        return self.model_dump(mode="json", exclude={"out", "progress"})
+        """What the stages depend on (the output folder, progress flag, threads and the
+        time budget, which the plan turns into sizes, excluded)."""
+        return self.model_dump(mode="json", exclude={"out", "progress", "threads",
+                                                     "time_budget_s"})
 
 
 class Candidate(BaseModel):
@@ -173,7 +192,6 @@ class Candidate(BaseModel):
     dev_accuracy: float | None = None
     dev_tokens_per_example: float | None = None
     test_run: str | None = None
-    adapter: str | None = None
     fit: dict[str, Any] = Field(default_factory=dict)
     eligible: bool = True
     note: str = ""
@@ -203,51 +221,86 @@ class JobResult(BaseModel):
     seconds: float
     stage_log: list[dict[str, Any]]
     skipped: list[str] = Field(default_factory=list)
+    plan: dict[str, Any] | None = None
     report: str | None = None
 
 
-class _Clock:
-    """Tracks the time budget."""
+@dataclass
+class JobContext:
+    """What every stage of the job shares: settings, models, stores, clock, plan."""
+
+    config: RunConfig
+    lm: Any
+    teacher: Any
+    resources: Any  # MethodResources: one embedder for the whole job
+    stages: StageRunner
+    store: Any
+    clock: Clock
+    console: Any
+    threads: int | None = None
+    skipped: list[str] = field(default_factory=list)
+    sizes: Any = None  # the Plan's sizes (pipeline.plan.Sizes), None without a budget
+
+    def skip(self, what: str, why: str) -> None:
+        """Record work that was not done (listed in the report)."""
+        self.skipped.append(f"{what} ({why})")
+        self.console.print(f"[yellow]skipped[/] {what}: {why}", highlight=False)
+
+
+@dataclass
+class TaskContext:
+    """One task's data, baseline and results, passed from stage to stage."""
+
+    job: JobContext
+    name: str
+    task: Any
+    train: list[Any]
+    dev: list[Any]
+    test_n: int
+    result: TaskResult
+    ident: dict[str, Any]
+    base: Any = None
+    dev_run: Any = None
+
+    @property
+    def book_path(self) -> Path:
+        """The task's SkillBook file."""
+        return self.job.stages.root / f"skills-{self.name}.sqlite"
+
+    def evaluate(self, solver: Any, label: str, split: str, n: int) -> Any:
+        """The stored (or resumed, or new) run of ``solver`` on ``split``."""
+        cfg = self.job.config
+        run = evaluate_stored(solver, self.task, split, store=self.job.store,
+                              name=f"{self.name}/{label}/{split}", limit=n, seed=cfg.seed,
+                              progress=cfg.progress, deadline=self.job.clock.deadline())
+        if run.status == "interrupted":
+            self.job.skip(f"{self.name}: {split} of {label}",
+                          f"time budget spent after {len(run.records)} of {n} examples")
+        return run
+
+
+class Clock:
+    """Tracks the time budget (a hard limit)."""
 
     def __init__(self, budget_s: float | None) -> None:
-        self.t0 = time.perf_counter()
+        self.t0 = time.monotonic()
         self.budget_s = budget_s
 
     def spent(self) -> float:
-        return time.perf_counter() - self.t0
+        """Seconds since the job started."""
+        return time.monotonic() - self.t0
+
+    def left(self) -> float:
+        """Seconds left (infinite without a budget)."""
+        return float("inf") if self.budget_s is None else self.budget_s - self.spent()
 
     def over(self) -> bool:
-        return self.budget_s is not None and self.spent() > self.budget_s
+        """Whether the budget is spent."""
+        return self.left() <= 0
 
-
-def _evaluate(solver: Any, task: Any, split: str, limit: int, seed: int, store: Any,
-              run_id: str, progress: bool) -> Any:
-    """Evaluate with a fixed run id, resuming the stored run if it exists.
-
-    The id is ``run_id`` plus a hash of everything the result depends on (the Solver's
-    JSON, the LM's identity, the task version, split, limit and seed), so a changed input
-    starts a new run instead of reusing a stale one.
-    """
-    from metaskill.eval.harness import evaluate
-    from metaskill.lm.cache import stable_hash
-
-    key = stable_hash({"solver": solver.to_json(),
-                       "lm": getattr(solver.lm, "identity", None),
-                       "task": [task.name, task.version], "split": split, "limit": limit,
-                       "seed": seed})
-    run_id = f"{run_id}-{key[:8]}"
-
-    try:
-        run = store.get(run_id, records=False)
-        if run.id != run_id:  # store.get also accepts unique prefixes; we need this exact run
-            raise MetaskillError(run_id)
-    except MetaskillError:
-        return evaluate(solver, task, split, limit=limit, seed=seed, store=store,
-                        run_id=run_id, progress=progress)
-    if run.status == "done":
-        return store.get(run_id)
-    return evaluate(solver, task, split, limit=limit, seed=seed, store=store,
-                    resume=run_id, progress=progress)
+    def deadline(self, reserve_s: float = 0.0) -> float | None:
+        """A ``time.monotonic()`` deadline ``reserve_s`` before the end (None: no budget)."""
+        return None if self.budget_s is None else self.t0 + self.budget_s - reserve_s
 
 
 def run_job(config: RunConfig, *, lm: Any = None, console: Any = None) -> JobResult:
@@ -262,41 +315,56 @@ def run_job(config: RunConfig, *, lm: Any = None, console: Any = None) -> JobRes
         The :class:`JobResult`, also saved as ``OUT/result.json``; the report is
         ``OUT/report.html`` and the final table, as Markdown, ``OUT/summary.md``.
     """
+    job = _start(config, lm, console)
+    tasks = [_load_task(name) for name in config.tasks]
+    plan = None
+    if config.time_budget_s is not None:
+        from metaskill.pipeline.plan import make_plan
+
+        plan = make_plan(job, tasks)
+        job.sizes = plan.sizes
+    results = []
+    for name, task in zip(config.tasks, tasks, strict=True):
+        job.console.rule(f"[bold]{name}")
+        t = stage_split(job, name, task)
+        for stage in (stage_baseline, stage_skills, stage_profile, stage_adapt, stage_train,
+                      stage_test):
+            if job.clock.over():
+                job.skip(f"{name}: {stage.__name__.removeprefix('stage_')} and later stages",
+                         "time budget spent")
+                break
+            stage(t)
+        results.append(t.result)
+    result = JobResult(config=config.model_dump(mode="json"), tasks=results,
+                       seconds=job.clock.spent(), stage_log=job.stages.log,
+                       skipped=job.skipped, plan=plan.model_dump(mode="json") if plan else None)
+    return stage_report(job, result)
+
+
+def _start(config: RunConfig, lm: Any, console: Any) -> JobContext:
+    """Folders, stores, the LM (with ``threads``), the teacher and the shared embedder."""
     from rich.console import Console
 
+    from metaskill.core.settings import Settings
     from metaskill.eval.store import RunStore
     from metaskill.lm.spec import load_lm
+    from metaskill.methods.base import MethodResources
 
     console = console or Console(stderr=True)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.model_dump_json(indent=1))
-    stages = StageRunner(out)
-    store = RunStore(out / "runs.sqlite")
-    clock = _Clock(config.time_budget_s)
-    lm = lm or load_lm(config.model)
-    teacher = load_lm(config.teacher) if config.teacher else None
-    from metaskill.methods.compose import MethodResources
-
-    # one embedder for the whole job (MiniLM loads once, on first use)
-    shared = MethodResources(embedder_spec=config.embedder, teacher=teacher,
-                             progress=config.progress)
-    skipped: list[str] = []
-    results: list[TaskResult] = []
-    for name in config.tasks:
-        console.rule(f"[bold]{name}")
-        results.append(_run_task(name, config, lm, shared, stages, store, clock, skipped,
-                                 console))
-    job = JobResult(config=config.model_dump(mode="json"), tasks=results,
-                    seconds=clock.spent(), stage_log=stages.log, skipped=skipped)
-    from metaskill.pipeline.report import print_summary, summary_markdown, write_job_report
-
-    job.report = str(write_job_report(job, store, out / "report.html"))
-    (out / "result.json").write_text(job.model_dump_json(indent=1))
-    (out / "summary.md").write_text(summary_markdown(job, store))
-
-    print_summary(job, store, console)
-    return job
+    settings = Settings.from_env(threads=config.threads)
+    threads = settings.threads
+    lm = lm or load_lm(config.model, settings=settings)
+    teacher = load_lm(config.teacher, settings=settings) if config.teacher else None
+    resources = MethodResources(embedder_spec=config.embedder, teacher=teacher,
+                                progress=config.progress, work_dir=out / "adapters",
+                                settings=settings,
+                                log=lambda line: console.print(line, highlight=False))
+    return JobContext(config=config, lm=lm, teacher=teacher, resources=resources,
+                      stages=StageRunner(out), store=RunStore(out / "runs.sqlite"),
+                      clock=Clock(config.time_budget_s), console=console, threads=threads)
 
 
 def _load_task(name: str) -> Any:
@@ -309,249 +377,219 @@ def _load_task(name: str) -> Any:
     return get_task(name)
 
 
-def _run_task(name: str, cfg: RunConfig, lm: Any, shared: Any, stages: StageRunner,
-              store: Any, clock: _Clock, skipped: list[str], console: Any) -> TaskResult:
+# ---- 1. split ------------------------------------------------------------------------------
+def stage_split(job: JobContext, name: str, task: Any) -> TaskContext:
+    """Fix the task's train pool, dev subset and test size (the plan's sizes if any)."""
     from metaskill.eval.harness import select
-    from metaskill.eval.solvers import ZeroShot, load_solver
-    from metaskill.methods.compose import MethodResources, fit_chain
 
-    teacher = shared.teacher
-
-    task = _load_task(name)
-    ident = {"config": cfg.identity(), "task": name, "version": task.version,
-             "model": getattr(lm, "identity", cfg.model)}
+    cfg = job.config
+    n_dev = job.sizes.n_dev if job.sizes else cfg.n_dev
+    n_test = job.sizes.n_test if job.sizes else cfg.n_test
     train = list(task.examples("train"))
-    dev = select(task.examples("dev"), cfg.n_dev, cfg.seed)
-    test_n = min(cfg.n_test, len(task.examples("test")))
+    dev = select(task.examples("dev"), n_dev, cfg.seed)
+    test_n = min(n_test, len(task.examples("test")))
+    ident = {"config": cfg.identity(), "task": name, "version": task.version,
+             "model": getattr(job.lm, "identity", cfg.model), "n_dev": len(dev)}
     res = TaskResult(task=name, n_train=len(train), n_dev=len(dev), n_test=test_n)
+    return TaskContext(job=job, name=name, task=task, train=train, dev=dev, test_n=test_n,
+                       result=res, ident=ident)
 
-    # 2. baseline on dev and test
-    base = ZeroShot.for_task(lm, task)
-    dev_run = _evaluate(base, task, "dev", cfg.n_dev, cfg.seed, store, f"{name}/zero-shot/dev",
-                        cfg.progress)
-    res.candidates.append(Candidate(
-        name="zero-shot", methods=[], solver=base.to_json(), dev_accuracy=dev_run.accuracy,
-        dev_tokens_per_example=dev_run.tokens_per_example))
 
-    # 3. skills and the Missing-Skill Profile
-    book_path = stages.root / f"skills-{name}.sqlite"
-    resources = MethodResources(embedder_spec=cfg.embedder, teacher=teacher,
-                                progress=cfg.progress)
-    embedder = shared.get_embedder  # loaded once per job, shared by skills and methods
+# ---- 2. baseline ---------------------------------------------------------------------------
+def stage_baseline(t: TaskContext) -> None:
+    """The zero-shot Solver, scored on dev."""
+    from metaskill.eval.solvers import ZeroShot
+
+    t.base = ZeroShot.for_task(t.job.lm, t.task)
+    t.dev_run = t.evaluate(t.base, "zero-shot", "dev", len(t.dev))
+    t.result.candidates.append(Candidate(
+        name="zero-shot", methods=[], solver=t.base.to_json(),
+        dev_accuracy=t.dev_run.accuracy, dev_tokens_per_example=t.dev_run.tokens_per_example))
+
+
+# ---- 3. skills and the Missing-Skill Profile -------------------------------------------------
+def stage_skills(t: TaskContext) -> None:
+    """Discover the task's skills from train into a SkillBook; map dev/test inputs to them."""
+    job = t.job
 
     def discover_skills() -> dict[str, Any]:
         from metaskill.skills.book import SkillBook
         from metaskill.skills.discover import discover
 
-        book_path.unlink(missing_ok=True)
-        book = SkillBook(book_path, embedder=embedder())
-        discover(task, book, teacher=teacher, split="train")
-        test_ex = task.examples("test")
+        t.book_path.unlink(missing_ok=True)
+        book = SkillBook(t.book_path, embedder=job.resources.get_embedder())
+        discover(t.task, book, teacher=job.teacher, split="train")
+        inputs = [*t.dev, *t.task.examples("test")]  # inputs only: never their answers
         skill_map = {e.id: list(e.skills) or [s.name for s, _ in book.nearest_skills(e.text, 1)]
-                     for e in [*dev, *test_ex]}
+                     for e in inputs}
         return {"skills": [s.model_dump(mode="json") for s in book.skills()],
                 "skill_map": skill_map}
 
-    found = stages.run(f"{name}.skills", {**ident, "stage": "skills"}, discover_skills)
-    res.skills, res.skill_map = found["skills"], found["skill_map"]
+    found = job.stages.run(f"{t.name}.skills", {**t.ident, "stage": "skills"}, discover_skills)
+    t.result.skills, t.result.skill_map = found["skills"], found["skill_map"]
+
+
+def stage_profile(t: TaskContext) -> None:
+    """The baseline's Missing-Skill Profile on dev."""
+    job = t.job
 
     def profile() -> dict[str, Any]:
         from metaskill.skills.book import SkillBook
         from metaskill.skills.profile import ProfileConfig, build_profile
 
-        book = SkillBook(book_path, embedder=embedder())
-        p = build_profile(base, task, book=book, teacher=teacher, run=dev_run,
-                          config=ProfileConfig(split="dev", progress=cfg.progress))
+        book = SkillBook(t.book_path, embedder=job.resources.get_embedder())
+        p = build_profile(t.base, t.task, book=book, teacher=job.teacher, run=t.dev_run,
+                          config=ProfileConfig(split="dev", progress=job.config.progress))
         return p.model_dump(mode="json")
 
-    res.profile = stages.run(f"{name}.profile", {**ident, "stage": "profile"}, profile)
-
-    # 4. adapt: fit each chain on train, score on dev
-    for chain in cfg.method_chains(name):
-        cname = "+".join(chain)
-        if clock.over():
-            skipped.append(f"{name}: {cname} (time budget spent)")
-            continue
-
-        def fit(chain: list[str] = chain) -> dict[str, Any]:
-            from metaskill.skills.book import SkillBook
-
-            resources.embedder = embedder()
-            if any(m in ("skill_demos", "adaptmi") for m in chain):
-                resources.skillbook = SkillBook(book_path, embedder=embedder())
-            result = fit_chain(base, task, train, dev, chain,
-                               budget_tokens=cfg.budget_tokens,
-                               options={"k": cfg.k, "seed": cfg.seed}, resources=resources)
-            return {"solver": result.solver.to_json(),
-                    "reports": [r.model_dump(mode="json") for r in result.reports]}
-
-        try:
-            fitted = stages.run(f"{name}.fit.{cname}", {**ident, "stage": "fit",
-                                                        "chain": chain}, fit)
-        except MetaskillError as e:
-            skipped.append(f"{name}: {cname} ({e})")
-            console.print(f"[yellow]skipped {cname}:[/] {e}", highlight=False)
-            continue
-        solver = load_solver(fitted["solver"], lm=lm)
-        run = _evaluate(solver, task, "dev", cfg.n_dev, cfg.seed, store,
-                        f"{name}/{cname}/dev", cfg.progress)
-        cand = Candidate(name=cname, methods=chain, solver=fitted["solver"],
-                         dev_accuracy=run.accuracy,
-                         dev_tokens_per_example=run.tokens_per_example,
-                         fit={"reports": fitted["reports"]})
-        if cfg.budget_tokens is not None and run.tokens_per_example > cfg.budget_tokens:
-            cand.eligible = False
-            cand.note = (f"over budget: {run.tokens_per_example:.0f} tokens/input on dev > "
-                         f"{cfg.budget_tokens}")
-        res.candidates.append(cand)
-
-    # 5. train: STAT-Sel (or uniform) LoRA SFT, with a learning curve on dev
-    if cfg.trains(name):
-        trained = _train_task(task, name, cfg, lm, base, train, res, stages, ident, clock,
-                              skipped, console)
-        if trained is not None:
-            res.training = trained
-            from metaskill.methods.adapters import lm_with_adapter
-
-            tlm = lm_with_adapter(lm, trained["adapter"])
-            cname = f"lora:{trained['method']}"
-            run = _evaluate(base.with_lm(tlm), task, "dev", cfg.n_dev, cfg.seed, store,
-                            f"{name}/{cname}/dev", cfg.progress)
-            _close(tlm)
-            res.candidates.append(Candidate(
-                name=cname, methods=[f"lora-{trained['method']}"], solver=base.to_json(),
-                adapter=trained["adapter"], dev_accuracy=run.accuracy,
-                dev_tokens_per_example=run.tokens_per_example,
-                fit={"training": {k: v for k, v in trained.items() if k != "curve"}},
-                note=f"base + LoRA adapter ({trained['steps']} steps)"))
-
-    eligible = [c for c in res.candidates if c.eligible and c.dev_accuracy is not None]
-    best = max(eligible, key=lambda c: (c.dev_accuracy, -(c.dev_tokens_per_example or 0)))
-    res.selected = best.name
-
-    # 6. every candidate on test
-    for cand in res.candidates:
-        if clock.over() and cand.name not in ("zero-shot", res.selected):
-            skipped.append(f"{name}: test of {cand.name} (time budget spent)")
-            continue
-        cand_lm = lm
-        if cand.adapter:
-            from metaskill.methods.adapters import lm_with_adapter
-
-            cand_lm = lm_with_adapter(lm, cand.adapter)
-        solver = base if cand.name == "zero-shot" else load_solver(cand.solver, lm=cand_lm)
-        run = _evaluate(solver, task, "test", test_n, cfg.seed, store,
-                        f"{name}/{cand.name}/test", cfg.progress)
-        if cand_lm is not lm:
-            _close(cand_lm)
-        cand.test_run = run.id
-    return res
+    t.result.profile = job.stages.run(f"{t.name}.profile", {**t.ident, "stage": "profile"},
+                                      profile)
 
 
-def _close(lm: Any) -> None:
-    close = getattr(lm, "close", None)
-    if callable(close):
-        close()
+# ---- 4. adapt --------------------------------------------------------------------------------
+def stage_adapt(t: TaskContext) -> None:
+    """Fit every inference-time chain on train, select on dev (never test)."""
+    chains = t.job.config.method_chains(t.name)
+    if t.job.sizes is not None:
+        chains = chains[: t.job.sizes.chains]
+    for chain in chains:
+        _fit_candidate(t, chain, "+".join(chain), {"k": t.job.config.k})
 
 
-def _train_task(task: Any, name: str, cfg: RunConfig, lm: Any, base: Any, train: list[Any],
-                res: TaskResult, stages: StageRunner, ident: dict[str, Any], clock: _Clock,
-                skipped: list[str], console: Any) -> dict[str, Any] | None:
-    """The training stage of one task: data, LoRA training with a dev learning curve.
+def _fit_candidate(t: TaskContext, chain: list[Any], cname: str,
+                   options: dict[str, Any], *, reserve_s: float = 0.0,
+                   label: str | None = None) -> Candidate | None:
+    """Fit ``chain`` (a stage: resumable), score it on dev and add it as a candidate.
 
-    Returns the stage's JSON (adapter folder, curve, cost), or None when training could
-    not run (the reason is added to ``skipped``).
+    What cannot run (bad input, a missing extra, no time) is skipped with the reason,
+    named ``label`` (default: the candidate's name).
     """
-    if clock.over():
-        skipped.append(f"{name}: LoRA training (time budget spent)")
+    from metaskill.eval.solvers import load_solver
+    from metaskill.methods.compose import fit_chain
+
+    job, cfg = t.job, t.job.config
+    what = f"{t.name}: {label or cname}"
+    if job.clock.left() <= reserve_s:
+        job.skip(what, "time budget spent")
         return None
-    adapter_dir = stages.root / "adapters" / name
-    params = {k: getattr(cfg, k) for k in ("train_method", "train_steps", "train_batch",
-                                          "train_rank", "train_lr", "train_eval_every",
-                                          "train_curve_n")}
 
-    def train_stage() -> dict[str, Any]:
-        from metaskill.eval.harness import evaluate
-        from metaskill.methods.adapters import base_model_path, checkpoint_lm, train_for_lm
-        from metaskill.methods.sft import SFTConfig, pairs_from_examples
-        from metaskill.methods.stat import missing_pairs, stat_sel, uniform_sample
-        from metaskill.skills.profile import Profile
+    def fit() -> dict[str, Any]:
+        from metaskill.skills.book import SkillBook
 
-        base_model_path(lm)  # fails now, before any work, for an LM without weights
-        answered = [e for e in train if e.answer is not None]
-        n_target = min(len(answered), cfg.train_steps * cfg.train_batch)
-        profile = Profile.model_validate(res.profile) if res.profile else None
-        pairs = missing_pairs(profile) if profile is not None else []
-        method = cfg.train_method
-        note = ""
-        if method == "stat-sel" and pairs:
-            per_pair = max(1, -(-n_target // len(pairs)))
-            data = stat_sel(profile, train, per_pair=per_pair, seed=cfg.seed,
-                            limit=n_target)
-            note = (f"STAT-Sel: {len(data)} training examples for {len(pairs)} (difficult "
-                    "dev example, missing skill) pairs")
-        else:
-            if method == "stat-sel":
-                note = "the profile names no missing skill, so uniform SFT: "
-            method = "sft"
-            data = uniform_sample(train, n_target, seed=cfg.seed)
-            note += f"uniform SFT on {len(data)} training examples"
-        sft_cfg = SFTConfig(rank=cfg.train_rank, alpha=2.0 * cfg.train_rank,
-                            learning_rate=cfg.train_lr, steps=cfg.train_steps,
-                            batch_size=cfg.train_batch, seed=cfg.seed)
-
-        def curve_point(solver: Any) -> float:
-            run = evaluate(solver, task, "dev", limit=cfg.train_curve_n, seed=cfg.seed,
-                           progress=False)
-            return run.accuracy
-
-        curve: list[dict[str, Any]] = [{"step": 0, "accuracy": curve_point(base),
-                                        "train_s": 0.0}]
-        console.print(f"LoRA training ({method}, {cfg.train_steps} steps); dev curve on "
-                      f"{cfg.train_curve_n} examples: step 0 {curve[0]['accuracy']:.0%}",
-                      highlight=False)
-
-        def on_step(s: Any) -> bool:
-            stop = clock.over()
-            if s.step % cfg.train_eval_every and s.step < s.total_steps and not stop:
-                return False
-            ck = adapter_dir.parent / f".{name}-ckpt"
-            ck_lm = checkpoint_lm(lm, s.model, ck)
-            try:
-                acc = curve_point(base.with_lm(ck_lm))
-            finally:
-                _close(ck_lm)
-            curve.append({"step": s.step, "accuracy": acc, "loss": round(s.loss, 4),
-                          "train_s": round(s.elapsed_s, 1)})
-            console.print(f"  step {s.step}: loss {s.loss:.3f}, dev {acc:.0%}",
-                          highlight=False)
-            return stop
-
-        result = train_for_lm(lm, pairs_from_examples(task, data), sft_cfg, adapter_dir,
-                              progress=cfg.progress, on_step=on_step)
-        stopped = result.steps < cfg.train_steps
-        if stopped:
-            note += f"; stopped after {result.steps} of {cfg.train_steps} steps (time budget)"
-        skills: dict[str, int] = {}
-        for e in data:
-            for sk in e.skills:
-                skills[sk] = skills.get(sk, 0) + 1
-        return {"adapter": str(adapter_dir), "method": method, "note": note, "curve": curve,
-                "losses": [round(x, 4) for x in result.losses],
-                "steps": result.steps, "seconds": round(result.seconds, 1),
-                "seconds_per_step": round(result.seconds_per_step, 2),
-                "peak_rss_mb": round(result.peak_rss_mb), "n_examples": len(data),
-                "data_skills": skills, "before": curve[0]["accuracy"],
-                "after": curve[-1]["accuracy"], "curve_n": cfg.train_curve_n}
+        res = job.resources
+        names = [c if isinstance(c, str) else c[0] for c in chain]
+        res.skillbook = (SkillBook(t.book_path, embedder=res.get_embedder())
+                         if any(m in ("skill_demos", "adaptmi") for m in names) else None)
+        res.profile = t.result.profile
+        res.deadline = job.clock.deadline(reserve_s)
+        result = fit_chain(t.base, t.task, t.train, t.dev, chain,
+                           budget_tokens=cfg.budget_tokens,
+                           options={**options, "seed": cfg.seed}, resources=res,
+                           check_input=cfg.keep_best)
+        check = result.check
+        return {"solver": result.solver.to_json(),
+                "reports": [r.model_dump(mode="json") for r in result.reports],
+                "check": check.summary(cname) if check is not None else None,
+                "beats": check.beats if check is not None else None}
 
     try:
-        return stages.run(f"{name}.train", {**ident, "stage": "train", **params},
-                          train_stage)
-    except ImportError as e:
-        msg = (f"LoRA training needs the train extra (pip install 'metaskill[train]'): "
-               f"{e}")
+        fitted = job.stages.run(f"{t.name}.fit.{cname}", {**t.ident, "stage": "fit",
+                                                          "chain": chain}, fit)
     except MetaskillError as e:
-        msg = str(e)
-    skipped.append(f"{name}: LoRA training ({msg})")
-    console.print(f"[yellow]skipped LoRA training:[/] {msg}", highlight=False)
-    return None
+        job.skip(what, str(e))
+        return None
+    except ImportError as e:
+        job.skip(what, f"needs an extra that is not installed: {e}")
+        return None
+    note = fitted.get("check") or ""
+    if fitted.get("beats") is False:
+        note = note.split("; returned")[0] + "; not eligible for selection (keep-best)."
+    if note:
+        job.console.print(note, highlight=False)
+    solver = load_solver(fitted["solver"], lm=job.lm)
+    run = t.evaluate(solver, cname, "dev", len(t.dev))
+    if solver.lm is not job.lm:  # base + adapter, loaded for this evaluation
+        solver.lm.close()
+    cand = Candidate(name=cname, methods=[c if isinstance(c, str) else c[0] for c in chain],
+                     solver=fitted["solver"], dev_accuracy=run.accuracy,
+                     dev_tokens_per_example=run.tokens_per_example,
+                     fit={"reports": fitted["reports"], "beats_zero_shot": fitted.get("beats")},
+                     note=note)
+    if cfg.keep_best and fitted.get("beats") is False:
+        cand.eligible = False  # keep-best: it does not beat zero-shot on dev
+    if cfg.budget_tokens is not None and run.tokens_per_example > cfg.budget_tokens:
+        cand.eligible = False
+        cand.note = (f"over budget: {run.tokens_per_example:.0f} tokens/input on dev > "
+                     f"{cfg.budget_tokens}")
+    t.result.candidates.append(cand)
+    return cand
+
+
+# ---- 5. train --------------------------------------------------------------------------------
+def stage_train(t: TaskContext) -> None:
+    """LoRA-train the task (the ``stat`` or ``sft`` Method through the chain)."""
+    cfg = t.job.config
+    if not cfg.trains(t.name):
+        return
+    sizes = t.job.sizes
+    steps = sizes.train_steps if sizes else cfg.train_steps
+    opts = {"rank": cfg.train_rank, "alpha": 2.0 * cfg.train_rank,
+            "learning_rate": cfg.train_lr, "steps": steps, "batch_size": cfg.train_batch,
+            "eval_every": sizes.train_eval_every if sizes else cfg.train_eval_every,
+            "curve_n": sizes.train_curve_n if sizes else cfg.train_curve_n,
+            "threads": t.job.threads}
+    if cfg.train_method == "stat-sel":
+        chain: list[Any] = [("stat", {**opts, "variant": "sel"})]
+    else:
+        chain = [("sft", {**opts, "n_examples": steps * cfg.train_batch})]
+    reserve = sizes.reserve_after_train_s if sizes else 0.0
+    cand = _fit_candidate(t, chain, f"lora:{cfg.train_method}", {}, reserve_s=reserve,
+                          label="LoRA training")
+    if cand is None:
+        return
+    notes = cand.fit["reports"][0]["notes"]
+    method = "stat-sel" if "STAT-Sel" in notes.get("data", "") else "sft"
+    note = notes.get("data", "")
+    if notes.get("stopped_early"):
+        note += f"; stopped after {notes['steps']} of {notes['planned_steps']} steps (time budget)"
+    t.result.training = {**notes, "method": method, "note": note,
+                         "before": notes["curve"][0]["accuracy"] if notes.get("curve") else None,
+                         "after": notes["curve"][-1]["accuracy"] if notes.get("curve") else None}
+    cand.note = (cand.note + " " if cand.note else "") + (
+        f"base + LoRA adapter ({notes['steps']} steps)")
+
+
+# ---- 6. test ---------------------------------------------------------------------------------
+def stage_test(t: TaskContext) -> None:
+    """Select on dev, then evaluate every candidate on test (the selected one first)."""
+    from metaskill.eval.solvers import load_solver
+
+    job, res = t.job, t.result
+    eligible = [c for c in res.candidates if c.eligible and c.dev_accuracy is not None]
+    if not eligible:
+        return
+    best = max(eligible, key=lambda c: (c.dev_accuracy, -(c.dev_tokens_per_example or 0)))
+    res.selected = best.name
+    order = sorted(res.candidates, key=lambda c: (c.name != best.name, c.name != "zero-shot"))
+    for cand in order:
+        if job.clock.over():
+            job.skip(f"{t.name}: test of {cand.name}", "time budget spent")
+            continue
+        solver = t.base if cand.name == "zero-shot" else load_solver(cand.solver, lm=job.lm)
+        run = t.evaluate(solver, cand.name, "test", t.test_n)
+        if solver.lm is not job.lm:
+            solver.lm.close()
+        cand.test_run = run.id
+
+
+# ---- 7. report -------------------------------------------------------------------------------
+def stage_report(job: JobContext, result: JobResult) -> JobResult:
+    """The HTML report, ``result.json``, ``summary.md`` and the terminal summary."""
+    from metaskill.pipeline.report import print_summary, summary_markdown, write_job_report
+
+    out = job.stages.root
+    result.report = str(write_job_report(result, job.store, out / "report.html"))
+    (out / "result.json").write_text(result.model_dump_json(indent=1))
+    (out / "summary.md").write_text(summary_markdown(result, job.store))
+    print_summary(result, job.store, job.console)
+    return result

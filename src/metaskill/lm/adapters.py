@@ -1,4 +1,9 @@
-"""LoRA adapters: PEFT format on disk, export to a GGUF LoRA adapter for llama.cpp.
+"""LoRA adapters, an LM-layer concept: the ``+adapter:`` spec syntax, PEFT folders on
+disk, and their export to a GGUF LoRA adapter for llama.cpp.
+
+One place parses ``SPEC+adapter:PATH`` (:func:`split_adapter`); an LM with an adapter is
+``lm.with_adapter(path)`` (:meth:`metaskill.lm.base.LM.with_adapter`), whatever the
+backend. Training adapters is a method (:mod:`metaskill.methods.sft`); serving them is here.
 
 The GGUF export follows llama.cpp's ``convert_lora_to_gguf.py`` conventions:
 
@@ -30,6 +35,7 @@ from typing import Any
 from metaskill.core.errors import MethodError, ModelNotFoundError
 
 GGUF_NAME = "adapter.gguf"
+ADAPTER_SEP = "+adapter:"
 
 # HF module name -> llama.cpp tensor name (llama-family blocks).
 _MODULE_MAP = {
@@ -239,14 +245,32 @@ def dequantize_gguf(src: str | Path, dst: str | Path, *, dtype: str = "f32") -> 
     return out
 
 
-# ---- glue between LMs, training and Solvers -------------------------------------------------
+# ---- the spec syntax and the model behind an LM -------------------------------------------
+def split_adapter(spec: str) -> tuple[str, str | None]:
+    """Split ``SPEC+adapter:ADAPTER`` into ``(SPEC, ADAPTER)`` (adapter None if absent).
+
+    Example:
+        >>> split_adapter("local+adapter:runs/a/adapter.gguf")
+        ('local', 'runs/a/adapter.gguf')
+        >>> split_adapter("hf:model")
+        ('hf:model', None)
+    """
+    if ADAPTER_SEP in spec:
+        base, adapter = spec.split(ADAPTER_SEP, 1)
+        return base, adapter or None
+    return spec, None
+
+
 def base_model_path(lm: Any) -> str:
     """The model file/folder an LM runs, so the HF trainer can load the same weights.
 
     Understands the HF backend (``base_path``), llama.cpp backends (``model_path``/``path``
     attributes, or the ``gguf:PATH`` / ``local`` spec).
+
+    Raises:
+        MethodError: the LM has no local weights (an HTTP or fake backend).
     """
-    from metaskill.lm.hf import embedded_gguf_path, split_adapter
+    from metaskill.lm.files import embedded_gguf_path
 
     for attr in ("base_path", "model_path", "path", "gguf_path"):
         v = getattr(lm, attr, None)
@@ -264,77 +288,23 @@ def base_model_path(lm: Any) -> str:
     )
 
 
-def train_for_lm(lm: Any, pairs: list[Any], config: Any, out_dir: str | Path, *,
-                 settings: Any = None, init_adapter: str | Path | None = None,
-                 progress: bool = True, on_step: Any = None) -> Any:
-    """Train a LoRA adapter for the model behind ``lm`` and export it to GGUF when the
-    base is a GGUF file. Returns the :class:`~metaskill.methods.sft.TrainResult`."""
-    from metaskill.lm.hf import load_hf_model
-    from metaskill.methods.sft import train_lora
+def adapter_spec(base_spec: str, adapter: str | Path) -> str:
+    """The spec of ``base_spec``'s model plus an adapter.
 
-    base = base_model_path(lm)
-    model, tok, info = load_hf_model(base, settings=settings)
-    meta: dict[str, Any] = {"base": {"source": info["source"], "hash": info["hash"],
-                                     "kind": info["kind"],
-                                     "model_type": getattr(model.config, "model_type", None)}}
-    res = train_lora(model, tok, pairs, config, out_dir, init_adapter=init_adapter,
-                     meta=meta, progress=progress, on_step=on_step)
-    if info["kind"] == "gguf":
-        export_gguf(res.adapter_dir, base_gguf=info["source"])
-    return res
+    ``adapter`` is a training output folder (PEFT files, plus ``adapter.gguf`` for a GGUF
+    base) or a file. The HF backend takes the PEFT folder; llama.cpp backends take the GGUF
+    export inside it. An adapter already in ``base_spec`` is replaced.
 
-
-def adapter_spec(lm: Any, adapter_dir: str | Path) -> str:
-    """The spec string of ``lm``'s base model plus an adapter.
-
-    A llama.cpp LM gets the GGUF export (``local+adapter:DIR/adapter.gguf``), the HF
-    backend the PEFT folder (``hf:PATH+adapter:DIR``).
+    Example:
+        >>> adapter_spec("local", "runs/a")
+        'local+adapter:runs/a/adapter.gguf'
+        >>> adapter_spec("hf:m+adapter:old", "runs/a")
+        'hf:m+adapter:runs/a'
     """
-    from metaskill.lm.hf import ADAPTER_SEP, split_adapter
-
-    base_spec = split_adapter(str(getattr(lm, "spec", "")))[0]
-    adir = Path(adapter_dir)
-    if base_spec.startswith("hf:"):
-        return f"{base_spec}{ADAPTER_SEP}{adir}"
-    return f"{base_spec}{ADAPTER_SEP}{adir / GGUF_NAME}"
-
-
-def lm_with_adapter(lm: Any, adapter_dir: str | Path, *, settings: Any = None,
-                    cache: Any = None) -> Any:
-    """A new LM: ``lm``'s base model plus the adapter in ``adapter_dir`` (GGUF export for
-    llama.cpp backends, the PEFT folder for the HF backend)."""
-    cache = cache if cache is not None else getattr(lm, "cache", None)
-    if type(lm).__name__ == "HFLM":
-        from metaskill.lm.hf import HFLM
-
-        return HFLM(base_model_path(lm), adapter=adapter_dir, settings=settings, cache=cache)
-    from metaskill.lm import load_lm
-
-    return load_lm(adapter_spec(lm, adapter_dir), cache=cache if cache is not None else False)
-
-
-def solver_with_adapter(solver: Any, adapter_dir: str | Path, *, settings: Any = None) -> Any:
-    """A new Solver with ``solver``'s state whose LM is its base model plus the adapter."""
-    return solver.with_lm(lm_with_adapter(solver.lm, adapter_dir, settings=settings))
-
-
-def checkpoint_lm(lm: Any, peft_model: Any, ckpt_dir: str | Path, *,
-                  settings: Any = None) -> Any:
-    """Save a model being trained as a checkpoint adapter and return ``lm``'s base plus it.
-
-    For a GGUF base the checkpoint is also exported to a GGUF LoRA adapter, so the
-    checkpoint is scored exactly as the final adapter will be served (llama.cpp). The
-    returned LM does not use the response cache (checkpoints are throwaway); close it
-    when done. For the HF backend it runs ``peft_model`` itself, without a copy.
-    """
-    ck = Path(ckpt_dir)
-    if type(lm).__name__ == "HFLM":
-        from metaskill.lm.hf import HFLM
-
-        return HFLM(base_model_path(lm), model=peft_model, tokenizer=lm.tokenizer,
-                    settings=settings, cache=None)
-    peft_model.save_pretrained(str(ck), save_embedding_layers=False)
-    base = base_model_path(lm)
-    if base.endswith(".gguf"):
-        export_gguf(ck, base_gguf=base)
-    return lm_with_adapter(lm, ck, settings=settings, cache=False)
+    base = split_adapter(base_spec)[0]
+    path = Path(adapter)
+    if base.startswith("hf:"):
+        return f"{base}{ADAPTER_SEP}{path}"
+    if path.suffix != ".gguf":
+        path = path / GGUF_NAME
+    return f"{base}{ADAPTER_SEP}{path}"

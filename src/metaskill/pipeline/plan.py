@@ -1,0 +1,291 @@
+"""A time plan for the main job: measure the machine, then size every stage to the budget.
+
+A fixed plan breaks on a slower machine: on a 2-core AMD EPYC with AVX2 only (llama.cpp
+2.5x slower than where the defaults were tuned) the 14-minute budget cut the LoRA training
+at step 16 of 60. So with a time budget the job first measures this machine -- a few
+seconds of prompt processing and decoding, and one LoRA step -- then estimates each
+stage's cost and shrinks the work until the estimate fits, in an order that keeps what
+brings the largest gain:
+
+1. test examples down to 60, dev examples down to 24;
+2. the learning curve down to two points on 10 dev examples;
+3. test examples down to 40;
+4. the inference-time chains down to the first one;
+5. last, training steps, never below half of those asked for.
+
+Training is guaranteed its share: while the trained task runs, evaluation of later work is
+what gives way. The plan is printed at the start and written to the report; the budget
+stays a hard limit (:class:`~metaskill.pipeline.main_job.Clock`), and what does not fit is
+reported as unfinished.
+
+Example:
+    >>> speeds = Speeds(prompt_tps=300.0, gen_tps=120.0, lora_step_s=3.8)
+    >>> tasks = [TaskCost(name="trec", prompt_tokens=80, answer_tokens=4, chains=2,
+    ...                   trains=False),
+    ...          TaskCost(name="word_reversal", prompt_tokens=60, answer_tokens=12, chains=0,
+    ...                   trains=True)]
+    >>> sizes = size_job(Sizes(n_dev=40, n_test=100, chains=2, train_steps=60,
+    ...                        train_eval_every=20, train_curve_n=20), tasks, speeds, 840.0)
+    >>> sizes.train_steps, sizes.n_test
+    (60, 100)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+#: Seconds per task of work that does not scale with the sizes (loading the task,
+#: embedding its train pool, skills, profile, report) on the reference machine.
+FIXED_S_PER_TASK = 45.0
+#: Seconds of one-off work (MiniLM load, the first HF copy of the model) on the reference.
+FIXED_S_JOB = 40.0
+#: The reference machine's speeds (DESIGN.md: SmolLM2-135M on 2 cores), for scaling the
+#: fixed costs to this machine.
+REFERENCE = {"prompt_tps": 310.0, "gen_tps": 125.0}
+#: Dev passes a chain's fit makes besides its own dev score (the main job passes k, which
+#: turns the k search off: one variant; its dev score is then an LM-cache hit).
+FIT_DEV_PASSES = 1.0
+#: Prompt tokens of a demo prompt relative to zero-shot (k=4 short demos; trec measured 2.2x).
+DEMO_FACTOR = 2.5
+#: Fraction of the budget the estimate may fill (the rest absorbs estimation error).
+FILL = 0.85
+
+
+class Speeds(BaseModel):
+    """What the machine measured at the start.
+
+    Attributes:
+        prompt_tps: prompt tokens read per second.
+        gen_tps: tokens generated per second.
+        lora_step_s: seconds per LoRA optimiser step (None: no task trains).
+        measure_s: seconds the measurement took.
+    """
+
+    prompt_tps: float
+    gen_tps: float
+    lora_step_s: float | None = None
+    measure_s: float = 0.0
+
+    @property
+    def slowness(self) -> float:
+        """How much slower than the reference machine this one is (>= 0.5)."""
+        ratio = (REFERENCE["prompt_tps"] / self.prompt_tps + REFERENCE["gen_tps"] / self.gen_tps)
+        return max(0.5, ratio / 2)
+
+
+class Sizes(BaseModel):
+    """The sizes the plan gives the stages."""
+
+    n_dev: int = Field(ge=2)
+    n_test: int = Field(ge=2)
+    chains: int = Field(ge=0)
+    train_steps: int = Field(ge=1)
+    train_eval_every: int = Field(ge=1)
+    train_curve_n: int = Field(ge=1)
+    reserve_after_train_s: float = 0.0
+
+
+class TaskCost(BaseModel):
+    """What a task costs per example: zero-shot prompt and answer tokens."""
+
+    name: str
+    prompt_tokens: float
+    answer_tokens: float
+    chains: int
+    trains: bool
+
+
+class Plan(BaseModel):
+    """The plan: the budget, what was measured, the sizes and the estimates."""
+
+    budget_s: float
+    speeds: Speeds
+    sizes: Sizes
+    asked: Sizes
+    estimate_s: float
+    stages_s: dict[str, float]
+    changes: list[str]
+
+    def lines(self) -> list[str]:
+        """The plan as printed at the start of the job."""
+        s, a = self.sizes, self.asked
+        out = [f"time plan: {self.budget_s / 60:.1f} min budget; this machine reads "
+               f"{self.speeds.prompt_tps:.0f} prompt and writes {self.speeds.gen_tps:.0f} "
+               "tokens/s" + (f", {self.speeds.lora_step_s:.2f} s per LoRA step"
+                             if self.speeds.lora_step_s else "")]
+        out.append(f"  sizes: dev {s.n_dev}, test {s.n_test}, chains {s.chains}, training "
+                   f"{s.train_steps} steps (curve every {s.train_eval_every} on "
+                   f"{s.train_curve_n}); estimated {self.estimate_s / 60:.1f} min")
+        out += [f"  changed: {c}" for c in self.changes]
+        if s == a:
+            out.append("  (as asked: the estimate fits the budget)")
+        return out
+
+
+def eval_s(n: float, prompt: float, answer: float, speeds: Speeds) -> float:
+    """Estimated seconds to answer ``n`` examples of ``prompt``/``answer`` tokens."""
+    return n * (prompt / speeds.prompt_tps + answer / speeds.gen_tps + 0.01)
+
+
+def estimate(sizes: Sizes, tasks: list[TaskCost], speeds: Speeds) -> dict[str, float]:
+    """Estimated seconds per stage of the whole job for ``sizes``."""
+    st = {"fixed": FIXED_S_JOB * speeds.slowness, "baseline": 0.0, "adapt": 0.0,
+          "train": 0.0, "test": 0.0}
+    for t in tasks:
+        p, a = t.prompt_tokens, t.answer_tokens
+        chains = min(t.chains, sizes.chains)
+        st["fixed"] += FIXED_S_PER_TASK * speeds.slowness
+        st["baseline"] += eval_s(sizes.n_dev, p, a, speeds)
+        st["adapt"] += chains * eval_s(sizes.n_dev * (1 + FIT_DEV_PASSES), DEMO_FACTOR * p, a,
+                                       speeds)
+        st["test"] += eval_s(sizes.n_test, p, a, speeds)
+        st["test"] += chains * eval_s(sizes.n_test, DEMO_FACTOR * p, a, speeds)
+        if t.trains and speeds.lora_step_s:
+            points = 1 + -(-sizes.train_steps // sizes.train_eval_every)
+            st["train"] += (sizes.train_steps * speeds.lora_step_s
+                            + points * (eval_s(sizes.train_curve_n, p, a, speeds) + 2.0)
+                            + 2 * eval_s(sizes.n_dev, p, a, speeds))  # dev score + check
+            st["test"] += eval_s(sizes.n_test, p, a, speeds)
+    return st
+
+
+def size_job(asked: Sizes, tasks: list[TaskCost], speeds: Speeds,
+             budget_s: float) -> Sizes:
+    """The largest sizes (in the order of the module docstring) whose estimate fits."""
+    return _shrink(asked, tasks, speeds, budget_s)[0]
+
+
+def _shrink(asked: Sizes, tasks: list[TaskCost], speeds: Speeds,
+            budget_s: float) -> tuple[Sizes, list[str]]:
+    s = asked.model_copy()
+    changes: list[str] = []
+    target = FILL * budget_s
+
+    def fits() -> bool:
+        return sum(estimate(s, tasks, speeds).values()) <= target
+
+    steps = [
+        ("n_test", lambda: max(min(asked.n_test, 60), s.n_test - 10)),
+        ("n_dev", lambda: max(min(asked.n_dev, 24), s.n_dev - 4)),
+        ("train_eval_every", lambda: max(s.train_eval_every, -(-s.train_steps // 2))),
+        ("train_curve_n", lambda: min(s.train_curve_n, 10)),
+        ("n_test", lambda: max(min(asked.n_test, 40), s.n_test - 10)),
+        ("chains", lambda: min(s.chains, 1)),
+        ("train_steps", lambda: max(-(-asked.train_steps // 2), s.train_steps - 5)),
+    ]
+    trains = any(t.trains for t in tasks)
+    for name, smaller in steps:
+        if name.startswith("train_") and not trains:
+            continue
+        while not fits():
+            new = smaller()
+            if new == getattr(s, name):
+                break
+            setattr(s, name, new)
+        if getattr(s, name) != getattr(asked, name):
+            changes.append(f"{name} {getattr(asked, name)} -> {getattr(s, name)}")
+    test_left = sum(eval_s(s.n_test, t.prompt_tokens, t.answer_tokens, speeds) *
+                    (1 + min(t.chains, s.chains) + t.trains) for t in tasks)
+    s.reserve_after_train_s = round(test_left + 15.0, 1)
+    if not fits():
+        changes.append("the estimate still exceeds the budget: later work may be cut short")
+    return s, changes
+
+
+# ---- measuring the machine ------------------------------------------------------------------
+def measure_lm(lm: Any) -> tuple[float, float]:
+    """Prompt and generation tokens per second of ``lm`` (a few seconds, no cache)."""
+    from metaskill.core.types import Request
+
+    text = " ".join(f"word{i}" for i in range(120))
+    one = Request(prompt=f"Repeat after me: {text}\n", max_tokens=1)
+    many = Request(prompt=f"Count upwards: {text}\n", max_tokens=48)
+    lm.complete([Request(prompt="Hello", max_tokens=2)], cache=False)  # warm up
+    t0 = time.perf_counter()
+    c1 = lm.complete([one], cache=False)[0]
+    t1 = time.perf_counter()
+    c2 = lm.complete([many], cache=False)[0]
+    t2 = time.perf_counter()
+    pp = max(1, c1.usage.prompt_tokens) / max(1e-3, t1 - t0)
+    gen_time = max(1e-3, (t2 - t1) - c2.usage.prompt_tokens / pp)
+    tg = max(1, c2.usage.completion_tokens - 1) / gen_time
+    return pp, tg
+
+
+def measure_lora_step(lm: Any, batch_size: int, threads: int | None) -> float:
+    """Seconds of one LoRA optimiser step on ``lm``'s weights (batch of 64-token rows)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from metaskill.lm.adapters import base_model_path
+    from metaskill.lm.hf import load_hf_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, _tok, _info = load_hf_model(base_model_path(lm))
+    peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, task_type="CAUSAL_LM",
+                                            target_modules=["q_proj", "k_proj", "v_proj",
+                                                            "o_proj", "gate_proj", "up_proj",
+                                                            "down_proj"]))
+    opt = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(10, 1000, (batch_size, 64))
+    times = []
+    for _ in range(2):  # the first step pays one-off allocation costs
+        t0 = time.perf_counter()
+        loss = peft(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t0)
+    del peft, model, opt
+    return min(times)
+
+
+def task_cost(lm: Any, task: Any, chains: int, trains: bool, sample: int = 12) -> TaskCost:
+    """A task's zero-shot prompt and answer tokens, counted on a few examples."""
+    from metaskill.eval.solvers import ZeroShot
+
+    solver = ZeroShot.for_task(lm, task)
+    pool = (task.splits.get("dev") or task.examples("train"))[:sample]
+    prompts = [lm.count_tokens(lm.prompt_of(solver.request(task, e))) for e in pool]
+    answers = [lm.count_tokens(str(e.answer)) + 2 for e in task.examples("train")[:sample]
+               if e.answer is not None] or [8]
+    return TaskCost(name=task.name, prompt_tokens=sum(prompts) / max(1, len(prompts)),
+                    answer_tokens=sum(answers) / len(answers), chains=chains, trains=trains)
+
+
+def make_plan(job: Any, tasks: list[Any]) -> Plan:
+    """Measure the machine and size the job's stages to what is left of its budget.
+
+    Args:
+        job: the main job's context (config, lm, clock, console).
+        tasks: the loaded tasks, in the job's order.
+    """
+    from metaskill.core.errors import MetaskillError
+
+    cfg, t0 = job.config, time.perf_counter()
+    pp, tg = measure_lm(job.lm)
+    step = None
+    if any(cfg.trains(t.name) for t in tasks):
+        try:
+            step = measure_lora_step(job.lm, cfg.train_batch, job.threads)
+        except (ImportError, MetaskillError) as e:
+            job.console.print(f"time plan: no LoRA step measured ({e})", highlight=False)
+    speeds = Speeds(prompt_tps=pp, gen_tps=tg, lora_step_s=step,
+                    measure_s=time.perf_counter() - t0)
+    costs = [task_cost(job.lm, t, len(cfg.method_chains(t.name)), cfg.trains(t.name))
+             for t in tasks]
+    asked = Sizes(n_dev=cfg.n_dev, n_test=cfg.n_test,
+                  chains=max([c.chains for c in costs] or [0]), train_steps=cfg.train_steps,
+                  train_eval_every=cfg.train_eval_every, train_curve_n=cfg.train_curve_n)
+    budget = job.clock.left()
+    sizes, changes = _shrink(asked, costs, speeds, budget)
+    stages = {k: round(v, 1) for k, v in estimate(sizes, costs, speeds).items()}
+    plan = Plan(budget_s=budget, speeds=speeds, sizes=sizes, asked=asked,
+                estimate_s=round(sum(stages.values()), 1), stages_s=stages, changes=changes)
+    for line in plan.lines():
+        job.console.print(line, highlight=False)
+    return plan
