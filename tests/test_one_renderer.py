@@ -186,3 +186,67 @@ def test_parse_answer_goes_through_the_verifier() -> None:
 
     broken = toy_task(verifier=Broken())
     assert parse_answer(broken, " First line\nsecond", ex) == "first line"
+
+
+# ---- one config base for the demo methods --------------------------------------------------
+def test_demo_methods_share_one_prompt_config_base() -> None:
+    from metaskill.methods.demos import DemoPromptConfig
+    from metaskill.methods.raml import RamlConfig
+    from metaskill.methods.skill_demos import SkillDemosConfig
+
+    shared = {"prompt_format", "format_candidates", "try_no_instructions", "max_dev"}
+    for cfg in (KnnDemosConfig, RamlConfig, SkillDemosConfig):
+        assert issubclass(cfg, DemoPromptConfig)
+        assert shared <= set(cfg.model_fields)
+    assert SkillDemosConfig(max_dev=2).dev_subset(toy_task().splits["dev"])[-1].id == "d1"
+
+
+def skill_task() -> Task:
+    train = [Example(id=f"p{i}", input=t, answer="positive", skills=["praise"])
+             for i, t in enumerate(POS)]
+    train += [Example(id=f"n{i}", input=t, answer="negative", skills=["complaint"])
+              for i, t in enumerate(NEG)]
+    task = toy_task()
+    return task.model_copy(update={"splits": {"train": train, "dev": task.splits["dev"]}})
+
+
+def chat_only_reader(prompt: str, request: Request) -> str:
+    """Right with a plain-completion prompt (it reads the input's own words), wrong in chat."""
+    if request.messages is not None:
+        return "positive"
+    last = prompt.rsplit("Review:", 1)[-1]
+    return "negative" if any(w in last for w in ("awful", "boring")) else "positive"
+
+
+def test_skill_demos_chooses_the_prompt_format_on_dev() -> None:
+    from metaskill.methods.skill_demos import SkillDemos, SkillDemosConfig
+
+    task = skill_task()
+    res = MethodResources(embedder=HashEmbedder(dim=64))
+    lm = ScriptedLM(chat_only_reader)
+    method = SkillDemos(SkillDemosConfig(k=2, format_candidates=["chat", "completion"]),
+                        resources=res)
+    solver = method.fit(ZeroShot(lm), task, task.splits["train"], task.splits["dev"])
+    assert solver.prompt_format == "completion"
+    table = method.report.notes["candidates"]
+    assert [r["prompt_format"] for r in table] == ["chat", "completion"]
+    assert table[0]["dev_accuracy"] == 0.5 and table[1]["dev_accuracy"] == 1.0
+    assert method.report.notes["dev_accuracy"] == 1.0
+    # one variant (the default): no candidate table, the incoming format is kept
+    plain = SkillDemos(SkillDemosConfig(k=2), resources=res)
+    assert plain.fit(ZeroShot(lm, format="chat"), task, task.splits["train"],
+                     task.splits["dev"]).prompt_format == "chat"
+    assert "candidates" not in plain.report.notes
+
+
+def test_raml_takes_prompt_format_from_the_shared_base() -> None:
+    from metaskill.methods.raml import Raml, RamlConfig
+
+    task = toy_task()
+    res = MethodResources(embedder=HashEmbedder(dim=64))
+    cfg = RamlConfig(prompt_format="completion", format_candidates=None,
+                     try_no_instructions=False, k_candidates=None, k=0, weights=[0.5])
+    solver = Raml(cfg, resources=res).fit(ZeroShot(ScriptedLM(default="positive"),
+                                                   format="chat"),
+                                          task, task.splits["train"], task.splits["dev"])
+    assert solver.prompt_format == "completion" and not solver.uses_chat()

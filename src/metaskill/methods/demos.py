@@ -58,7 +58,7 @@ from metaskill.eval.solver import (
     prompt_request,
     uses_chat,
 )
-from metaskill.methods.base import FitReport
+from metaskill.methods.base import FitReport, MethodConfig
 
 if TYPE_CHECKING:
     from metaskill.tasks.base import Task
@@ -750,6 +750,52 @@ def demo_options_from(solver: Any) -> dict[str, Any]:
         if getattr(solver, "kind", "") == "likelihood":
             out["answer_mode"] = "choices"
     return out
+
+
+class DemoPromptConfig(MethodConfig):
+    """Prompt options shared by the methods that build a :class:`DemoSolver` (knn_demos,
+    skill_demos, raml): one config base, so they read, default and apply alike.
+
+    A method redeclares a field to give it another default.
+
+    Example:
+        >>> from metaskill.lm.fake import ScriptedLM
+        >>> zs = DemoSolver(ScriptedLM(), None, k=0, prompt_format="chat", max_tokens=8)
+        >>> opts = DemoPromptConfig(prompt_format="completion").prompt_options(zs)
+        >>> opts["prompt_format"], opts["max_tokens"]
+        ('completion', 8)
+    """
+
+    prompt_format: PromptFormat | None = Field(
+        None, description="chat, completion or auto; None keeps the incoming Solver's (else auto)"
+    )
+    format_candidates: list[PromptFormat] | None = Field(
+        None, description="if given, choose the prompt format among these on dev "
+                          "(overrides prompt_format)"
+    )
+    try_no_instructions: bool = Field(
+        False, description="also try each plain-completion candidate without the task's "
+                           "instruction preamble (the demos alone show the format); ties go "
+                           "to the shorter prompt"
+    )
+    max_dev: int | None = Field(
+        None, ge=1, description="score at most this many dev examples (cheaper selection)"
+    )
+
+    def prompt_options(self, solver: Solver) -> dict[str, Any]:
+        """DemoSolver options: the incoming Solver's (:func:`demo_options_from`), then this
+        config's ``prompt_format`` and, where the config has them and they are set,
+        ``answer_mode`` and ``order``."""
+        options = demo_options_from(solver)
+        for name in ("prompt_format", "answer_mode", "order"):
+            value = getattr(self, name, None)
+            if value is not None:
+                options[name] = value
+        return options
+
+    def dev_subset(self, dev: Sequence[Example] | None) -> list[Example]:
+        """The dev examples scored: the first ``max_dev`` of ``dev`` (all when None)."""
+        return list(dev or [])[: self.max_dev]
 
 
 def usage_of(attempts: Sequence[Attempt]) -> Usage:

@@ -63,18 +63,18 @@ from metaskill.eval.solver import Solver
 from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import (
     AnswerMode,
+    DemoPromptConfig,
     DemoSolver,
     KnnSelector,
     Order,
     PromptFormat,
-    demo_options_from,
     prompt_variants,
     run_solver,
 )
 from metaskill.tasks.base import Task
 
 
-class KnnDemosConfig(MethodConfig):
+class KnnDemosConfig(DemoPromptConfig):
     """Options of :class:`KnnDemos`.
 
     The defaults are the configuration of the most accurate knn_demos rows of
@@ -99,9 +99,6 @@ class KnnDemosConfig(MethodConfig):
     try_balanced: bool = Field(
         False, description="also try the other variant (balanced or not) and keep the better"
     )
-    prompt_format: PromptFormat | None = Field(
-        None, description="chat, completion or auto; None keeps the incoming Solver's (else auto)"
-    )
     format_candidates: list[PromptFormat] | None = Field(
         default_factory=lambda: ["auto", "completion"],
         description="if given, choose the prompt format among these on dev (overrides "
@@ -109,16 +106,8 @@ class KnnDemosConfig(MethodConfig):
                     "one) and completion: knn_demos_fmt 81.0% vs knn_demos 67.0% on sst2 "
                     "in benchmarks/results/vs_dspy.md; null keeps the incoming Solver's",
     )
-    try_no_instructions: bool = Field(
-        False, description="also try each plain-completion candidate without the task's "
-                           "instruction preamble (the demos alone show the format); ties go "
-                           "to the shorter prompt"
-    )
     answer_mode: AnswerMode | None = Field(
         None, description="generate or choices; None keeps the incoming Solver's (else generate)"
-    )
-    max_dev: int | None = Field(
-        None, ge=1, description="score at most this many dev examples (cheaper selection)"
     )
 
     @model_validator(mode="after")
@@ -160,12 +149,7 @@ class KnnDemos(Method):
         ks = sorted(set(cfg.k_candidates or [cfg.k]))
         variants = [cfg.balanced] + ([not cfg.balanced] if cfg.try_balanced and balanced_ok
                                      else [])
-        options = demo_options_from(solver)
-        options["order"] = cfg.order
-        if cfg.prompt_format is not None:
-            options["prompt_format"] = cfg.prompt_format
-        if cfg.answer_mode is not None:
-            options["answer_mode"] = cfg.answer_mode
+        options = cfg.prompt_options(solver)
 
         def build(k: int, balanced: bool, fmt: PromptFormat | None,
                   bare: bool = False) -> DemoSolver:
@@ -179,7 +163,7 @@ class KnnDemos(Method):
                                   cfg.try_no_instructions, options.get("prompt_format"),
                                   lambda f: build(1, False, f).uses_chat())
         candidates = [(k, b, f, bare) for f, bare in prompts for b in variants for k in ks]
-        dev_set = list(dev or [])[: cfg.max_dev] if dev else []
+        dev_set = cfg.dev_subset(dev)
         if len(candidates) == 1 or not dev_set:
             k, b, f, bare = candidates[0]
             chosen = build(k, b, f, bare)

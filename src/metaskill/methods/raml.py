@@ -58,10 +58,10 @@ from metaskill.core.types import Example, Usage
 from metaskill.eval.solver import Attempt, Solver
 from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import (
+    DemoPromptConfig,
     DemoSolver,
     KnnSelector,
     PromptFormat,
-    demo_options_from,
     prompt_variants,
 )
 from metaskill.tasks.base import Task
@@ -222,7 +222,7 @@ def _r(v: np.ndarray) -> list[float]:
     return [round(float(x), 4) for x in v]
 
 
-class RamlConfig(MethodConfig):
+class RamlConfig(DemoPromptConfig):
     """Options of :class:`Raml`.
 
     The defaults are the search of the ``raml_budget`` rows of
@@ -275,7 +275,6 @@ class RamlConfig(MethodConfig):
         None, gt=0, description="only prompt variants whose mean prompt tokens per input "
                                 "(labels included) on dev are at most this are eligible"
     )
-    max_dev: int | None = Field(None, ge=1, description="use at most this many dev examples")
 
     @field_validator("k_candidates")
     @classmethod
@@ -329,7 +328,7 @@ class Raml(Method):
         pool = [e for e in train if e.answer is not None]
         if not pool:
             raise MethodError("raml: no labelled training examples to retrieve from.")
-        dev_set = list(dev or [])[: cfg.max_dev]
+        dev_set = cfg.dev_subset(dev)
         if not dev_set:
             raise MethodError("raml: needs dev examples to fit the fusion weight.")
 
@@ -340,7 +339,7 @@ class Raml(Method):
         if k is None:
             k = solver.k if isinstance(solver, DemoSolver) and isinstance(
                 solver.selector, KnnSelector) else 0
-        options = demo_options_from(solver)
+        options = cfg.prompt_options(solver)
         options.pop("answer_mode", None)
         options.pop("max_tokens", None)
 

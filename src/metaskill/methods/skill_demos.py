@@ -61,11 +61,12 @@ from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.compose import MethodResources
 from metaskill.methods.demos import (
     AnswerMode,
+    DemoPromptConfig,
     DemoSolver,
     Order,
     PromptFormat,
     Selector,
-    demo_options_from,
+    prompt_variants,
     run_solver,
 )
 from metaskill.tasks.base import Task
@@ -195,20 +196,16 @@ class SkillSelector(Selector):
 # ---------------------------------------------------------------------------------------
 # The method
 # ---------------------------------------------------------------------------------------
-class SkillDemosConfig(MethodConfig):
+class SkillDemosConfig(DemoPromptConfig):
     """Options of :class:`SkillDemos`."""
 
     k: int = Field(4, ge=1, le=64, description="demos per input")
     skills_per_input: int = Field(2, ge=1, le=8, description="skills matched per input")
     via: Via = Field("auto", description="match skills by labelled examples or descriptions")
     order: Order = Field("nearest_last", description="demo order in the prompt")
-    prompt_format: PromptFormat | None = Field(
-        None, description="chat, completion or auto; None keeps the incoming Solver's"
-    )
     answer_mode: AnswerMode | None = Field(
         None, description="generate or choices; None keeps the incoming Solver's"
     )
-    max_dev: int | None = Field(None, ge=1, description="score at most this many dev examples")
 
 
 class SkillDemos(Method):
@@ -226,20 +223,42 @@ class SkillDemos(Method):
         book = require_book(self.name, self.resources, train)
         # 2. The selector.
         selector = SkillSelector(book, cfg.skills_per_input, cfg.via)
-        # 3. The Solver, keeping the incoming prompt options.
-        options = demo_options_from(solver)
-        options["order"] = cfg.order
-        if cfg.prompt_format is not None:
-            options["prompt_format"] = cfg.prompt_format
-        if cfg.answer_mode is not None:
-            options["answer_mode"] = cfg.answer_mode
-        adapted = DemoSolver(solver.lm, selector, k=cfg.k, **options)
+        # 3. The Solver, keeping the incoming prompt options (or the prompt variant that
+        #    scores best on dev, when format_candidates / try_no_instructions ask for more).
+        options = cfg.prompt_options(solver)
+
+        def build(fmt: PromptFormat | None, bare: bool) -> DemoSolver:
+            opts = {**options, **({"prompt_format": fmt} if fmt is not None else {})}
+            if bare:
+                opts["instructions"] = ""
+            return DemoSolver(solver.lm, selector, k=cfg.k, **opts)
+
+        variants = prompt_variants(self.name, solver.lm, cfg.format_candidates,
+                                   cfg.try_no_instructions, options.get("prompt_format"),
+                                   lambda f: build(f, False).uses_chat())
         self.report.notes.update({"k": cfg.k, "skills": len(book),
                                   "labelled_examples": len(book.all_labels())})
-        dev_set = list(dev or [])[: cfg.max_dev]
-        if dev_set:
-            _, scores = run_solver(adapted, task, dev_set, self.report,
-                                   progress=self.resources.progress, label="skill_demos dev")
-            self.report.notes["dev_accuracy"] = sum(scores) / len(scores)
+        dev_set = cfg.dev_subset(dev)
+        if not dev_set:
+            return build(*variants[0])
+        table = []
+        for fmt, bare in variants:
+            cand = build(fmt, bare)
+            attempts, scores = run_solver(
+                cand, task, dev_set, self.report, progress=self.resources.progress,
+                label="skill_demos dev" + (f" {cand.prompt_format}{' bare' if bare else ''}"
+                                           if len(variants) > 1 else ""))
+            table.append({"prompt_format": cand.prompt_format, "instructions": not bare,
+                          "dev_accuracy": sum(scores) / len(scores),
+                          "prompt_tokens": sum(a.usage.prompt_tokens for a in attempts)
+                          / len(attempts)})
+        # ties: the shorter prompt, then the variant listed first
+        best = max(range(len(table)), key=lambda i: (table[i]["dev_accuracy"],
+                                                     -table[i]["prompt_tokens"], -i))
+        self.report.notes["dev_accuracy"] = table[best]["dev_accuracy"]
+        if len(table) > 1:
+            self.report.notes.update({"prompt_format": table[best]["prompt_format"],
+                                      "instructions": table[best]["instructions"],
+                                      "candidates": table})
         # 4. The new Solver.
-        return adapted
+        return build(*variants[best])
