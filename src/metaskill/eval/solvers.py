@@ -285,7 +285,7 @@ class PromptSolver(Solver):
             return "\n".join(f"{m.role}: {m.content}" for m in request.messages or ())
 
     # ---- solving -----------------------------------------------------------------------
-    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+    def solve(self, task: Task, examples: list[Example]) -> list[Attempt]:
         """Answer a batch with ONE ``lm.complete`` call; one Attempt per example."""
         requests = [self.request(task, e) for e in examples]
         t0 = time.perf_counter()
@@ -382,7 +382,7 @@ class LikelihoodClassifier(PromptSolver):
             )
         return labels
 
-    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+    def solve(self, task: Task, examples: list[Example]) -> list[Attempt]:
         """Score every label after each example's prompt (one ``lm.score`` per example)."""
         cfg = self.config
         assert isinstance(cfg, LikelihoodConfig)

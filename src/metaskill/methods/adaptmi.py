@@ -210,7 +210,7 @@ class AdaptMISolver(Solver):
         return self.teacher if self.teacher is not None else self.lm
 
     # ---- the Solver verb: the algorithm box ---------------------------------------------
-    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+    def solve(self, task: Task, examples: list[Example]) -> list[Attempt]:
         """First pass, gate, (teacher), second pass for the hard inputs only."""
         # 1. Blank the references: nothing below can read them.
         blind = [e.model_copy(update={"answer": None}) for e in examples]

@@ -282,7 +282,7 @@ class DynaICLSolver(DemoSolver):
         self._last = {e.id: float(p[i, levels[i]]) for i, e in enumerate(examples)}
         return [self.controller.ks[j] for j in levels]
 
-    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+    def solve(self, task: Task, examples: list[Example]) -> list[Attempt]:
         """DemoSolver.solve with the allocated k; meta adds ``p_success``."""
         out = super().solve(task, examples)
         for a in out:

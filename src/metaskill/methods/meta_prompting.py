@@ -161,7 +161,7 @@ class MetaPromptingSolver(Solver):
         self.code_timeout_s = code_timeout_s
         self.template = template
 
-    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+    def solve(self, task: Task, examples: list[Example]) -> list[Attempt]:
         """Run the conductor loop for every input (batched per round)."""
         system = self.template.format(rounds=self.max_rounds, calls=self.max_expert_calls)
         eps = [_Episode(e, [("user", self.question(task, e))]) for e in examples]

@@ -147,7 +147,7 @@ class MultiCritiqueSolver(Solver):
         return self.critic_lms[critic.model]
 
     # ---- the algorithm box ---------------------------------------------------------------
-    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+    def solve(self, task: Task, examples: list[Example]) -> list[Attempt]:
         """Answer, critique (several), aggregate, refine once where judged incorrect."""
         blind = [e.model_copy(update={"answer": None}) for e in examples]
         # 1. The unadapted answers.

@@ -176,7 +176,7 @@ class RamlSolver(DemoSolver):
         return self.lm.count_tokens(prompt) + sum(self.lm.count_tokens(c) for c in conts)
 
     # ---- the Solver verb ---------------------------------------------------------------
-    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+    def solve(self, task: Task, examples: list[Example]) -> list[Attempt]:
         """Fuse p_lm and p_ret per input; output the best label."""
         t0 = time.perf_counter()
         p_lm, usages, prompts, ks = self.lm_dist(task, examples)

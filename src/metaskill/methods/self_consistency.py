@@ -168,7 +168,7 @@ class SelfConsistencySolver(Solver):
         self.temperature = temperature
         self.seed = seed
 
-    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+    def solve(self, task: Task, examples: list[Example]) -> list[Attempt]:
         """Sample, normalise, vote. ``meta``: votes, agreement, samples, lm_calls (= n)."""
         answers, usages, prompts = sample_outputs(
             self.inner, task, examples, self.n, self.temperature, self.seed

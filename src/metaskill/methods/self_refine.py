@@ -166,7 +166,7 @@ class SelfRefineSolver(Solver):
         return text
 
     # ---- the loop --------------------------------------------------------------------
-    def solve(self, task: Any, examples: list[Example]) -> list[Attempt]:
+    def solve(self, task: Task, examples: list[Example]) -> list[Attempt]:
         """Answer, critique, refine (see the module doc); one Attempt per example."""
         firsts = self.inner.solve(task, examples)
         answers = [a.output for a in firsts]
