@@ -11,16 +11,24 @@ Shared pieces other methods build on:
   ``k``, chat or plain-completion prompts, JSON state) and helpers to score attempts.
 * :mod:`metaskill.methods.self_consistency` -- majority voting over sampled answers
   (:func:`~metaskill.methods.self_consistency.vote`), reusable by other methods.
-* :mod:`metaskill.methods.compose` -- :func:`~metaskill.methods.compose.adapt` applies a
-  chain of methods in order; :func:`~metaskill.methods.compose.build_method` builds one
-  method from its name, options and :class:`~metaskill.methods.compose.MethodResources`.
+* :mod:`metaskill.methods.compose` -- :func:`~metaskill.methods.compose.fit_chain` applies a
+  chain of methods (parametric ones first); :func:`~metaskill.methods.compose.build_method`
+  builds one method from its name, options and
+  :class:`~metaskill.methods.base.MethodResources`.
+* :mod:`metaskill.methods.sft` -- LoRA training (:func:`~metaskill.methods.sft.train_lora`)
+  and :func:`~metaskill.methods.sft.train_solver`, the shared second half of the parametric
+  methods ``sft``, ``stat`` and ``self_evolve``: their Solver's LM is base + adapter
+  (``lm.with_adapter``), so its JSON's model spec carries the adapter.
 
 Writing a method (the conventions :func:`~metaskill.methods.compose.build_method` relies on):
 
-* subclass :class:`~metaskill.methods.base.Method`, set ``name`` and ``Config`` (a
-  :class:`~metaskill.methods.base.MethodConfig` subclass, every field with a description);
-* take ``(config=None, *, resources=None)`` in ``__init__`` (a
-  :class:`~metaskill.methods.compose.MethodResources` with the embedder, SkillBook, teacher);
+* subclass :class:`~metaskill.methods.base.Method`, set ``name``, ``Config`` (a
+  :class:`~metaskill.methods.base.MethodConfig` subclass, every field with a description)
+  and, for a method that trains weights, ``stage = "parametric"``; ``Method.__init__``
+  stores the config (its defaults when None) and the
+  :class:`~metaskill.methods.base.MethodResources` (embedder, SkillBook, teacher, profile);
+* ``fit`` runs inside the no-test-data guard (:mod:`metaskill.core.guard`): select on the
+  ``dev`` it is given, never on the task's test split;
 * ``fit`` returns a NEW Solver, fills ``self.report`` (usage, ``lm_calls``, and
   ``notes["dev_accuracy"]`` when it scored dev), and raises
   :class:`~metaskill.core.errors.MethodError` naming the method and the missing piece;

@@ -47,7 +47,7 @@ from pydantic import Field, model_validator
 from metaskill.core.types import Example, Message, Request
 from metaskill.eval.solver import Solver
 from metaskill.lm.base import LM
-from metaskill.methods.base import FitReport, Method, MethodConfig, MethodResources, split_dev
+from metaskill.methods.base import Method, MethodConfig, split_dev
 from metaskill.methods.sft import ChatPair, SFTConfig, TrainingError, user_text
 from metaskill.tasks.base import Task
 
@@ -316,11 +316,7 @@ class SelfEvolve(Method):
     stage: ClassVar[str] = "parametric"
     Config: ClassVar[type[MethodConfig]] = SelfEvolveConfig
 
-    def __init__(self, config: SelfEvolveConfig | None = None, *,
-                 resources: MethodResources | None = None) -> None:
-        super().__init__(config or SelfEvolveConfig())
-        self.config: SelfEvolveConfig
-        self.resources = resources or MethodResources()
+    config: SelfEvolveConfig
 
     def fit(self, solver: Solver, task: Task, train: list[Example],
             dev: list[Example] | None = None) -> Solver:
@@ -329,7 +325,6 @@ class SelfEvolve(Method):
         from metaskill.methods.sft import train_for_lm
 
         cfg, res = self.config, self.resources
-        self.report = FitReport()
         train, dev, dev_note = split_dev(train, dev, cfg.eval_limit)
         dev = dev[: cfg.eval_limit] if cfg.eval_limit else dev
         out = res.work_dir_for(self.name, {"task": task.name, "cfg": cfg.model_dump(mode="json"),

@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field, model_validator
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message
 from metaskill.eval.solver import Solver
-from metaskill.methods.base import FitReport, Method, MethodConfig, MethodResources
+from metaskill.methods.base import Method, MethodConfig, MethodResources
 from metaskill.tasks.base import Task
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -574,17 +574,12 @@ class SFT(Method):
     stage: ClassVar[str] = "parametric"
     Config: ClassVar[type[MethodConfig]] = SFTConfig
 
-    def __init__(self, config: SFTConfig | None = None, *,
-                 resources: MethodResources | None = None) -> None:
-        super().__init__(config or SFTConfig())
-        self.config: SFTConfig
-        self.resources = resources or MethodResources()
+    config: SFTConfig
 
     def fit(self, solver: Solver, task: Task, train: list[Example],
             dev: list[Example] | None = None) -> Solver:
         """Train an adapter on ``train`` (or a uniform sample of it) and return a new Solver
         that uses it."""
-        self.report = FitReport()
         check_trainable(solver.lm, self.resources)
         cfg = self.config
         data = [e for e in train if e.answer is not None]

@@ -43,7 +43,7 @@ from pydantic import Field
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message, Request
 from metaskill.eval.solver import Solver
-from metaskill.methods.base import FitReport, Method, MethodConfig, MethodResources
+from metaskill.methods.base import Method, MethodConfig, MethodResources
 from metaskill.methods.sft import SFTConfig, check_trainable, train_solver, uniform_sample
 from metaskill.tasks.base import Task
 
@@ -219,16 +219,11 @@ class STAT(Method):
     stage: ClassVar[str] = "parametric"
     Config: ClassVar[type[MethodConfig]] = STATConfig
 
-    def __init__(self, config: STATConfig | None = None, *,
-                 resources: MethodResources | None = None) -> None:
-        super().__init__(config or STATConfig())
-        self.config: STATConfig
-        self.resources = resources or MethodResources()
+    config: STATConfig
 
     def fit(self, solver: Solver, task: Task, train: list[Example],
             dev: list[Example] | None = None) -> Solver:
         """Build the targeted data and fine-tune; returns the Solver on base + adapter."""
-        self.report = FitReport()
         check_trainable(solver.lm, self.resources)
         data, note = build_data(task, train, self.config, self.resources)
         self.report.notes["data"] = note

@@ -368,12 +368,9 @@ def _start(config: RunConfig, lm: Any, console: Any) -> JobContext:
 
 
 def _load_task(name: str) -> Any:
+    """A registered task, or a task YAML file (``get_task`` reads both)."""
     from metaskill.tasks import get_task
 
-    if name.endswith((".yaml", ".yml")):
-        from metaskill.tasks.taskfile import load_task_file
-
-        return load_task_file(name)
     return get_task(name)
 
 
@@ -543,6 +540,7 @@ def stage_train(t: TaskContext) -> None:
     else:
         chain = [("sft", {**opts, "n_examples": steps * cfg.train_batch})]
     reserve = sizes.reserve_after_train_s if sizes else 0.0
+    t.train = _with_book_skills(t)  # STAT selects training examples by skill
     cand = _fit_candidate(t, chain, f"lora:{cfg.train_method}", {}, reserve_s=reserve,
                           label="LoRA training")
     if cand is None:
@@ -557,6 +555,18 @@ def stage_train(t: TaskContext) -> None:
                          "after": notes["curve"][-1]["accuracy"] if notes.get("curve") else None}
     cand.note = (cand.note + " " if cand.note else "") + (
         f"base + LoRA adapter ({notes['steps']} steps)")
+
+
+def _with_book_skills(t: TaskContext) -> list[Any]:
+    """The train pool, each unlabelled example given the skills discovery gave it."""
+    from metaskill.skills.book import SkillBook
+
+    if all(e.skills for e in t.train) or not t.book_path.exists():
+        return t.train
+    book = SkillBook(t.book_path, embedder=t.job.resources.get_embedder())
+    labels = book.all_labels()
+    return [e if e.skills or not labels.get(e.id) else
+            e.model_copy(update={"skills": list(labels[e.id])}) for e in t.train]
 
 
 # ---- 6. test ---------------------------------------------------------------------------------
