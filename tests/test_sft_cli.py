@@ -53,9 +53,12 @@ def test_train_runs_and_resumes_without_redoing(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     scores = json.loads(r.stdout.strip().splitlines()[-1])
     assert scores["trained"]["n"] == 3 and 0 <= scores["trained"]["accuracy"] <= 1
-    assert scores["adapter_spec"].endswith("adapter/adapter.gguf")
-    assert (out / "adapter" / "adapter.gguf").exists()
-    assert len((out / "data.jsonl").read_text().splitlines()) == 8
+    assert scores["adapter_spec"].startswith("local+adapter:")
+    gguf = Path(scores["adapter_spec"].split("+adapter:", 1)[1])
+    assert gguf.name == "adapter.gguf" and gguf.is_file() and out in gguf.parents
+    (data,) = out.glob("sft-*/data.jsonl")  # the sft Method's work folder in the run dir
+    assert len(data.read_text().splitlines()) == 8
+    assert scores["dev"] == "the 3 dev examples given"
     stamp = (out / "stages" / "train.json").stat().st_mtime_ns
     # Resume from the directory alone: every stage is finished, nothing is redone.
     r2 = metaskill("train", "--out", str(out), home=tmp_path / "home")

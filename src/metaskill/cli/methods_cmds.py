@@ -116,11 +116,13 @@ def _parse_options(items: list[str], methods: list[str]) -> dict[str, dict[str, 
 
 
 def _resources(methods: list[str], embedder_spec: str, skills: Path | None,
-               teacher: str | None, progress: bool) -> Any:
-    from metaskill.methods.compose import MethodResources
+               teacher: str | None, progress: bool, settings: Settings | None = None,
+               profile: Path | None = None) -> Any:
+    from metaskill.methods.base import MethodResources
     from metaskill.skills.embed import EmbeddingCache, load_embedder
 
-    home = Settings.from_env().home
+    settings = settings or Settings.from_env()
+    home = settings.home
     embedder = load_embedder(embedder_spec, cache=EmbeddingCache(home / "embeddings.sqlite"))
     book = None
     skill_methods = {"skill_demos", "adaptmi"} & set(methods)
@@ -136,9 +138,15 @@ def _resources(methods: list[str], embedder_spec: str, skills: Path | None,
     if teacher is not None:
         from metaskill.lm import load_lm
 
-        teacher_lm = load_lm(teacher)
+        teacher_lm = load_lm(teacher, settings=settings)
+    if profile is not None and not profile.is_file():
+        raise MethodError(f"profile file '{profile}' does not exist (build one with "
+                          "`metaskill skills profile`).")
     return MethodResources(embedder=embedder, embedder_spec=embedder_spec, skillbook=book,
-                           teacher=teacher_lm, progress=progress)
+                           teacher=teacher_lm, progress=progress, settings=settings,
+                           profile=profile,
+                           log=(lambda line: Console(stderr=True).print(line, highlight=False))
+                           if progress else None)
 
 
 def _fmt(x: Any) -> str:
@@ -151,8 +159,8 @@ def adapt_cmd(
         "--model", "-m", help="Model spec: local, local:gemma3-270m, gguf:PATH, "
         "openai:MODEL@URL, fake.")],
     method: Annotated[str, typer.Option(
-        "--method", help="Method(s), comma-separated, applied in order "
-        "(metaskill methods ls).")],
+        "--method", help="Method(s), comma- or '+'-separated, applied in order, parametric "
+        "ones (sft, stat, self_evolve) first (metaskill methods ls).")],
     out: Annotated[Path, typer.Option("--out", help="Write the adapted Solver's JSON here.")],
     budget_tokens: Annotated[float | None, typer.Option(
         "--budget-tokens", help="Average prompt tokens per input, for methods with a "
@@ -194,6 +202,12 @@ def adapt_cmd(
         "--keep-best/--no-keep-best", help="Save the Solver adapt was given (zero-shot) "
         "instead of the adapted one when the adapted one does not beat it on dev (paired-"
         "bootstrap 95% interval); the warning is shown either way.")] = False,
+    profile: Annotated[Path | None, typer.Option(
+        "--profile", help="Missing-Skill Profile JSON, for stat (`metaskill skills "
+        "profile`).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="CPU threads for llama.cpp and torch (default: "
+        "$METASKILL_THREADS, else all cores).")] = None,
 ) -> None:
     """Fit methods on a task's train split (selecting on dev) and save the adapted Solver."""
     from metaskill.eval.solvers import ZeroShot, save_solver
@@ -222,13 +236,15 @@ def adapt_cmd(
         raise MethodError(f"--plot draws dynaicl's accuracy-vs-tokens curve; dynaicl is not "
                           f"in --method ({', '.join(names)}).")
     shared = {"k": k, "seed": seed}
-    resources = _resources(names, embedder, skills, teacher, not no_progress)
+    settings = Settings.from_env(threads=threads)
+    resources = _resources(names, embedder, skills, teacher, not no_progress, settings,
+                           profile)
     from metaskill.methods.compose import build_method
 
     methods = [build_method(n, per_method.get(n), resources,
                             shared={**shared, "budget_tokens": budget_tokens})
                for n in names]  # every option checked before the model loads
-    lm = load_lm(model, cache=not no_cache)
+    lm = load_lm(model, cache=not no_cache, settings=settings)
     con = Console()
     t0 = time.perf_counter()
     try:

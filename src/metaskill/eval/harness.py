@@ -218,6 +218,7 @@ def evaluate(
     run_id: str | None = None,
     max_new: int | None = None,
     examples: Sequence[Example] | None = None,
+    label: str | None = None,
 ) -> Run:
     """Evaluate ``solver`` on ``task``'s ``split`` and return the :class:`Run`.
 
@@ -241,6 +242,8 @@ def evaluate(
         examples: score these examples instead of the split's (methods scoring the dev
             examples they were given); ``split`` then only labels the run (default
             ``"given"`` when left at ``"test"``).
+        label: what the progress bar names (default ``TASK/SPLIT SOLVER_KIND``); name the
+            candidate, e.g. a trained model whose Solver kind is still ``zero-shot``.
 
     Returns:
         The Run with all its records (those of a resumed run included).
@@ -312,7 +315,7 @@ def evaluate(
             raise MetaskillError(f"max_new must be >= 1, got {max_new}.")
         todo = todo[:max_new]
     remaining = len(selection) - len(done) - len(todo)
-    bar = _Progress(progress, f"{task.name}/{split} {solver.kind}", len(selection),
+    bar = _Progress(progress, label or f"{task.name}/{split} {solver.kind}", len(selection),
                     len(selection) - len(todo))
     n_done = len(selection) - len(todo)
     try:
@@ -429,7 +432,8 @@ def evaluate_stored(solver: Solver, task: Any, split: str, *, store: RunStore, n
     args: dict[str, Any] = {"resume": run_id} if found else {"run_id": run_id}
     while True:
         run = evaluate(solver, task, split, limit=limit, seed=seed, store=store,
-                       progress=progress, batch_size=batch_size, max_new=step, **args)
+                       progress=progress, batch_size=batch_size, max_new=step, label=name,
+                       **args)
         if run.status != "interrupted" or deadline is None or time.monotonic() >= deadline:
             return run
         args = {"resume": run_id}

@@ -75,10 +75,18 @@ class ScriptedLM(LM):
             ('fake+adapter:runs/x', 'b')
         """
         src = self.adapted or self
+        if adapter is None:
+            src = self
         lm = ScriptedLM(src.script, src.default, src._scores, cache=self.cache,
                         adapted=self.adapted)
         if adapter is not None:
             lm.spec = f"fake{ADAPTER_SEP}{adapter}"
+        return lm
+
+    def with_trained(self, peft_model: Any, checkpoint_dir: str | Path) -> ScriptedLM:
+        """A checkpoint of the fake model in training: the adapted script, no cache."""
+        lm = self.with_adapter(checkpoint_dir)
+        lm.cache = None
         return lm
 
     def answer(self, prompt: str, request: Request) -> str:

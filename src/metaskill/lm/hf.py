@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ def load_hf_model(
     settings: Settings | None = None,
     dtype: str = "float32",
     save_copy: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Load an HF causal LM and tokenizer from a folder or a GGUF file.
 
@@ -107,6 +108,8 @@ def load_hf_model(
         settings: where METASKILL_HOME is; read from the environment if None.
         dtype: float32 (default, right for CPU training), bfloat16 or float16.
         save_copy: write the HF copy of a GGUF file for faster later loads.
+        log: called with a line when the slow first-use conversion starts and ends
+            (transformers' own progress bars are off).
 
     Returns:
         ``(model, tokenizer, info)`` where info has ``source`` (the path), ``hash`` (of the
@@ -120,46 +123,47 @@ def load_hf_model(
 
     from metaskill.core.quiet import no_load_bars
 
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ModelNotFoundError(f"model path '{p}' does not exist; pass an HF folder or a "
-                                 ".gguf file.")
-    torch_dtype = _torch_dtype(dtype)
-    if p.is_dir():
-        if not (p / "config.json").exists():
-            raise ModelNotFoundError(f"'{p}' has no config.json; it is not an HF model folder.")
-        tok = AutoTokenizer.from_pretrained(p)
-        with no_load_bars():
+    say = log or (lambda _line: None)
+    with no_load_bars():  # transformers' own bars (conversion, loading, saving) stay off
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise ModelNotFoundError(f"model path '{p}' does not exist; pass an HF folder or a "
+                                     ".gguf file.")
+        torch_dtype = _torch_dtype(dtype)
+        if p.is_dir():
+            if not (p / "config.json").exists():
+                raise ModelNotFoundError(f"'{p}' has no config.json; it is not an HF model folder.")
+            tok = AutoTokenizer.from_pretrained(p)
             model = AutoModelForCausalLM.from_pretrained(p, dtype=torch_dtype)
-        info = {"source": str(p), "hash": folder_fingerprint(p), "kind": "folder",
-                "hf_dir": str(p)}
-    elif p.suffix == ".gguf":
-        digest = file_sha256(p)
-        settings = settings or Settings.from_env()
-        copy = settings.home / "hf" / digest
-        info = {"source": str(p), "hash": digest, "kind": "gguf", "hf_dir": None}
-        if (copy / "config.json").exists():
-            tok = AutoTokenizer.from_pretrained(copy)
-            with no_load_bars():
+            info = {"source": str(p), "hash": folder_fingerprint(p), "kind": "folder",
+                    "hf_dir": str(p)}
+        elif p.suffix == ".gguf":
+            digest = file_sha256(p)
+            settings = settings or Settings.from_env()
+            copy = settings.home / "hf" / digest
+            info = {"source": str(p), "hash": digest, "kind": "gguf", "hf_dir": None}
+            if (copy / "config.json").exists():
+                tok = AutoTokenizer.from_pretrained(copy)
                 model = AutoModelForCausalLM.from_pretrained(copy, dtype=torch_dtype)
-            info["hf_dir"] = str(copy)
-        else:
-            tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
-            with no_load_bars():
-                model = AutoModelForCausalLM.from_pretrained(
-                    p.parent, gguf_file=p.name, dtype=torch_dtype
-                )
-            # The dequantized model still carries the GGUF quantizer; it refuses to save
-            # (and would re-quantize on load) until both are cleared.
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.is_quantized = False
-            if save_copy:
-                _save_atomically(model, tok, copy)
                 info["hf_dir"] = str(copy)
-    else:
-        raise ModelNotFoundError(f"'{p}' is neither an HF model folder nor a .gguf file.")
+            else:
+                say(f"converting {p.name} to an HF copy for training (first use only)")
+                t0 = time.perf_counter()
+                tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+                model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name,
+                                                             dtype=torch_dtype)
+                # The dequantized model still carries the GGUF quantizer; it refuses to save
+                # (and would re-quantize on load) until both are cleared.
+                model.hf_quantizer = None
+                if hasattr(model.config, "quantization_config"):
+                    del model.config.quantization_config
+                model.is_quantized = False
+                if save_copy:
+                    _save_atomically(model, tok, copy)
+                    info["hf_dir"] = str(copy)
+                say(f"converted in {time.perf_counter() - t0:.0f} s; kept in {copy}")
+        else:
+            raise ModelNotFoundError(f"'{p}' is neither an HF model folder nor a .gguf file.")
     model.eval()
     return model, tok, info
 

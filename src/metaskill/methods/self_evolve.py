@@ -337,7 +337,8 @@ class SelfEvolve(Method):
 
         def train_round(pairs: list[ChatPair], sft: SFTConfig, to: Path,
                         init: Path | None) -> None:
-            trainer(solver.lm, pairs, sft, to, init_adapter=init, progress=res.progress)
+            trainer(solver.lm, pairs, sft, to, init_adapter=init, progress=res.progress,
+                    log=res.log)
 
         def score(lm: LM) -> dict[str, Any]:
             run = evaluate(solver.with_lm(lm), task, examples=dev, progress=res.progress)

@@ -437,13 +437,14 @@ def _progress(enabled: bool) -> Any:
 
 
 # ---- training for an LM's own weights ----------------------------------------------------
-#: ``(lm, pairs, config, out_dir, *, init_adapter, progress, on_step) -> TrainResult``.
+#: ``(lm, pairs, config, out_dir, *, init_adapter, progress, on_step, log) -> TrainResult``.
 Trainer = Callable[..., TrainResult]
 
 
 def train_for_lm(lm: Any, pairs: list[ChatPair], config: SFTConfig, out_dir: str | Path, *,
                  settings: Any = None, init_adapter: str | Path | None = None,
-                 progress: bool = True, on_step: Any = None) -> TrainResult:
+                 progress: bool = True, on_step: Any = None,
+                 log: Callable[[str], None] | None = None) -> TrainResult:
     """Train a LoRA adapter for the model behind ``lm`` (its local weights, loaded with
     transformers) and export it to GGUF when the base is a GGUF file.
 
@@ -454,7 +455,7 @@ def train_for_lm(lm: Any, pairs: list[ChatPair], config: SFTConfig, out_dir: str
     from metaskill.lm.hf import load_hf_model
 
     base = base_model_path(lm)
-    model, tok, info = load_hf_model(base, settings=settings)
+    model, tok, info = load_hf_model(base, settings=settings, log=log)
     meta: dict[str, Any] = {"base": {"source": info["source"], "hash": info["hash"],
                                      "kind": info["kind"],
                                      "model_type": getattr(model.config, "model_type", None)}}
@@ -519,7 +520,7 @@ def train_solver(method: Method, solver: Solver, task: Task, data: list[Example]
         return stop
 
     res = trainer(solver.lm, pairs, config, out_dir,
-                  progress=resources.progress, on_step=on_step)
+                  progress=resources.progress, on_step=on_step, log=resources.log)
     method.report.notes.update({
         "adapter": str(res.adapter_dir), "steps": res.steps, "planned_steps": config.steps,
         "stopped_early": bool(config.steps and res.steps < config.steps),

@@ -279,12 +279,17 @@ class TaskContext:
         return run
 
 
+#: Seconds of the budget kept for the report (HTML, plots) after the last stage.
+REPORT_RESERVE_S = 15.0
+
+
 class Clock:
-    """Tracks the time budget (a hard limit)."""
+    """Tracks the time budget, a hard limit; the stages end :data:`REPORT_RESERVE_S`
+    before it so that the report is written in time."""
 
     def __init__(self, budget_s: float | None) -> None:
         self.t0 = time.monotonic()
-        self.budget_s = budget_s
+        self.budget_s = None if budget_s is None else max(0.0, budget_s - REPORT_RESERVE_S)
 
     def spent(self) -> float:
         """Seconds since the job started."""
@@ -335,9 +340,10 @@ def run_job(config: RunConfig, *, lm: Any = None, console: Any = None) -> JobRes
                 break
             stage(t)
         results.append(t.result)
+    planned = {**plan.model_dump(mode="json"), "lines": plan.lines()} if plan else None
     result = JobResult(config=config.model_dump(mode="json"), tasks=results,
                        seconds=job.clock.spent(), stage_log=job.stages.log,
-                       skipped=job.skipped, plan=plan.model_dump(mode="json") if plan else None)
+                       skipped=job.skipped, plan=planned)
     return stage_report(job, result)
 
 

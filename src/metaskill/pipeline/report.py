@@ -111,6 +111,10 @@ def _headline_section(job: Any, store: Any) -> Section:
              f"{_esc(cfg.get('time_budget_s') or 'none')} s.</p>")
     if job.skipped:
         body += "<p class='note'>Skipped: " + "; ".join(_esc(s) for s in job.skipped) + "</p>"
+    plan = getattr(job, "plan", None) or {}
+    if plan.get("lines"):
+        body += ("<p class='note'>Time plan (measured at the start): "
+                 + "<br>".join(_esc(x.strip()) for x in plan["lines"]) + "</p>")
     return Section("headline", "Headline", body)
 
 
@@ -409,6 +413,8 @@ def summary_markdown(job: Any, store: Any) -> str:
                          f"{tr.get('peak_rss_mb', 0):.0f} MiB")
     for sk in job.skipped:
         lines.append(f"- skipped: {sk}")
+    for p in (getattr(job, "plan", None) or {}).get("lines", []):
+        lines.append(f"- {p.strip()}")
     lines.append(f"- wall time of the job: {job.seconds / 60:.1f} min")
     return "\n".join(lines) + "\n"
 
