@@ -82,6 +82,8 @@ def ask(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the cache."),
     retries: int | None = typer.Option(None, "--retries", min=0,
                                        help="HTTP retries (openai: specs only; default 5)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for llama.cpp "
+                                       "(default: $METASKILL_THREADS, else all cores)."),
 ) -> None:
     """Ask a model one question; prints the answer, then usage on stderr."""
     from metaskill.lm.base import as_request
@@ -98,7 +100,8 @@ def ask(
     extra: dict[str, Any] = {}
     if retries is not None and model.startswith("openai:"):
         extra["max_retries"] = retries
-    lm = load_lm(model, cache=not no_cache, settings=Settings.from_env(), **extra)
+    lm = load_lm(model, cache=not no_cache, settings=Settings.from_env(threads=threads),
+                 **extra)
     c = lm.complete([request])[0]
     Console(highlight=False, soft_wrap=True).print(c.text, markup=False)
     Console(stderr=True, highlight=False).print(

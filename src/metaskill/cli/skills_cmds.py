@@ -67,10 +67,11 @@ def _load_task(name: str) -> Any:
     return get_task(name)
 
 
-def _load_lm(spec: str) -> Any:
+def _load_lm(spec: str, threads: int | None = None) -> Any:
+    from metaskill.core.settings import Settings
     from metaskill.lm import load_lm
 
-    return load_lm(spec)
+    return load_lm(spec, settings=Settings.from_env(threads=threads))
 
 
 def _pct(x: float | None) -> str:
@@ -242,9 +243,12 @@ def profile_cmd(
     no_book: Annotated[bool, typer.Option(
         "--no-book", help="Ignore the SkillBook; use the examples' own labels.")] = False,
     no_progress: ProgressOpt = False,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", help="CPU threads for llama.cpp (default: $METASKILL_THREADS, else all "
+        "cores).")] = None,
 ) -> None:
     """Profile which skills a model lacks on a task's dev split, weakest first."""
-    from metaskill.eval.solvers import SOLVERS, load_solver, solver_from_name
+    from metaskill.eval.solvers import load_solver, solver_from_name
     from metaskill.eval.store import RunStore
     from metaskill.skills.profile import (
         ProfileConfig,
@@ -265,11 +269,11 @@ def profile_cmd(
             held = (sb.info().get("discovery") or {}).get("task")
             if book is None and held not in (None, "", the_task.name):
                 sb = None  # the default book belongs to another task
-    lm = _load_lm(model)
+    lm = _load_lm(model, threads)
     if Path(solver).suffix == ".json" or Path(solver).is_file():
         the_solver = load_solver(solver, lm=lm)
     else:
-        if solver not in SOLVERS:
+        if solver not in ("zero-shot", "k-shot", "likelihood"):
             raise MetaskillError(f"unknown solver '{solver}'; use zero-shot, k-shot, "
                                  "likelihood or a solver JSON file.")
         config: dict[str, Any] = {}

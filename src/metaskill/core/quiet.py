@@ -8,6 +8,8 @@ restores the previous setting after it (no lasting change to the library's state
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,8 +29,21 @@ def no_load_bars() -> Iterator[None]:
         return
     was = tl.is_progress_bar_enabled()
     tl.disable_progress_bar()
+    # The GGUF conversion draws a plain tqdm bar that the switch above does not reach; its
+    # module's tqdm is swapped for a silent one inside the block only.
+    gguf = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    if gguf is None:
+        try:
+            import transformers.modeling_gguf_pytorch_utils as gguf
+        except ImportError:
+            gguf = None
+    bar = getattr(gguf, "tqdm", None)
+    if bar is not None:
+        gguf.tqdm = functools.partial(bar, disable=True)  # type: ignore[union-attr]
     try:
         yield
     finally:
+        if bar is not None:
+            gguf.tqdm = bar  # type: ignore[union-attr]
         if was:
             tl.enable_progress_bar()

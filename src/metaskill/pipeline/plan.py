@@ -5,13 +5,14 @@ A fixed plan breaks on a slower machine: on a 2-core AMD EPYC with AVX2 only (ll
 at step 16 of 60. So with a time budget the job first measures this machine -- a few
 seconds of prompt processing and decoding, and one LoRA step -- then estimates each
 stage's cost and shrinks the work until the estimate fits, in an order that keeps what
-brings the largest gain:
+brings the largest gain (the LoRA step is timed by the trainer itself, on the task's own
+training examples):
 
 1. test examples down to 60, dev examples down to 24;
 2. the learning curve down to two points on 10 dev examples;
 3. test examples down to 40;
 4. the inference-time chains down to the first one;
-5. last, training steps, never below half of those asked for.
+5. last, training steps, never below three quarters of those asked for.
 
 Training is guaranteed its share: while the trained task runs, evaluation of later work is
 what gives way. The plan is printed at the start and written to the report; the budget
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -53,7 +55,7 @@ FIT_DEV_PASSES = 2.5
 #: Prompt tokens of a demo prompt relative to zero-shot (k=4 short demos; trec measured 2.2x).
 DEMO_FACTOR = 1.5
 #: Fraction of the budget the estimate may fill (the rest absorbs estimation error).
-FILL = 0.85
+FILL = 0.92
 
 
 class Speeds(BaseModel):
@@ -176,7 +178,7 @@ def _shrink(asked: Sizes, tasks: list[TaskCost], speeds: Speeds,
         ("train_curve_n", lambda: min(s.train_curve_n, 10)),
         ("n_test", lambda: max(min(asked.n_test, 40), s.n_test - 10)),
         ("chains", lambda: min(s.chains, 1)),
-        ("train_steps", lambda: max(-(-asked.train_steps // 2), s.train_steps - 5)),
+        ("train_steps", lambda: max(-(-3 * asked.train_steps // 4), s.train_steps - 5)),
     ]
     trains = any(t.trains for t in tasks)
     for name, smaller in steps:
@@ -188,6 +190,7 @@ def _shrink(asked: Sizes, tasks: list[TaskCost], speeds: Speeds,
                 break
             setattr(s, name, new)
         if getattr(s, name) != getattr(asked, name):
+            changes = [c for c in changes if c.split()[0] != name]
             changes.append(f"{name} {getattr(asked, name)} -> {getattr(s, name)}")
     test_left = sum(eval_s(s.n_test, t.prompt_tokens, t.answer_tokens, speeds) *
                     (1 + min(t.chains, s.chains) + t.trains) for t in tasks)
@@ -221,43 +224,34 @@ def measure_lm(lm: Any) -> tuple[float, float]:
     return pp, tg
 
 
-def measure_lora_step(lm: Any, batch_size: int, threads: int | None, seq_len: int = 128,
+def measure_lora_step(lm: Any, task: Any, config: Any,
                       log: Callable[[str], None] | None = None) -> float:
-    """Seconds of one LoRA optimiser step on ``lm``'s weights, on a batch of ``seq_len``-token
-    rows (the length of the task's training examples: a step's cost grows with it).
+    """Seconds of one LoRA optimiser step, measured by the trainer itself: four steps of
+    :func:`~metaskill.methods.sft.train_lora` with ``config`` (rank, batch, threads) on the
+    task's own training examples; the first two (warm-up, seen 2x slower) are not counted.
 
     Loads the training copy of the model (converting the GGUF on first use, which
     training would do anyway; ``log`` hears about it).
     """
-    import warnings
-
-    import torch
-    from peft import LoraConfig, get_peft_model
+    import tempfile
 
     from metaskill.lm.adapters import base_model_path
     from metaskill.lm.hf import load_hf_model
+    from metaskill.methods.sft import pairs_from_examples, train_lora
 
-    if threads:
-        torch.set_num_threads(threads)
-    model, _tok, _info = load_hf_model(base_model_path(lm), log=log)
-    with warnings.catch_warnings():  # PEFT reads a deprecated transformers attribute
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        peft = get_peft_model(model, LoraConfig(
-            r=16, lora_alpha=32, task_type="CAUSAL_LM",
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                            "down_proj"]))
-    opt = torch.optim.AdamW([p for p in peft.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.randint(10, 1000, (batch_size, seq_len))
-    times = []
-    for _ in range(3):  # the first step pays one-off allocation costs
-        t0 = time.perf_counter()
-        loss = peft(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.perf_counter() - t0)
-    del peft, model, opt
-    return min(times)
+    model, tok, _info = load_hf_model(base_model_path(lm), log=log)
+    pairs = pairs_from_examples(task, task.examples("train")[: 4 * config.batch_size])
+    elapsed: list[float] = []
+
+    def on_step(st: Any) -> bool:
+        elapsed.append(st.elapsed_s)
+        return False
+
+    with tempfile.TemporaryDirectory(prefix="metaskill-plan-") as tmp:
+        train_lora(model, tok, pairs, config.model_copy(update={"steps": 4}),
+                   Path(tmp) / "adapter", on_step=on_step, progress=False)
+    del model
+    return (elapsed[-1] - elapsed[1]) / max(1, len(elapsed) - 2)
 
 
 def task_cost(lm: Any, task: Any, chains: int, trains: bool, sample: int = 12) -> TaskCost:
@@ -287,12 +281,15 @@ def make_plan(job: Any, tasks: list[Any]) -> Plan:
              for t in tasks]
     pp, tg = measure_lm(job.lm)
     step = None
-    trained = [c for c in costs if c.trains]
+    trained = [t for t in tasks if cfg.trains(t.name)]
     if trained:
-        seq_len = int(max(c.prompt_tokens + c.answer_tokens for c in trained)) + 8
+        from metaskill.methods.sft import SFTConfig
+
+        sft = SFTConfig(rank=cfg.train_rank, alpha=2.0 * cfg.train_rank,
+                        batch_size=cfg.train_batch, threads=job.threads)
         try:
-            step = measure_lora_step(job.lm, cfg.train_batch, job.threads, seq_len,
-                                     log=job.resources.say)
+            step = max(measure_lora_step(job.lm, t, sft, log=job.resources.say)
+                       for t in trained)
         except (ImportError, MetaskillError) as e:
             job.console.print(f"time plan: no LoRA step measured ({e})", highlight=False)
     speeds = Speeds(prompt_tps=pp, gen_tps=tg, lora_step_s=step,
