@@ -545,7 +545,7 @@ def stage_train(t: TaskContext) -> None:
         chain: list[Any] = [("stat", {**opts, "variant": "sel"})]
     else:
         chain = [("sft", {**opts, "n_examples": steps * cfg.train_batch})]
-    reserve = sizes.reserve_after_train_s if sizes else 0.0
+    reserve = sizes.reserve_after_train_s.get(t.name, 0.0) if sizes else 0.0
     t.train = _with_book_skills(t)  # STAT selects training examples by skill
     cand = _fit_candidate(t, chain, f"lora:{cfg.train_method}", {}, reserve_s=reserve,
                           label="LoRA training")
