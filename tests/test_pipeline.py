@@ -191,7 +191,9 @@ def test_main_job_trains_a_lora_adapter_on_the_embedded_model(tmp_path, tmp_home
     assert tr["steps"] == 4 and tr["n_examples"] == 8 and tr["peak_rss_mb"] > 100
     assert (Path(tr["adapter"]) / "adapter.gguf").is_file()
     lora = next(c for c in t.candidates if c.name.startswith("lora:"))
-    assert lora.test_run and lora.dev_accuracy is not None and lora.adapter == tr["adapter"]
+    assert lora.test_run and lora.dev_accuracy is not None
+    # the trained Solver is plain Solver JSON whose model spec carries its adapter
+    assert lora.solver["model"] == f"local+adapter:{tr['adapter']}/adapter.gguf"
     html = Path(job.report).read_text()
     assert "<h3>word_reversal: LoRA (" in html and "s/step, peak memory" in html
     # resuming reruns nothing: training is a cached stage
