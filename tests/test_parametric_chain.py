@@ -110,7 +110,8 @@ def test_stat_data_one_builder() -> None:
     profile = Profile(task="mini", difficult=[
         DifficultExample(example_id="dv0", question="q", output="x", missing=["negative_cue"])])
     cfg = STATConfig(steps=2, batch_size=3)
-    data, note = build_data(task, train, cfg, MethodResources(profile=profile))
+    data, note, method = build_data(task, train, cfg, MethodResources(profile=profile))
+    assert method == "stat-sel"
     # sized to steps x batch (6): the 4 train examples of the missing skill, some twice
     assert note.startswith("STAT-Sel: 6 training examples for 1 ") and len(data) == 6
     assert {e.id for e in data} == {"tr0", "tr2", "tr4", "tr6"}

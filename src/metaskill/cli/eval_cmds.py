@@ -47,14 +47,12 @@ def _load_task(name: str) -> Any:
 
 
 def _load_lm(spec: str, cache: bool = True, threads: int | None = None) -> Any:
+    from metaskill.core.settings import Settings
     from metaskill.lm import load_lm
 
-    kwargs: dict[str, Any] = {}
-    if threads is not None:
-        if not spec.startswith(("local", "gguf:")):
-            raise MetaskillError("--threads applies to llama.cpp models (local, gguf:PATH).")
-        kwargs["n_threads"] = threads
-    return load_lm(spec, cache=cache, **kwargs)
+    if threads is not None and not spec.startswith(("local", "gguf:", "hf:")):
+        raise MetaskillError("--threads applies to local models (local, gguf:PATH, hf:PATH).")
+    return load_lm(spec, cache=cache, settings=Settings.from_env(threads=threads))
 
 
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:

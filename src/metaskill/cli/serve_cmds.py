@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -79,6 +79,7 @@ def serve_cmd(
     except ImportError:
         raise MetaskillError("serving needs fastapi and uvicorn; install them with "
                              "pip install 'metaskill[serve]'.") from None
+    from metaskill.core.settings import Settings
     from metaskill.lm import load_lm
     from metaskill.serve.asgi import create_app
     from metaskill.serve.server import load_served_solver
@@ -91,14 +92,11 @@ def serve_cmd(
             spec = json.loads(solver.read_text()).get("model")
         except (OSError, ValueError, AttributeError):
             spec = None  # load_served_solver reports the unreadable file
-    kwargs: dict[str, Any] = {}
-    if threads is not None:
-        if threads < 1:
-            raise MetaskillError(f"--threads must be >= 1, got {threads}.")
-        if spec is None or not str(spec).startswith(("local", "gguf:")):
-            raise MetaskillError("--threads applies to llama.cpp models (local, gguf:PATH).")
-        kwargs["n_threads"] = threads
-    lm = load_lm(str(spec), cache=not no_cache, **kwargs) if spec else None
+    if threads is not None and (spec is None
+                                or not str(spec).startswith(("local", "gguf:", "hf:"))):
+        raise MetaskillError("--threads applies to local models (local, gguf:PATH, hf:PATH).")
+    settings = Settings.from_env(threads=threads)  # refuses --threads < 1 in one line
+    lm = load_lm(str(spec), cache=not no_cache, settings=settings) if spec else None
     served = load_served_solver(solver, task=task, model_id=name, lm=lm)
     app = create_app(served.solver, served.task, model_id=served.model_id, token=token,
                      limits=limits, system_prompt=system_prompt, history=history)

@@ -588,5 +588,6 @@ class SFT(Method):
             raise TrainingError("sft: no training examples with answers to train on.")
         if cfg.n_examples is not None:
             data = uniform_sample(data, cfg.n_examples, seed=cfg.seed)
-        self.report.notes["data"] = f"uniform SFT on {len(data)} training examples"
+        self.report.notes.update({"data": f"uniform SFT on {len(data)} training examples",
+                                  "method": "sft"})
         return train_solver(self, solver, task, data, dev, cfg, self.resources)

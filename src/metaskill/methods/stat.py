@@ -225,8 +225,8 @@ class STAT(Method):
             dev: list[Example] | None = None) -> Solver:
         """Build the targeted data and fine-tune; returns the Solver on base + adapter."""
         check_trainable(solver.lm, self.resources)
-        data, note = build_data(task, train, self.config, self.resources)
-        self.report.notes["data"] = note
+        data, note, method = build_data(task, train, self.config, self.resources)
+        self.report.notes.update({"data": note, "method": method})
         return train_solver(self, solver, task, data, dev, self.config, self.resources)
 
 
@@ -242,15 +242,17 @@ def load_profile(profile: Any) -> Any:
 
 
 def build_data(task: Task, train: list[Example], cfg: STATConfig,
-               resources: MethodResources) -> tuple[list[Example], str]:
-    """The STAT training set and one line saying what it is (the one copy of this logic).
+               resources: MethodResources) -> tuple[list[Example], str, str]:
+    """The STAT training set, one line saying what it is, and the method it amounts to
+    (``stat-sel``, ``stat-syn``, or ``sft`` for the uniform fallback); the one copy of this
+    logic.
 
     Example:
         >>> from metaskill.skills.profile import Profile
         >>> train = [Example(id=str(i), input=f"q{i}", answer="a") for i in range(4)]
         >>> cfg = STATConfig(steps=2, batch_size=2)
-        >>> build_data(None, train, cfg, MethodResources(profile=Profile(task="t")))[1]
-        'the profile names no missing skill, so uniform SFT on 4 training examples'
+        >>> build_data(None, train, cfg, MethodResources(profile=Profile(task="t")))[1:]
+        ('the profile names no missing skill, so uniform SFT on 4 training examples', 'sft')
     """
     profile = load_profile(resources.profile)
     if profile is None:
@@ -264,17 +266,17 @@ def build_data(task: Task, train: list[Example], cfg: STATConfig,
             raise MethodError("stat: the profile names no missing skill.")
         data = uniform_sample(answered, n_target, seed=cfg.seed)
         return data, (f"the profile names no missing skill, so uniform SFT on {len(data)} "
-                      "training examples")
+                      "training examples"), "sft"
     per_pair = cfg.per_pair or max(1, -(-n_target // len(pairs)))
     if cfg.variant == "sel":
         data = stat_sel(profile, train, per_pair=per_pair, seed=cfg.seed,
                         limit=None if cfg.per_pair else n_target)
         return data, (f"STAT-Sel: {len(data)} training examples for {len(pairs)} "
-                      "(difficult dev example, missing skill) pairs")
+                      "(difficult dev example, missing skill) pairs"), "stat-sel"
     generator = resources.extra.get("generator") or _procedural_generator(train)
     if generator is not None:
         data = stat_syn_procedural(profile, generator, per_pair, cfg.seed + 10_000)
-        return data, f"STAT-Syn (procedural): {len(data)} generated examples"
+        return data, f"STAT-Syn (procedural): {len(data)} generated examples", "stat-syn"
     if resources.teacher is None:
         raise MethodError("stat: variant syn on a non-procedural task needs a teacher LM "
                           "(--teacher SPEC).")
@@ -283,7 +285,8 @@ def build_data(task: Task, train: list[Example], cfg: STATConfig,
     if not data:
         raise MethodError(f"stat: the teacher's synthesized questions never agreed ({stats}); "
                           "nothing to train on.")
-    return data, f"STAT-Syn (teacher): kept {stats['kept']} of {stats['proposed']} questions"
+    return (data, f"STAT-Syn (teacher): kept {stats['kept']} of {stats['proposed']} questions",
+            "stat-syn")
 
 
 def _procedural_generator(train: list[Example]) -> Generator | None:

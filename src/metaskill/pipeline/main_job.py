@@ -552,7 +552,7 @@ def stage_train(t: TaskContext) -> None:
     if cand is None:
         return
     notes = cand.fit["reports"][0]["notes"]
-    method = "stat-sel" if "STAT-Sel" in notes.get("data", "") else "sft"
+    method = notes.get("method", cfg.train_method)
     note = notes.get("data", "")
     if notes.get("stopped_early"):
         note += f"; stopped after {notes['steps']} of {notes['planned_steps']} steps (time budget)"
