@@ -47,3 +47,8 @@ class NotFoundError(MetaskillError, KeyError):
 
 class MethodError(MetaskillError, ValueError):
     """A method asked for something it cannot do (names the method and what is missing)."""
+
+
+class FileFormatError(MetaskillError, ValueError):
+    """A file metaskill reads that is missing, a folder, binary, malformed, too deeply
+    nested, or of the wrong shape (see :mod:`metaskill.core.readers`)."""

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from metaskill.core.errors import MetaskillError, TaskError
+from metaskill.core.readers import expect_type, read_json
 from metaskill.core.registry import Registry
 from metaskill.core.types import Example, Message, Request, Usage
 from metaskill.eval.solver import (
@@ -468,22 +469,21 @@ def load_solver(
         data = path_or_dict
     else:
         where = str(path_or_dict)
-        p = Path(path_or_dict)
-        if not p.is_file():
-            raise MetaskillError(f"solver file {p} does not exist.")
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise MetaskillError(f"cannot read solver file {p}: {e}.") from e
-    if not isinstance(data, dict) or "kind" not in data:
-        raise MetaskillError(f"{where} is not a solver: it has no 'kind' field.")
+        data = read_json(path_or_dict, "solver file", expect=dict)
+    if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+        raise MetaskillError(f"{where} is not a solver: it has no 'kind' field (a string).")
     version = data.get("schema_version", 1)
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise MetaskillError(
             f"{where} has schema_version {version}; this metaskill reads up to "
             f"{SCHEMA_VERSION}. Upgrade metaskill."
         )
-    cls = SOLVERS.get(str(data["kind"]))
+    cls = SOLVERS.get(data["kind"])
+    state = data.get("state")
+    state = {} if state is None else expect_type(state, dict, f"{where}: 'state'")
+    if data.get("model") is not None and not isinstance(data["model"], str):
+        raise MetaskillError(f"{where}: 'model' must be a model spec string, got "
+                             f"{type(data['model']).__name__}.")
     if lm is None:
         spec = data.get("model")
         if not spec:
@@ -495,7 +495,26 @@ def load_solver(
         lm = lm_loader(str(spec))
     else:
         lm = with_adapter_of(lm, data.get("model"))
-    return cls.from_state(dict(data.get("state") or {}), lm)
+    return _from_state(cls, dict(state), lm, where)
+
+
+def _from_state(cls: type[Solver], state: dict[str, Any], lm: Any, where: str) -> Solver:
+    """``cls.from_state(state, lm)``, a state of the wrong shape answered in one line.
+
+    Solver kinds check their own state where they can (a ``MetaskillError``); a value of the
+    wrong type that reaches their code (a list where a mapping belongs ...) ends here.
+    """
+    try:
+        return cls.from_state(state, lm)
+    except MetaskillError:
+        raise
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as e:
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise MetaskillError(
+            f"{where}: its 'state' does not fit solver kind '{cls.kind}' "
+            f"({type(e).__name__}{': ' + detail if detail else ''}); give a Solver JSON "
+            "that metaskill saved."
+        ) from e
 
 
 def with_adapter_of(lm: Any, spec: str | None) -> Any:
@@ -530,10 +549,17 @@ def save_solver(solver: Solver, path: str | Path) -> Path:
         'zero-shot'
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.is_dir():
+        raise MetaskillError(f"cannot write solver file {p}: it is a folder; give a file "
+                             "path such as solver.json.")
+    text = json.dumps(solver.to_json(), indent=2, ensure_ascii=False) + "\n"
     tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(solver.to_json(), indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(p)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(p)
+    except OSError as e:
+        raise MetaskillError(f"cannot write solver file {p}: {e.strerror or e}.") from None
     return p
 
 

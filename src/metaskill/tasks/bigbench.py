@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from metaskill.core.errors import TaskError
+from metaskill.core.readers import check_depth, loads, read_text
 from metaskill.core.types import Example
 from metaskill.tasks.base import Task, TaskKind
 from metaskill.tasks.splits import SplitSlice, plan_indices, protocol_metadata
@@ -36,12 +37,15 @@ from metaskill.tasks.verifiers import ChoiceVerifier, ExactVerifier, RegexVerifi
 
 
 def _read_json(p: Path) -> dict[str, Any]:
+    text = read_text(p, "BIG-bench file", TaskError)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise TaskError(f"{p}:{e.lineno}: malformed JSON ({e.msg}); fix the file.") from None
-    except OSError as e:
-        raise TaskError(f"cannot read '{p}': {e.strerror or e}.") from None
+    except (RecursionError, ValueError):
+        loads(text, str(p), TaskError)  # raises its one-line error (too deep, too long)
+        raise
+    check_depth(data, str(p), TaskError)
     if not isinstance(data, dict):
         raise TaskError(f"{p}: a BIG-bench task.json is a JSON object with 'examples'.")
     return data

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from metaskill.core.errors import TaskError
+from metaskill.core.readers import loads
 from metaskill.core.types import Example
 
 Format = Literal["jsonl", "csv", "hf-datasets"]
@@ -127,13 +128,8 @@ def _read_jsonl(p: Path) -> list[Record]:
             for lineno, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TaskError(
-                        f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); "
-                        "fix or remove that line (each line must be one JSON object)."
-                    ) from None
+                data = loads(line, f"{p}:{lineno}", TaskError, hint="fix or remove that "
+                             "line (each line must be one JSON object).")
                 if not isinstance(data, dict):
                     raise TaskError(
                         f"{p}:{lineno}: expected a JSON object per line, got "
@@ -167,6 +163,8 @@ def _read_csv(p: Path) -> list[Record]:
         raise TaskError(f"{p}: not UTF-8 text ({e.reason}); re-encode it as UTF-8.") from None
     except csv.Error as e:
         raise TaskError(f"{p}: malformed CSV ({e}); check quoting.") from None
+    except OSError as e:
+        raise TaskError(f"cannot read '{p}': {e.strerror or e}.") from None
     return out
 
 

@@ -61,6 +61,7 @@ from pydantic import (
 )
 
 from metaskill.core.errors import TaskError
+from metaskill.core.readers import parse_yaml, read_text
 from metaskill.core.types import Example
 from metaskill.tasks.base import Task, TaskKind
 from metaskill.tasks.sources import FieldMap, FileSource, Format, read_hf_splits, read_records
@@ -182,20 +183,10 @@ def read_task_file(path: str | Path) -> TaskFile:
         TaskError: missing file, invalid YAML (with the line), or a schema problem (the
             field and the fix).
     """
-    import yaml
-
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise TaskError(f"task file '{p}' does not exist.")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise TaskError(f"{p}{where}: invalid YAML ({problem}); fix the syntax.") from None
-    except UnicodeDecodeError:
-        raise TaskError(f"{p}: not UTF-8 text; re-encode it as UTF-8.") from None
+    raw = parse_yaml(read_text(p, "task file", TaskError), str(p), TaskError)
     if not isinstance(raw, dict):
         raise TaskError(f"{p}: a task file is a YAML mapping with at least 'name' and "
                         "'source'.")
