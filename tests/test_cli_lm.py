@@ -97,3 +97,40 @@ def test_ask_and_demo_with_embedded_model(tmp_path):
     p = run("demo", "--max-tokens", "4", home=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "5/5" in p.stdout and "0/5" in p.stdout  # pass 2 all cached, pass 1 none
+
+
+@pytest.mark.slow
+def test_ask_json_schema_and_grammar(tmp_path):
+    """`ask --json-schema FILE`: the embedded model's reply is JSON under the schema;
+    `--grammar FILE` holds it to the grammar; bad files are one-line errors."""
+    import json
+
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["sentiment"], "properties": {
+        "sentiment": {"enum": ["positive", "negative"]}}}))
+    p = run("ask", "Review: a dull, lifeless film. Sentiment?", "--json-schema", str(schema),
+            home=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["sentiment"] in ("positive", "negative")
+    gbnf = tmp_path / "g.gbnf"
+    gbnf.write_text('root ::= "yes" | "no"')
+    p = run("ask", "Is the sky green?", "--grammar", str(gbnf), home=tmp_path)
+    assert p.returncode == 0 and p.stdout.strip() in ("yes", "no"), (p.stdout, p.stderr)
+    assert_one_line_error(run("ask", "x", "--json-schema", str(tmp_path / "none.json"),
+                              home=tmp_path), "cannot read the JSON schema file")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert_one_line_error(run("ask", "x", "--json-schema", str(tmp_path / "bad.json"),
+                              home=tmp_path), "json_schema: must be a JSON object")
+    gbnf.write_text("root ::= (")
+    assert_one_line_error(run("ask", "x", "--grammar", str(gbnf), home=tmp_path),
+                          "cannot compile the grammar")
+
+
+def test_ask_schema_with_a_server_that_ignores_it_exits_1(tmp_path):
+    """The fake model answers free text: one retry, then finish=invalid and exit 1."""
+    import json
+
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "required": ["a"]}))
+    p = run("ask", "hi", "--model", "fake", "--json-schema", str(schema), home=tmp_path)
+    assert p.returncode == 1 and "finish=invalid" in p.stderr and "1 retry" in p.stderr

@@ -30,6 +30,7 @@ class Scripted:
         self.in_flight = 0
         self.max_in_flight = 0
         self.delay_s = 0.0
+        self.error_message: str | None = None  # the error text of a scripted failure
         self.lock = threading.Lock()
 
 
@@ -53,7 +54,7 @@ def scripted():
             with state.lock:
                 state.in_flight -= 1
             if status != 200:
-                payload = {"error": {"message": f"scripted {status}"}}
+                payload = {"error": {"message": state.error_message or f"scripted {status}"}}
             elif self.path.endswith("/chat/completions"):
                 payload = {"choices": [{"message": {"content": "hi " + str(body["seed"])},
                                         "finish_reason": "stop"}],
@@ -203,3 +204,66 @@ def test_real_server_complete_and_concurrency(llama_server, local_lm):
     rendered = local_lm.render_chat(
         [Request(messages=[{"role": "user", "content": "Say hello."}]).messages[0]])
     assert chat.usage.prompt_tokens == local_lm.count_tokens(rendered)
+
+
+# ---- structured outputs ------------------------------------------------------------------
+SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+
+
+def test_schema_goes_out_as_response_format_and_a_violating_reply_is_retried_once(scripted):
+    """The scripted server ignores response_format (it answers "hi <seed>"): one retry at
+    the next seed, then a recorded ``invalid`` reply -- never a crash, never cached."""
+    lm = OpenAICompatLM("m", scripted.url, cache=Cache(":memory:"), **FAST)
+    req = Request(messages=[{"role": "user", "content": "ok?"}], json_schema=SCHEMA, seed=4)
+    c = lm.complete([req])[0]
+    assert [b["seed"] for b in scripted.bodies] == [4, 5]
+    rf = scripted.bodies[0]["response_format"]
+    assert rf["type"] == "json_schema" and rf["json_schema"]["schema"] == SCHEMA
+    assert scripted.bodies[1]["temperature"] >= 0.7
+    assert c.finish_reason == "invalid" and c.retries == 1 and c.text == "hi 5"
+    assert c.usage.prompt_tokens == 6  # both tries are paid for
+    lm.complete([req])
+    assert len(scripted.bodies) == 4  # an invalid reply is not cached: asked again
+
+
+def test_server_refusing_json_schema_type_gets_json_object_form(scripted):
+    """llama_cpp.server takes {"type": "json_object", "schema": ...}; a 400 naming
+    response_format switches the form once and for all."""
+    scripted.fail_first = [400]
+    scripted.error_message = "response_format.type: Input should be 'text' or 'json_object'"
+    lm = OpenAICompatLM("m", scripted.url, **FAST)
+    req = Request(messages=[{"role": "user", "content": "ok?"}], json_schema=SCHEMA)
+    lm.complete([req])
+    forms = [b["response_format"]["type"] for b in scripted.bodies]
+    assert forms[0] == "json_schema" and set(forms[1:]) == {"json_object"}
+    assert scripted.bodies[1]["response_format"]["schema"] == SCHEMA
+
+
+def test_grammar_needs_the_servers_opt_in(scripted):
+    with pytest.raises(MethodError, match="cannot enforce a grammar"):
+        OpenAICompatLM("m", scripted.url, **FAST).complete(
+            [Request(prompt="x", grammar='root ::= "a"')])
+    OpenAICompatLM("m", scripted.url, grammar=True, **FAST).complete(
+        [Request(prompt="x", grammar='root ::= "a"')])
+    assert scripted.bodies[-1]["grammar"] == 'root ::= "a"'
+
+
+@pytest.mark.slow
+def test_real_server_enforces_the_schema(llama_server):
+    """Against the real llama_cpp.server on loopback: the reply is valid JSON under the
+    schema (the server takes the json_object form), parsed into the model."""
+    from pydantic import BaseModel
+
+    from metaskill.lm.structured import complete_structured
+
+    class Answer(BaseModel):
+        sentiment: str
+        confident: bool
+
+    lm = OpenAICompatLM("smollm2", llama_server, **FAST)
+    out = complete_structured(lm, [Request(
+        messages=[{"role": "user", "content": "Review: 'a dull, lifeless film.' Give the "
+                   "sentiment and whether you are confident, as JSON."}],
+        max_tokens=48)], Answer)
+    assert out[0].error is None, out[0].text
+    assert isinstance(out[0].value, Answer) and out[0].completion.retries == 0

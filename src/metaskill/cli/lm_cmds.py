@@ -12,6 +12,7 @@ Examples (shell)::
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from metaskill.core.errors import FileFormatError
 from metaskill.core.settings import Settings
 
 cache_app = typer.Typer(help="Inspect or clear the LM cache.", no_args_is_help=True)
@@ -84,13 +86,26 @@ def ask(
                                        help="HTTP retries (openai: specs only; default 5)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for llama.cpp "
                                        "(default: $METASKILL_THREADS, else all cores)."),
+    json_schema: Path | None = typer.Option(
+        None, "--json-schema", help="A JSON schema file: the reply must be JSON valid under "
+        "it (enforced while decoding; checked, with one retry, for servers)."),
+    grammar: Path | None = typer.Option(
+        None, "--grammar", help="A GBNF grammar file (llama.cpp syntax) the reply must match."),
 ) -> None:
-    """Ask a model one question; prints the answer, then usage on stderr."""
+    """Ask a model one question; prints the answer, then usage on stderr.
+
+    With ``--json-schema`` the exit status is 1 when the reply still breaks the schema
+    after its one retry (``finish=invalid`` on stderr).
+    """
     from metaskill.lm.base import as_request
     from metaskill.lm.spec import load_lm
 
     fields: dict[str, Any] = dict(max_tokens=max_tokens, temperature=temperature,
                                   top_p=top_p, seed=seed)
+    if json_schema is not None:
+        fields["json_schema"] = _read_constraint(json_schema, "JSON schema")
+    if grammar is not None:
+        fields["grammar"] = _read_constraint(grammar, "grammar")
     if plain:
         fields["prompt"] = prompt if system is None else f"{system}\n\n{prompt}"
     else:
@@ -107,8 +122,19 @@ def ask(
     Console(stderr=True, highlight=False).print(
         f"[dim]{lm.spec}: {c.usage.prompt_tokens} prompt + {c.usage.completion_tokens} "
         f"completion tokens, {c.latency_s:.2f} s, finish={c.finish_reason}"
-        f"{', cached' if c.cached else ''}[/]"
+        f"{', cached' if c.cached else ''}{f', {c.retries} retry' if c.retries else ''}[/]"
     )
+    if c.finish_reason == "invalid":
+        raise typer.Exit(1)
+
+
+def _read_constraint(path: Path, what: str) -> str:
+    """The text of a constraint file, or a one-line error."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FileFormatError(f"cannot read the {what} file '{path}': "
+                              f"{getattr(e, 'strerror', None) or e}.") from None
 
 
 @cache_app.command("stats")

@@ -42,6 +42,14 @@ class Request(BaseModel):
         n: number of samples.
         choices: if given, the answer is constrained to one of these strings, chosen by
             log-likelihood with :meth:`LM.score`.
+        json_schema: if given, the reply must be JSON valid under this schema (canonical
+            JSON text; a dict or a pydantic model class is accepted and converted). Local
+            backends enforce it while decoding (llama.cpp grammars), servers get it as
+            ``response_format``; :meth:`LM.complete` validates every reply, asks once more
+            where one is invalid and marks a reply still invalid ``finish_reason="invalid"``.
+        grammar: if given, the reply must match this GBNF grammar (llama.cpp's syntax;
+            :func:`metaskill.lm.structured.choice_grammar` builds one for a list of choices).
+            At most one of ``choices``, ``json_schema`` and ``grammar`` may be set.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -55,6 +63,28 @@ class Request(BaseModel):
     seed: int = 0
     n: int = 1
     choices: tuple[str, ...] | None = None
+    json_schema: str | None = None
+    grammar: str | None = None
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _coerce_schema(cls, v: Any) -> Any:
+        import json
+
+        if v is None or isinstance(v, str):
+            if isinstance(v, str):
+                try:
+                    v = json.loads(v)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"not JSON ({e.msg}).") from None
+            else:
+                return None
+        if isinstance(v, type) and issubclass(v, BaseModel):
+            v = v.model_json_schema()
+        if not isinstance(v, dict):
+            raise ValueError("must be a JSON object (a dict, JSON text or a "
+                             "pydantic model class).")
+        return json.dumps(v, sort_keys=True, separators=(",", ":"))
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -88,7 +118,17 @@ class Request(BaseModel):
             raise InvalidParameterError(f"n must be >= 1, got {self.n}.")
         if self.choices is not None and len(self.choices) == 0:
             raise InvalidParameterError("choices, when given, must not be empty.")
+        if sum(x is not None for x in (self.choices, self.json_schema, self.grammar)) > 1:
+            raise InvalidParameterError(
+                "a Request takes at most one constraint: choices, json_schema or grammar.")
+        if self.grammar is not None and not self.grammar.strip():
+            raise InvalidParameterError("grammar, when given, must not be empty.")
         return self
+
+    @property
+    def constrained(self) -> bool:
+        """True when the reply is constrained by a JSON schema or a grammar."""
+        return self.json_schema is not None or self.grammar is not None
 
 
 class Usage(BaseModel):
@@ -127,6 +167,7 @@ class Completion(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     latency_s: float = 0.0
     cached: bool = False
+    retries: int = 0
 
     @property
     def text(self) -> str:
@@ -140,7 +181,8 @@ class Completion(BaseModel):
 
     @property
     def finish_reason(self) -> str:
-        """Finish reason of the first sample ("stop", "length" or "choice")."""
+        """Finish reason of the first sample: "stop", "length", "choice", or "invalid" (the
+        reply broke the request's JSON schema even when asked a second time)."""
         return self.samples[0].finish_reason
 
     @property

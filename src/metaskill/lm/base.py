@@ -68,6 +68,8 @@ class LM(ABC):
     spec: str = "lm"
     context_window: int | None = None
     chat: bool = True
+    constraints: frozenset[str] = frozenset()
+    """The reply constraints this backend enforces: ``"json_schema"``, ``"grammar"``."""
 
     def __init__(self, cache: Cache | None = None) -> None:
         self.cache = cache
@@ -97,10 +99,18 @@ class LM(ABC):
             One Completion per request. Cached ones have ``cached=True``, the usage the
             backend originally reported, and ``latency_s`` = the time the lookup took.
 
+        A request with a ``json_schema`` gets a reply valid under it, or -- where the
+        backend's reply breaks it (a server that ignores ``response_format``, a reply cut
+        by ``max_tokens``) -- one more try at temperature >= 0.7 with the next seed,
+        uncached; a reply still invalid comes back with ``finish_reason="invalid"`` and is
+        not cached. ``Completion.retries`` counts the extra tries.
+
         Raises:
             InvalidParameterError: a request (given as a dict) has invalid fields.
+            MethodError: a request asks for a constraint this backend cannot enforce.
         """
         reqs = [as_request(r) for r in requests]
+        self._check_constraints(reqs)
         if active_guard() is not None:
             for r in reqs:
                 text = r.prompt if r.prompt is not None else "\n".join(
@@ -127,15 +137,54 @@ class LM(ABC):
             results = self._complete([reqs[i] for i in gen])
             for i, c in zip(gen, results, strict=True):
                 out[i] = c
+            self._validate_schemas(reqs, out, gen)
         for i in chosen:
             out[i] = self._complete_choice(reqs[i], cache=cache)
-        if use_cache and todo:
+        keep = [i for i in todo if out[i] is not None and "invalid" not in (
+            s.finish_reason for s in out[i].samples)]  # type: ignore[union-attr]
+        if use_cache and keep:
             assert self.cache is not None
             self.cache.put_many(
-                [(keys[i], out[i].model_dump(mode="json")) for i in todo],  # type: ignore[union-attr]
+                [(keys[i], out[i].model_dump(mode="json")) for i in keep],  # type: ignore[union-attr]
                 model=self.name,
             )
         return [c for c in out if c is not None]
+
+    def _check_constraints(self, reqs: Sequence[Request]) -> None:
+        for r in reqs:
+            kind = "json_schema" if r.json_schema is not None else (
+                "grammar" if r.grammar is not None else None)
+            if kind is not None and kind not in self.constraints:
+                have = ", ".join(sorted(self.constraints)) or "none"
+                raise MethodError(
+                    f"the {self.spec} backend cannot enforce a {kind} constraint (it "
+                    f"supports: {have}); drop the constraint or use a backend that has it.")
+
+    def _validate_schemas(self, reqs: Sequence[Request], out: list[Completion | None],
+                          idx: Sequence[int]) -> None:
+        """Check ``json_schema`` replies; retry invalid ones once; mark what stays invalid."""
+        from metaskill.lm.structured import schema_error
+
+        def bad(i: int, c: Completion) -> list[int]:
+            schema = reqs[i].json_schema
+            assert schema is not None
+            return [j for j, s in enumerate(c.samples) if schema_error(schema, s.text)]
+
+        retry = [i for i in idx if reqs[i].json_schema is not None and bad(i, out[i])]  # type: ignore[arg-type]
+        if not retry:
+            return
+        again = [reqs[i].model_copy(update={"seed": reqs[i].seed + 1,
+                                             "temperature": max(0.7, reqs[i].temperature)})
+                 for i in retry]
+        for i, c in zip(retry, self._complete(again), strict=True):
+            first = out[i]
+            assert first is not None
+            c.usage = first.usage + c.usage
+            c.latency_s += first.latency_s
+            c.retries = first.retries + 1
+            for j in bad(i, c):
+                c.samples[j].finish_reason = "invalid"
+            out[i] = c
 
     def score(
         self,

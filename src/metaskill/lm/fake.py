@@ -37,6 +37,9 @@ class ScriptedLM(LM):
     """
 
     spec = "fake"
+    constraints = frozenset({"json_schema", "grammar"})
+    """Constrained requests get the scripted text unchanged (so tests can script a reply
+    that breaks a schema); :meth:`LM.complete` still validates JSON-schema replies."""
 
     def __init__(
         self,

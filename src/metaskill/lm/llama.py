@@ -253,6 +253,9 @@ class LlamaLM(LM):
         self._formatter: Any = None
         self._lock = threading.RLock()
         self._identity: dict[str, Any] | None = None
+        self._grammars: dict[tuple[str, str], Any] = {}
+
+    constraints = frozenset({"json_schema", "grammar"})
 
     def with_adapter(self, adapter: str | Path | None) -> LlamaLM:
         """This model (same settings and cache) plus a GGUF LoRA adapter (None: no adapter).
@@ -444,7 +447,7 @@ class LlamaLM(LM):
         if fresh:
             llm.reset()
         gen = llm.generate(toks, top_k=0, top_p=r.top_p, min_p=0.0, typical_p=1.0,
-                           temp=r.temperature, repeat_penalty=1.0)
+                           temp=r.temperature, repeat_penalty=1.0, grammar=self._grammar(r))
         try:
             for tok in gen:
                 if llama_cpp.llama_vocab_is_eog(vocab, tok):
@@ -470,6 +473,46 @@ class LlamaLM(LM):
         if cut is not None:
             text = text[:cut]
         return Sample(text=text, finish_reason=finish, logprobs=lps), len(ids)
+
+    def _grammar(self, r: Request) -> Any:
+        """The compiled llama.cpp grammar of a constrained request (None: unconstrained).
+
+        A JSON schema goes through llama.cpp's JSON-schema-to-GBNF converter; compiled
+        grammars are kept per instance.
+        """
+        if r.json_schema is None and r.grammar is None:
+            return None
+        from llama_cpp import LlamaGrammar
+
+        key = ("json", r.json_schema) if r.json_schema is not None else ("gbnf", r.grammar or "")
+        if key not in self._grammars:
+            from llama_cpp._utils import suppress_stdout_stderr
+
+            what = "JSON schema" if key[0] == "json" else "grammar"
+            try:
+                with suppress_stdout_stderr(disable=False):
+                    g = (LlamaGrammar.from_json_schema(key[1], verbose=False)
+                         if key[0] == "json" else LlamaGrammar.from_string(key[1]))
+            except (ValueError, RuntimeError, KeyError, TypeError, RecursionError) as e:
+                raise InvalidParameterError(f"llama.cpp cannot compile the {what}: {e}") from None
+            self._check_grammar(g, what)
+            self._grammars[key] = g
+        return self._grammars[key]
+
+    def _check_grammar(self, g: Any, what: str) -> None:
+        """Compile ``g`` once in llama.cpp and free it: an invalid grammar makes llama.cpp
+        return NULL, which would crash the sampler chain, so it is refused here."""
+        import llama_cpp
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        with suppress_stdout_stderr(disable=False):
+            ptr = llama_cpp.llama_sampler_init_grammar(
+                self.llm._model.vocab, g._grammar.encode("utf-8"), g._root.encode("utf-8"))
+        if not ptr:
+            raise InvalidParameterError(
+                f"llama.cpp cannot compile the {what} (a GBNF syntax error, or no 'root' "
+                "rule); check it with llama.cpp's grammar rules.")
+        llama_cpp.llama_sampler_free(ptr)
 
     # ---- scoring -----------------------------------------------------------------------
     def _score(self, prompt: str, continuations: list[str]) -> list[float]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import random
 import time
@@ -107,8 +108,15 @@ class OpenAICompatLM(LM):
         timeout_s: per-request timeout.
         logprobs: ask the server for token log-probabilities in ``complete``.
         context_window: the model's context size, if you know it (used for messages).
+        grammar: the server accepts llama.cpp's ``grammar`` field (llama.cpp servers do;
+            OpenAI's API does not), so GBNF-constrained requests may be sent.
         cache: optional :class:`Cache`.
         spec: the spec string that loads this LM again.
+
+    JSON-schema requests go out with ``response_format`` of type ``json_schema`` (OpenAI,
+    vLLM, the llama.cpp server); a server that refuses that type (``llama_cpp.server``
+    takes ``{"type": "json_object", "schema": ...}``) gets the second form from then on.
+    Whatever comes back is validated by :meth:`LM.complete`.
     """
 
     def __init__(
@@ -125,6 +133,7 @@ class OpenAICompatLM(LM):
         timeout_s: float = 120.0,
         logprobs: bool = False,
         context_window: int | None = None,
+        grammar: bool = False,
         cache: Cache | None = None,
         spec: str | None = None,
     ) -> None:
@@ -152,6 +161,8 @@ class OpenAICompatLM(LM):
         self.api_key_env = api_key_env
         self.__key = api_key if api_key is not None else os.environ.get(api_key_env)
         self._rng = random.Random()
+        self.constraints = frozenset({"json_schema", "grammar"} if grammar else {"json_schema"})
+        self._schema_style = "json_schema"
 
     def __repr__(self) -> str:
         return f"OpenAICompatLM(model={self.model!r}, base_url={self.base_url!r})"
@@ -263,6 +274,15 @@ class OpenAICompatLM(LM):
         }
         if r.stop:
             body["stop"] = list(r.stop)
+        if r.grammar is not None:
+            body["grammar"] = r.grammar
+        if r.json_schema is not None:
+            schema = json.loads(r.json_schema)
+            body["response_format"] = (
+                {"type": "json_schema",
+                 "json_schema": {"name": "reply", "schema": schema, "strict": True}}
+                if self._schema_style == "json_schema"
+                else {"type": "json_object", "schema": schema})
         if r.messages is not None:
             body["messages"] = [m.model_dump() for m in r.messages]
             if self.logprobs:
@@ -304,10 +324,9 @@ class OpenAICompatLM(LM):
         async with self._client() as client:
 
             async def one(r: Request, i: int) -> tuple[Sample, Usage, float, float]:
-                path, body = self._payload(r, r.seed + i)
                 async with sem:
                     t0 = time.perf_counter()
-                    data = await self._post(client, path, body)
+                    data = await self._post_request(client, r, r.seed + i)
                     t1 = time.perf_counter()
                 sample, usage = self._parse(data, chat=r.messages is not None)
                 return sample, usage, t0, t1
@@ -330,6 +349,22 @@ class OpenAICompatLM(LM):
                 )
             )
         return out
+
+    async def _post_request(self, client: httpx.AsyncClient, r: Request,
+                            seed: int) -> dict[str, Any]:
+        """POST one request; a server that refuses ``json_schema`` response formats gets
+        the ``json_object`` + ``schema`` form (llama_cpp.server's) from then on."""
+        path, body = self._payload(r, seed)
+        try:
+            return await self._post(client, path, body)
+        except ServerError as e:
+            said = str(e).lower()
+            if (r.json_schema is None or self._schema_style != "json_schema"
+                    or not ("response_format" in said or "json_schema" in said)):
+                raise
+        self._schema_style = "json_object"
+        path, body = self._payload(r, seed)
+        return await self._post(client, path, body)
 
     # ---- score -------------------------------------------------------------------------------
     def _score(self, prompt: str, continuations: list[str]) -> list[float]:
