@@ -40,7 +40,7 @@ class Cache:
 
     def __init__(self, path: str | Path, timeout_s: float = 30.0) -> None:
         self.path = Path(path)
-        self._db = ThreadConnections(path, timeout_s)
+        self._db = ThreadConnections(path, timeout_s, label="LM cache")
         self._db.get().executescript(_SCHEMA)
 
     def get(self, key: str) -> Any | None:

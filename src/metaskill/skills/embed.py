@@ -79,7 +79,7 @@ class EmbeddingCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._db = ThreadConnections(path)
+        self._db = ThreadConnections(path, label="embedding cache")
         self._db.get().execute(
             "CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, hash TEXT NOT NULL,"
             " dim INTEGER NOT NULL, vec BLOB NOT NULL, created REAL NOT NULL,"
