@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from metaskill.core.errors import MethodError, ModelNotFoundError
+from metaskill.core.readers import read_json
 
 GGUF_NAME = "adapter.gguf"
 ADAPTER_SEP = "+adapter:"
@@ -95,7 +95,7 @@ def read_gguf_arch(gguf_path: str | Path) -> dict[str, Any]:
 def adapter_meta(adapter_dir: str | Path) -> dict[str, Any]:
     """The ``metaskill_train.json`` written next to an adapter (empty dict if absent)."""
     p = Path(adapter_dir) / "metaskill_train.json"
-    return json.loads(p.read_text()) if p.exists() else {}
+    return read_json(p, "adapter notes", expect=dict) if p.exists() else {}
 
 
 def export_gguf(
@@ -132,12 +132,13 @@ def export_gguf(
     cfg_path = adir / "adapter_config.json"
     if not cfg_path.exists():
         raise ModelNotFoundError(f"'{adir}' has no adapter_config.json; not a PEFT adapter.")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_json(cfg_path, "adapter config", expect=dict)
     if cfg.get("use_rslora") or cfg.get("use_dora"):
         raise MethodError("GGUF export supports plain LoRA only (no rslora/DoRA): llama.cpp "
                           "scales by alpha/rank.")
     if architecture is None:
-        base = base_gguf or adapter_meta(adir).get("base", {}).get("source")
+        noted = adapter_meta(adir).get("base")
+        base = base_gguf or (noted.get("source") if isinstance(noted, dict) else None)
         if base is None or not str(base).endswith(".gguf"):
             raise MethodError(
                 "export_gguf needs the base model's GGUF (base_gguf=...) or architecture="
