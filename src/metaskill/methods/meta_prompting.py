@@ -16,7 +16,7 @@ What we changed: the conductor speaks a small line protocol that a 135M model ca
 (``EXPERT <name>: <instructions>``, a fenced ``python`` block, or ``FINAL ANSWER: ...``)
 instead of the paper's triple-quoted free text; its system prompt is a structure-first
 template. Python runs in the sandbox of the code-execution verifier
-(:func:`metaskill.tasks.sandbox.run_code`: temp dir, rlimits, no network). Limits:
+(:func:`metaskill.tasks.sandbox.run_code`: bubblewrap, rlimits, no network). Limits:
 ``max_rounds`` conductor turns and ``max_expert_calls`` expert/Python calls per input;
 when either is spent the conductor is asked once for its final answer. A conductor
 reply with no action is retried once with a reminder; after that the input falls back to
@@ -209,9 +209,10 @@ class MetaPromptingSolver(Solver):
                 elif kind == "python":
                     ep.calls += 1
                     ep.python_runs += 1
-                    result = self.run_python(body)
+                    result, isolation = self.python_with_isolation(body)
                     ep.history.append(("user", f"Python output:\n{result}"))
-                    ep.trace.append({"role": "python", "content": result})
+                    ep.trace.append({"role": "python", "content": result,
+                                     "isolation": isolation})
                 else:
                     ep.calls += 1
                     experts.append((ep, name, body))
@@ -262,11 +263,15 @@ class MetaPromptingSolver(Solver):
 
     def run_python(self, code: str) -> str:
         """Run conductor code in the code verifier's sandbox; stdout or the error, clipped."""
+        return self.python_with_isolation(code)[0]
+
+    def python_with_isolation(self, code: str) -> tuple[str, list[str]]:
+        """:meth:`run_python`'s text and the sandbox layers that applied (for the trace)."""
         from metaskill.tasks.sandbox import run_code
 
         r = run_code(code, timeout_s=self.code_timeout_s)
         text = r.stdout.strip() if r.ok else f"{r.summary()}\n{r.stderr.strip()[-400:]}"
-        return text[:1000] or "(no output)"
+        return text[:1000] or "(no output)", r.isolation
 
     def postprocess(self, task: Any, text: str) -> str:
         """Strip; the first non-empty line for classification / multiple choice."""

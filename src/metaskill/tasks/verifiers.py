@@ -496,7 +496,7 @@ class CodeVerifier(_Spec):
         res = run_code(program, timeout_s=self.timeout_s, mem_mb=self.mem_mb,
                        stdin=example.metadata.get("stdin"), site_packages=self.site_packages)
         meta = {"stderr": res.stderr[-2000:], "returncode": res.returncode,
-                "duration_s": round(res.duration_s, 3)}
+                "duration_s": round(res.duration_s, 3), "isolation": res.isolation}
         if tests or example.answer is None:
             return Verdict(score=float(res.ok), reason=("tests passed" if res.ok and tests else
                            res.summary()), parsed=_clip(code, 2000), meta=meta)
