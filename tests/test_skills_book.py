@@ -175,7 +175,7 @@ def test_export_import_round_trip(book, tmp_path):
 def test_import_rejects_bad_exports(tmp_path):
     p = tmp_path / "x.json"
     p.write_text("{not json")
-    with pytest.raises(MetaskillError, match="not JSON"):
+    with pytest.raises(MetaskillError, match="malformed JSON"):
         SkillBook.from_json(p)
     p.write_text(json.dumps({"kind": "metaskill.skillbook", "schema_version": 99}))
     with pytest.raises(MetaskillError, match="schema version 99"):

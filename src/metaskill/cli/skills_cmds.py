@@ -325,17 +325,13 @@ def import_cmd(
     no_progress: ProgressOpt = False,
 ) -> None:
     """Import a SkillBook exported on another machine."""
-    import json
-
+    from metaskill.core.readers import read_json
     from metaskill.skills.book import SkillBook
 
-    if not file.is_file():
+    if not file.exists():
         raise MetaskillError(f"SkillBook export not found: {file}")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise MetaskillError(f"{file} is not JSON: {e}") from None
-    spec = data.get("embedder", "minilm") if isinstance(data, dict) else "minilm"
+    data = read_json(file, "SkillBook export", expect=dict)
+    spec = data.get("embedder") or "minilm"
     path = _book_path(book)
     sb = SkillBook.from_json(data, path, embedder=_embedder(str(spec)), replace=replace,
                              progress=not no_progress)

@@ -48,6 +48,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from metaskill.core.errors import MetaskillError, NotFoundError
+from metaskill.core.readers import read_json
 from metaskill.core.sqlite import ThreadConnections
 from metaskill.core.types import Example
 from metaskill.skills.embed import Embedder, load_embedder
@@ -729,18 +730,21 @@ class SkillBook:
             p = Path(data)
             if not p.exists():
                 raise MetaskillError(f"SkillBook export not found: {p}")
-            try:
-                data = json.loads(p.read_text())
-            except json.JSONDecodeError as e:
-                raise MetaskillError(f"{p} is not JSON: {e}") from None
+            data = read_json(p, "SkillBook export", expect=dict)
         if not isinstance(data, dict) or data.get("kind") != "metaskill.skillbook":
             raise MetaskillError("not a SkillBook export (missing kind 'metaskill.skillbook').")
-        version = int(data.get("schema_version", 0))
-        if version < 1 or version > SCHEMA_VERSION:
+        version = data.get("schema_version", 0)
+        if not isinstance(version, int) or version < 1 or version > SCHEMA_VERSION:
             raise MetaskillError(
                 f"SkillBook export has schema version {version}; this metaskill reads "
                 f"1..{SCHEMA_VERSION}."
             )
+        try:
+            skills = [Skill.model_validate(s) for s in data.get("skills", [])]
+            items = [(Example.model_validate(x["example"]), list(x.get("skills", [])))
+                     for x in data.get("examples", [])]
+        except (ValidationError, KeyError, TypeError, AttributeError) as e:
+            raise MetaskillError(f"malformed SkillBook export: {str(e).splitlines()[0]}") from None
         emb = embedder or load_embedder(str(data.get("embedder") or "minilm"))
         if path != ":memory:" and Path(path).exists() and not replace:
             existing = cls(path)
@@ -754,12 +758,6 @@ class SkillBook:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
         book = cls(path, embedder=emb)
-        try:
-            skills = [Skill.model_validate(s) for s in data.get("skills", [])]
-            items = [(Example.model_validate(x["example"]), list(x.get("skills", [])))
-                     for x in data.get("examples", [])]
-        except (ValidationError, KeyError, TypeError) as e:
-            raise MetaskillError(f"malformed SkillBook export: {str(e).splitlines()[0]}") from None
         vectors = data.get("vectors") if data.get("embedder_model") == emb.model_id else None
         ordered = _parents_first(skills)
         if vectors:

@@ -38,7 +38,6 @@ Example:
 from __future__ import annotations
 
 import html
-import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from metaskill.core.errors import MetaskillError
+from metaskill.core.readers import read_json
 from metaskill.core.types import Example, Request
 from metaskill.skills.book import SkillBook, to_snake
 from metaskill.skills.discover import (
@@ -221,15 +221,16 @@ class Profile(BaseModel):
             MetaskillError: for a missing file, bad JSON, a newer schema, or not a profile.
         """
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise MetaskillError(f"profile file not found: {p}")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise MetaskillError(f"{p} is not JSON: {e}") from None
-        if not isinstance(data, dict) or data.get("kind") != "metaskill.profile":
+        data = read_json(p, "profile file", expect=dict)
+        if data.get("kind") != "metaskill.profile":
             raise MetaskillError(f"{p} is not a metaskill profile (no kind 'metaskill.profile').")
-        if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
+        version = data.get("schema_version", 0)
+        if not isinstance(version, int):
+            raise MetaskillError(f"{p}: 'schema_version' must be a whole number, got "
+                                 f"{type(version).__name__}.")
+        if version > SCHEMA_VERSION:
             raise MetaskillError(
                 f"{p} has profile schema version {data['schema_version']}; this metaskill "
                 f"reads up to {SCHEMA_VERSION}. Upgrade metaskill."
