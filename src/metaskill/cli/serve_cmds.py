@@ -86,11 +86,11 @@ def serve_cmd(
 
     spec = model
     if spec is None and (no_cache or threads is not None):
-        import json
+        from metaskill.core.readers import read_json
 
         try:
-            spec = json.loads(solver.read_text()).get("model")
-        except (OSError, ValueError, AttributeError):
+            spec = read_json(solver, "solver file", expect=dict).get("model")
+        except MetaskillError:
             spec = None  # load_served_solver reports the unreadable file
     if threads is not None and (spec is None
                                 or not str(spec).startswith(("local", "gguf:", "hf:"))):

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 from metaskill.core.errors import MetaskillError
+from metaskill.core.readers import read_json
 
 METHODS = ("sft", "stat-sel", "stat-syn")
 
@@ -46,7 +47,7 @@ def _options(items: list[str] | None) -> dict[str, Any]:
 def _run_args(out: Path, given: dict[str, Any]) -> dict[str, Any]:
     """Arguments of the run: those given now, or those stored in ``run.json`` (resume)."""
     path = out / "run.json"
-    stored = json.loads(path.read_text()) if path.exists() else None
+    stored = read_json(path, "run arguments", expect=dict) if path.exists() else None
     if given.get("task") is None:
         if stored is None:
             raise MetaskillError(f"--task is required (no run to resume in '{out}').")

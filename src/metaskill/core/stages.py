@@ -47,10 +47,10 @@ class StageRunner:
         if not p.exists():
             return False
         try:
-            data = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):  # unreadable, binary, malformed: redo
             return False
-        return data.get("inputs_hash") == stable_hash(inputs)
+        return isinstance(data, dict) and data.get("inputs_hash") == stable_hash(inputs)
 
     def run(self, name: str, inputs: Any, fn: Callable[[], Any]) -> Any:
         """Return stage ``name``'s stored result if its inputs match, else compute and store it.

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from metaskill.core.errors import MetaskillError
+from metaskill.core.readers import read_json
 
 
 @dataclass
@@ -64,14 +64,7 @@ def load_served_solver(
     from metaskill.serve.app import chat_task
 
     p = Path(path)
-    if not p.is_file():
-        raise MetaskillError(f"solver file {p} does not exist.")
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MetaskillError(f"cannot read solver file {p}: {e}.") from None
-    if not isinstance(data, dict):
-        raise MetaskillError(f"{p} is not a solver: it is not a JSON object.")
+    data = read_json(p, "solver file", expect=dict)
     if lm is None and model is not None:
         from metaskill.lm import load_lm
 
