@@ -29,7 +29,9 @@ applied to a run):
     ``bwrap --seccomp``. It allows by default and refuses with ``EPERM``: mount and
     namespace calls (``mount``, ``umount2``, ``pivot_root``, ``chroot``, ``unshare``,
     ``setns``, ``clone`` with any namespace flag; ``clone3`` gets ``ENOSYS`` so libc
-    falls back to ``clone``, whose flags can be checked), ``ptrace`` and
+    falls back to ``clone``, whose flags can be checked), new processes (``fork``,
+    ``vfork``, ``clone`` without ``CLONE_THREAD``: threads work, ``os.system`` and
+    ``subprocess`` do not, and a fork loop cannot start), ``ptrace`` and
     ``process_vm_*``, kernel modules and ``kexec``, ``bpf``, ``perf_event_open``,
     ``userfaultfd``, ``io_uring_*``, keyrings, ``open_by_handle_at``, clock and
     system-wide settings, and -- without ``network`` -- every socket family but
@@ -48,7 +50,10 @@ applied to a run):
 * **rlimits**: set by the child before the code runs, soft and hard, so they cannot be
   raised: address space (``mem_mb``), CPU seconds, the size of any file written
   (``file_mb``), open files, no core dumps, and at most 32 processes and threads
-  (``RLIMIT_NPROC``; under bwrap it counts the sandbox's own user namespace only).
+  (``RLIMIT_NPROC``; under bwrap it counts the sandbox's own user namespace only). The
+  kernel does not apply ``RLIMIT_NPROC`` to host root, and bubblewrap maps the sandbox's
+  uid 65534 to the uid that started it, so when metaskill runs as root it is the seccomp
+  filter that stops a fork loop.
   Wall time is enforced by the parent, which kills the child's process group (under
   bwrap that kills the namespace's init, and with it every process in the sandbox).
 * **audit-hook**: a ``sys.addaudithook`` hook installed before the code runs refuses:
@@ -72,8 +77,11 @@ then holds ``hook-only``. In hook-only mode a process running as root is not bou
 for code you trust.
 
 Limits (even with bubblewrap): the sandbox shares the host kernel, so a kernel bug
-reachable through an allowed syscall is an escape; ``/usr`` is readable (and its
-programs can be run, inside the same sandbox); CPU time is bounded, CPU share is not.
+reachable through an allowed syscall is an escape; ``/usr`` is readable; CPU time is
+bounded, CPU share is not; when metaskill runs as root the sandbox's uid is host root
+outside its namespaces (nothing it can reach is writable, but a mistake in the binds
+would be a root write). Without libseccomp, programs under ``/usr`` can be started
+inside the sandbox and, as root, nothing but the wall-clock kill bounds a fork loop.
 For hostile code at scale, run the whole verifier inside a VM as well.
 
 Example:
@@ -315,6 +323,7 @@ _ALLOW = 0x7FFF0000
 _EPERM, _ENOSYS = 1, 38
 _CMP_NE, _CMP_MASKED_EQ = 1, 7
 _AF_UNIX = 1
+_CLONE_THREAD = 0x00010000
 # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME
 _CLONE_NS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
              0x40000000, 0x00000080)
@@ -363,7 +372,7 @@ def seccomp_program(network: bool) -> bytes | None:
 
     def rule(name: str, action: int, *cmps: tuple[int, int, int, int]) -> bool:
         nr = lib.seccomp_syscall_resolve_name(name.encode())
-        if nr < 0:
+        if nr < 0:  # not on this architecture (fork and vfork on aarch64)
             return name not in ("clone", "clone3", "socket", "mount", "ptrace", "unshare")
         arr = (_ArgCmp * max(1, len(cmps)))(*[_ArgCmp(*c) for c in cmps])
         return lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), arr) == 0
@@ -374,6 +383,10 @@ def seccomp_program(network: bool) -> bytes | None:
         ok &= all(rule("clone", errno_eperm, (0, _CMP_MASKED_EQ, flag, flag))
                   for flag in _CLONE_NS)
         ok &= rule("clone3", errno_enosys)
+        # new processes (not threads): as root the sandbox's uid maps to host root, which
+        # the kernel exempts from RLIMIT_NPROC, so this is what bounds a fork loop there
+        ok &= rule("clone", errno_eperm, (0, _CMP_MASKED_EQ, _CLONE_THREAD, 0))
+        ok &= rule("fork", errno_eperm) and rule("vfork", errno_eperm)
         if not network:
             ok &= rule("socket", errno_eperm, (0, _CMP_NE, _AF_UNIX, 0))
         if not ok:
