@@ -55,6 +55,16 @@ def _load_lm(spec: str, cache: bool = True, threads: int | None = None) -> Any:
     return load_lm(spec, cache=cache, settings=Settings.from_env(threads=threads))
 
 
+def ready_lm(lm: Any) -> Any:
+    """``lm`` with its weights loaded now, before any run is created for it.
+
+    llama.cpp models load on first use; without this a model that cannot load would fail
+    inside the harness and leave an empty ``failed`` run in the store.
+    """
+    getattr(lm, "llm", None)  # LlamaLM.llm loads the model (MetaskillError if it can't)
+    return lm
+
+
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:
     if value is not None and value < minimum:
         raise MetaskillError(f"{name} must be >= {minimum}, got {value}.")
@@ -152,7 +162,7 @@ def eval_cmd(
         spec = model or prev.model
         if not spec:
             raise MetaskillError(f"run {prev.id} names no model; pass --model.")
-        lm = _load_lm(spec, cache=not no_cache, threads=threads)
+        lm = ready_lm(_load_lm(spec, cache=not no_cache, threads=threads))
         solver_obj = load_solver(prev.solver, lm=lm)
         split, run_id = prev.split, prev.id
         out.print(f"resuming run [bold]{prev.id}[/] ({prev.totals.n}/{len(prev.selection)} "
@@ -162,7 +172,7 @@ def eval_cmd(
             raise MetaskillError("eval needs --task and --model (or --resume RUN).")
         task_obj = _load_task(task)
         task_obj.examples(split)  # a missing or empty split fails before the model loads
-        lm = _load_lm(model, cache=not no_cache, threads=threads)
+        lm = ready_lm(_load_lm(model, cache=not no_cache, threads=threads))
         solver_obj = _build_solver(solver, lm, task_obj, k,
                                    seed if demo_seed is None else demo_seed, fmt)
         run_id = new_run_id()

@@ -269,7 +269,9 @@ def profile_cmd(
             held = (sb.info().get("discovery") or {}).get("task")
             if book is None and held not in (None, "", the_task.name):
                 sb = None  # the default book belongs to another task
-    lm = _load_lm(model, threads)
+    from metaskill.cli.eval_cmds import ready_lm
+
+    lm = ready_lm(_load_lm(model, threads))  # a model that cannot load leaves no run
     if Path(solver).suffix == ".json" or Path(solver).is_file():
         the_solver = load_solver(solver, lm=lm)
     else:

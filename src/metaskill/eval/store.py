@@ -87,7 +87,7 @@ _RUN_COLS = ("id, created, updated, task, task_version, split, solver, model, st
 # Runs with their latest totals (from ``progress`` where a batch has been committed).
 _SELECT = ("SELECT r.id, r.created, COALESCE(p.updated, r.updated), r.task, r.task_version, "
            "r.split, r.solver, r.model, r.status, r.seed, r.lim, r.selection, "
-           "COALESCE(p.totals, r.totals), r.note FROM runs r "
+           "COALESCE(p.totals, r.totals), r.note, r.owner FROM runs r "
            "LEFT JOIN progress p ON p.run_id = r.id")
 
 
@@ -108,6 +108,19 @@ def _alive(owner: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _gone(owner: str) -> bool:
+    """Whether ``host:pid`` names a process of this machine that is no longer running.
+
+    False for an empty owner and for another host's process (which cannot be checked).
+
+    Example:
+        >>> _gone(owner_id()), _gone(""), _gone("some-other-host:1")
+        (False, False, False)
+    """
+    host, _, pid = owner.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _alive(owner)
 
 
 def new_run_id() -> str:
@@ -288,8 +301,18 @@ class RunStore:
         raise NotFoundError(f"unknown run '{run_id}' in {self.path}.{hint}")
 
     def _run(self, row: tuple[Any, ...]) -> Run:
+        """A Run from a row of :data:`_SELECT`.
+
+        A ``running`` run whose owner process on this machine is gone (killed by the OS,
+        or by a power cut) is shown as ``interrupted``: nothing is evaluating it, and
+        ``eval --resume`` continues it.
+        """
         (rid, created, _updated, task, task_version, split, solver, model, status, seed, lim,
-         selection, totals, note) = row
+         selection, totals, note, owner) = row
+        if status == "running" and _gone(owner):
+            status = "interrupted"
+            note = note or (f"its process {owner} is gone; finish it with `metaskill eval "
+                            f"--resume {rid}`")
         return Run(
             id=rid, created=created, task=task, task_version=task_version, split=split,
             solver=json.loads(solver), model=model, status=status, seed=seed, limit=lim,
