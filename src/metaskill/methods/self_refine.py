@@ -11,31 +11,42 @@ Papers:
 
 What we changed: no training (SELF's self-evolution rounds live in
 ``methods/self_evolve.py``); the same LM answers, critiques and refines, with fresh
-prompts each step. The critique must end with a machine-readable verdict line
-(``VERDICT: CORRECT`` or ``VERDICT: WRONG``); ``CORRECT`` stops early. A critique without
-a verdict is asked again once with a reminder; if it still has none, the input falls
-back to the unadapted (round-0) answer and the fallback is counted (``meta["fallback"]``
-on the attempt, ``notes["fallbacks"]`` in the fit report). The verifier never sees
+prompts each step. The critique is a *constrained reply*: on a backend that enforces JSON
+schemas (``"json_schema" in lm.constraints``: llama.cpp, OpenAI-compatible servers, the
+scripted test LM) the LM must write ``{"critique": "...", "verdict": "correct" | "wrong"}``
+(:class:`CritiqueReply`, the critique's length sized to ``feedback_max_tokens``), so the
+verdict always parses -- the 135M model, asked for a free-text ``VERDICT:`` line, wrote
+one on none of 50 dev inputs. A reply that still breaks the schema (``LM.complete``
+already asked twice; e.g. cut by ``max_tokens``) falls back to the unadapted (round-0)
+answer, counted (``meta["fallback"]`` on the attempt, ``notes["fallbacks"]`` in the fit
+report). On a backend without schema support the critique is free text that must end with
+``VERDICT: CORRECT`` or ``VERDICT: WRONG``; one without it is asked again once with a
+reminder, then falls back the same way. ``CORRECT`` stops early. The verifier never sees
 anything but the final answer.
 
 Option ``verdict="choose"`` (ours, for small models that write a critique but never the
-verdict line): a critique without a verdict line gets its verdict by forced choice -- the
-LM scores the two verdict lines after its own critique and the likelier one counts -- in
-place of the reminder retry. Nothing falls back then; the trace marks these verdicts
-(``"verdict_by": "choice"``). The default, ``"parse"``, is the retry-then-fallback rule.
+verdict): a critique without a verdict gets one by forced choice -- the LM scores the two
+verdict lines after its own critique and the likelier one counts -- in place of the
+reminder retry (and, on a schema backend, of the fallback). Nothing falls back then; the
+trace marks these verdicts (``"verdict_by": "choice"``). The default, ``"parse"``, is the
+retry-then-fallback rule.
 
 Algorithm (what :class:`SelfRefineSolver` does for a batch):
 
 1. answer_0 <- the inner Solver's answer.
 2. For round r = 1..R, for inputs still active:
-   a. feedback <- LM("critique this answer ... end with VERDICT: ...")
-   b. no verdict -> ask once more; still none -> fall back to answer_0, stop this input
-      (``verdict="choose"``: no retry; the likelier verdict line after the critique counts).
+   a. feedback <- LM("critique this answer ...") as JSON {critique, verdict} (free text
+      ending in a VERDICT line where the backend has no schemas).
+   b. no verdict (the JSON reply broke the schema twice, or the free text has no verdict
+      line after one reminder) -> fall back to answer_0, stop this input
+      (``verdict="choose"``: the likelier verdict line after the critique counts).
    c. VERDICT: CORRECT -> stop this input (its answer stands).
    d. answer_r <- LM("question, previous answer, feedback -> improved answer").
 3. Output the last answer. ``meta`` keeps every round's feedback and answer.
 
 Example:
+    >>> CritiqueReply.model_validate_json('{"critique": "fits", "verdict": "correct"}').verdict
+    'correct'
     >>> parse_verdict("The answer fits the review.\\nVERDICT: CORRECT")
     'correct'
     >>> parse_verdict("looks fine to me") is None
@@ -47,11 +58,12 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import Field
+from pydantic import BaseModel, Field, create_model
 
 from metaskill.core.errors import MethodError
-from metaskill.core.types import Example, Message, Request, Usage
+from metaskill.core.types import Completion, Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver, answer_max_tokens
+from metaskill.lm.structured import complete_structured
 from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import run_solver
 from metaskill.tasks.base import Task
@@ -64,6 +76,12 @@ FEEDBACK_PROMPT = (
     "Then end with exactly one line: 'VERDICT: CORRECT' if the answer is right, or "
     "'VERDICT: WRONG' if it must change."
 )
+FEEDBACK_JSON_PROMPT = (
+    "{instructions}Question:\n{question}\n\nProposed answer:\n{answer}\n\n"
+    "Check the proposed answer carefully. Reply with JSON: {{\"critique\": \"<what is "
+    "wrong with it, if anything, briefly>\", \"verdict\": \"correct\" if the answer is right "
+    "or \"wrong\" if it must change}}."
+)
 REMINDER = "End your reply with the line 'VERDICT: CORRECT' or 'VERDICT: WRONG'."
 VERDICT_CHOICES = ("VERDICT: CORRECT", "VERDICT: WRONG")
 VERDICT_PROMPT = "{feedback_prompt}\n\nCritique:\n{critique}\n\nNow the verdict line."
@@ -75,6 +93,26 @@ REFINE_PROMPT = (
     "Using the feedback, write an improved answer. Reply with the answer only, in the "
     "format the question asks for."
 )
+
+
+class CritiqueReply(BaseModel):
+    """A constrained critique: what is wrong (if anything), then the verdict."""
+
+    critique: str = Field(max_length=400)
+    verdict: Literal["correct", "wrong"]
+
+
+def critique_model(max_tokens: int) -> type[CritiqueReply]:
+    """:class:`CritiqueReply` with the critique cut to what fits in ``max_tokens``
+    (about 2.5 characters a token after ~20 tokens of JSON), so a reply is never cut.
+
+    Example:
+        >>> critique_model(64).model_fields["critique"].metadata[0].max_length
+        110
+    """
+    chars = max(16, min(400, int(2.5 * (max_tokens - 20))))
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "CritiqueReply", __base__=CritiqueReply, critique=(str, Field(max_length=chars)))
 
 
 def parse_verdict(text: str) -> str | None:
@@ -130,13 +168,24 @@ class SelfRefineSolver(Solver):
         inst = str(getattr(task, "instructions", "") or "").strip()
         return f"Task: {inst}\n\n" if inst else ""
 
+    @property
+    def structured(self) -> bool:
+        """Whether critiques are constrained JSON (the backend enforces JSON schemas)."""
+        return "json_schema" in getattr(self.lm, "constraints", frozenset())
+
     def _feedback_text(self, task: Any, example: Example, answer: str) -> str:
         return FEEDBACK_PROMPT.format(instructions=self._instructions(task),
                                       question=task.render(example), answer=answer)
 
     def feedback_request(self, task: Any, example: Example, answer: str,
                          remind: bool = False) -> Request:
-        """The critique request for one answer (``remind`` adds the verdict reminder)."""
+        """The critique request for one answer: the JSON prompt on a schema backend (its
+        schema is attached when sent), else the free-text one (``remind`` adds the
+        verdict reminder)."""
+        if self.structured and not remind:
+            text = FEEDBACK_JSON_PROMPT.format(instructions=self._instructions(task),
+                                               question=task.render(example), answer=answer)
+            return self._request(text, self.feedback_max_tokens)
         text = self._feedback_text(task, example, answer)
         return self._request(text + (f"\n\n{REMINDER}" if remind else ""),
                              self.feedback_max_tokens)
@@ -183,12 +232,16 @@ class SelfRefineSolver(Solver):
         for r in range(1, self.rounds + 1):
             if not active:
                 break
-            # a. critique
+            # a. critique (constrained JSON where the backend enforces schemas)
             reqs = [self.feedback_request(task, examples[i], answers[i]) for i in active]
-            feedback = self._ask(reqs, active, usage, calls)
-            verdicts = {i: parse_verdict(f) for i, f in zip(active, feedback, strict=True)}
-            # b. no verdict: ask once more with a reminder (or, verdict="choose", let the
-            #    likelier verdict line after the critique decide)
+            if self.structured:
+                feedback, verdicts = self._ask_critiques(reqs, active, usage, calls)
+            else:
+                feedback = self._ask(reqs, active, usage, calls)
+                verdicts = {i: parse_verdict(f) for i, f in zip(active, feedback, strict=True)}
+            # b. no verdict: free text is asked once more with a reminder (a JSON reply was
+            #    already asked twice by LM.complete); verdict="choose" lets the likelier
+            #    verdict line after the critique decide instead
             missing = [i for i in active if verdicts[i] is None]
             chosen: set[int] = set()
             if missing and self.verdict == "choose":
@@ -199,7 +252,7 @@ class SelfRefineSolver(Solver):
                 for i, pick in zip(missing, picks, strict=True):
                     verdicts[i] = parse_verdict(pick)
                     chosen.add(i)
-            elif missing:
+            elif missing and not self.structured:
                 retry = self._ask(
                     [self.feedback_request(task, examples[i], answers[i], remind=True)
                      for i in missing], missing, usage, calls)
@@ -248,10 +301,26 @@ class SelfRefineSolver(Solver):
     def _ask(self, requests: list[Request], idx: list[int], usage: list[Usage],
              calls: list[int]) -> list[str]:
         completions = self.lm.complete(requests)
+        self._charge(completions, idx, usage, calls)
+        return [c.text for c in completions]
+
+    def _ask_critiques(self, requests: list[Request], idx: list[int], usage: list[Usage],
+                       calls: list[int]) -> tuple[list[str], dict[int, str | None]]:
+        """Constrained critiques: (critique texts, verdict per index; None where the reply
+        broke the schema twice -- its raw text stands in for the critique)."""
+        got = complete_structured(self.lm, requests, critique_model(self.feedback_max_tokens))
+        self._charge([g.completion for g in got], idx, usage, calls)
+        texts = [g.value.critique if g.value else g.text for g in got]
+        verdicts = {i: (g.value.verdict if g.value else None)
+                    for i, g in zip(idx, got, strict=True)}
+        return texts, verdicts
+
+    @staticmethod
+    def _charge(completions: list[Completion], idx: list[int], usage: list[Usage],
+                calls: list[int]) -> None:
         for i, c in zip(idx, completions, strict=True):
             usage[i] = usage[i] + c.usage
-            calls[i] += 1
-        return [c.text for c in completions]
+            calls[i] += 1 + c.retries
 
     # ---- JSON ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -299,7 +368,8 @@ class SelfRefine(Method):
 
         Notes: ``dev_accuracy``, ``inner_dev_accuracy`` (the round-0 answers scored by the
         verifier after the fact), ``fallbacks`` (inputs whose critique never parsed),
-        ``early_stops`` and ``changed`` (answers the loop changed).
+        ``early_stops``, ``changed`` (answers the loop changed) and ``structured``
+        (whether critiques were constrained JSON).
         """
         cfg = self.config
         wrapped = SelfRefineSolver(solver.lm, solver, rounds=cfg.rounds,
@@ -322,6 +392,7 @@ class SelfRefine(Method):
                 "changed": sum(bool(a.meta.get("refined")) for a in attempts),
                 "chosen_verdicts": sum(r.get("verdict_by") == "choice"
                                        for a in attempts for r in a.meta.get("rounds", [])),
+                "structured": wrapped.structured,
                 "dev_n": len(dev_set),
             })
         self.report.notes["rounds"] = cfg.rounds
