@@ -49,11 +49,13 @@ from metaskill.core.types import Example
 from metaskill.eval.run import Record, Run, Totals
 from metaskill.eval.solver import Attempt, Solver
 from metaskill.eval.store import RunStore, new_run_id
+from metaskill.tasks.sandbox import SandboxUnavailableError
 
 # Errors about the environment, not about one example: they stop the run at once.
 FATAL_ERRORS: tuple[type[BaseException], ...] = (
     ServerUnreachableError,
     ModelNotFoundError,
+    SandboxUnavailableError,
     KeyboardInterrupt,
     MemoryError,
 )
