@@ -27,6 +27,9 @@ run: $(VENV)/.run-deps
 	$(VENV)/bin/metaskill run --time-budget 14 --out metaskill-run
 
 test: $(VENV)/.test-deps
+	@# bubblewrap sandboxes model-written code (tasks/sandbox.py); Debian's package, as root
+	@command -v bwrap >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq bubblewrap >/dev/null) || echo "warning: could not install bubblewrap"
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest tests src/metaskill -q -p no:cacheprovider
 
