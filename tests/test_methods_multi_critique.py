@@ -1,6 +1,12 @@
-"""multi_critique: critics -> meta-critic -> one refinement; retries and counted fallbacks."""
+"""multi_critique: critics -> meta-critic -> one refinement; retries and counted fallbacks.
+
+Critic replies are constrained JSON on a schema backend (ScriptedLM, llama.cpp) and the
+two-line free-text protocol elsewhere (a ScriptedLM with no ``constraints``); both tested.
+"""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -28,6 +34,13 @@ def task() -> Task:
                 verifier=ExactVerifier())
 
 
+def reply(request, verdict: str, critique: str) -> str:
+    """A critic's reply: JSON when the request carries a schema, else the two lines."""
+    if request.json_schema is not None:
+        return json.dumps({"verdict": verdict, "critique": critique})
+    return f"VERDICT: {verdict}\nCRITIQUE: {critique}"
+
+
 def model(prompt: str, request) -> str:
     """France right; Peru wrong and fixed; Chad: critics never parse; Mali: meta never parses."""
     if "A reviewer said" in prompt:
@@ -36,13 +49,13 @@ def model(prompt: str, request) -> str:
         if "Mali" in prompt:
             return "whatever"
         verdict = "incorrect" if "Peru" in prompt else "correct"
-        return f"VERDICT: {verdict}\nCRITIQUE: merged: the capital is Lima."
+        return reply(request, verdict, "merged: the capital is Lima.")
     if "You are a critic" in prompt:
         if "Chad" in prompt:
             return "hmm"
         if "Peru" in prompt:
-            return "VERDICT: incorrect\nCRITIQUE: Cusco was the Inca capital; today it is Lima."
-        return "VERDICT: correct\nCRITIQUE: fine."
+            return reply(request, "incorrect", "Cusco was the Inca capital; today it is Lima.")
+        return reply(request, "correct", "fine.")
     for q, a in (("France", "Paris"), ("Peru", "Cusco"), ("Chad", "Ndjamena"),
                  ("Mali", "Timbuktu")):
         if q in prompt:
@@ -50,8 +63,16 @@ def model(prompt: str, request) -> str:
     return "?"
 
 
-def test_critique_aggregate_refine_and_fallbacks() -> None:
-    lm = ScriptedLM(model)
+def free_text_lm(script) -> ScriptedLM:
+    """A scripted LM whose backend enforces no schema (the free-text path)."""
+    lm = ScriptedLM(script)
+    lm.constraints = frozenset()
+    return lm
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_critique_aggregate_refine_and_fallbacks(structured: bool) -> None:
+    lm = ScriptedLM(model) if structured else free_text_lm(model)
     s = MultiCritiqueSolver(lm, ZeroShot(lm))
     fr, pe, td, ml = s.solve(task(), QS)
     assert fr.output == "Paris" and not fr.meta["refined"] and fr.meta["fallback"] is None
@@ -67,14 +88,31 @@ def test_critique_aggregate_refine_and_fallbacks() -> None:
     assert ml.meta["lm_calls"] == 1 + 3 + 2
     assert fallback_counts([fr, pe, td, ml]) == {"critics_unparseable": 1,
                                                  "meta_critic_unparseable": 1}
-    retries = [p for p in lm.calls if p.rstrip().endswith("CRITIQUE: <text>\nassistant:")]
-    assert len(retries) == 3 + 1
+    reminders = [p for p in lm.calls if p.rstrip().endswith("CRITIQUE: <text>\nassistant:")]
+    json_asks = [p for p in lm.calls if "Reply with JSON" in p]
+    if structured:  # LM.complete asked the same prompt again by itself; no reminder
+        # critics: 4 inputs x 3 + Chad's 3 again; meta-critic: 3 inputs + Mali's again
+        assert not reminders and len(json_asks) == 4 * 3 + 3 + 3 + 1
+    else:
+        assert len(reminders) == 3 + 1 and not json_asks
+
+
+def test_json_critiques_reach_the_meta_critic_and_the_refinement() -> None:
+    lm = ScriptedLM(model)
+    pe = MultiCritiqueSolver(lm, ZeroShot(lm)).solve(task(), QS[1:2])[0]
+    assert pe.meta["critiques"][0] == (
+        "correctness", "incorrect", "Cusco was the Inca capital; today it is Lima.")
+    meta_prompt = next(p for p in lm.calls if "meta-critic" in p)
+    assert "- format critic: VERDICT incorrect. Cusco was the Inca capital" in meta_prompt
+    refine_prompt = next(p for p in lm.calls if "A reviewer said" in p)
+    assert "A reviewer said: merged: the capital is Lima." in refine_prompt
 
 
 def test_critics_with_other_models_and_meta_critic_teacher() -> None:
-    strict = ScriptedLM(lambda p, r: "VERDICT: incorrect\nCRITIQUE: wrong city")
+    # a free-text critic model beside JSON ones: each LM is asked the way it can answer
+    strict = free_text_lm(lambda p, r: "VERDICT: incorrect\nCRITIQUE: wrong city")
     lm = ScriptedLM(model)
-    teacher = ScriptedLM(lambda p, r: "VERDICT: incorrect\nCRITIQUE: use Lima")
+    teacher = ScriptedLM(lambda p, r: reply(r, "incorrect", "use Lima"))
     critics = [Critic(name="a", focus="Check it."), Critic(name="b", focus="Check again.",
                                                            model="strict")]
     s = MultiCritiqueSolver(lm, ZeroShot(lm), critics, meta_critic=teacher,
@@ -91,6 +129,7 @@ def test_fit_report_round_trip_and_bad_options() -> None:
     notes = result.reports[0].notes
     assert notes["inner_dev_accuracy"] == 0.25 and notes["dev_accuracy"] == 0.5
     assert notes["refined"] == 1 and sum(notes["fallbacks"].values()) == 2
+    assert notes["critics_dropped"] == 3 and notes["structured"] is True
     again = load_solver(result.solver.to_json(), lm=lm)
     assert isinstance(again, MultiCritiqueSolver) and len(again.critics) == 3
     assert [a.output for a in again.solve(task(), QS)] == ["Paris", "Lima", "Ndjamena",
@@ -99,3 +138,17 @@ def test_fit_report_round_trip_and_bad_options() -> None:
         build_method("multi_critique", {"critics": [{"name": "solo", "focus": "x"}]})
     with pytest.raises(MethodError, match="at least two critics"):
         MultiCritiqueSolver(lm, ZeroShot(lm), [Critic(name="a", focus="x")])
+
+
+@pytest.mark.slow
+def test_real_model_critics_always_parse_on_sst2(local_lm) -> None:
+    """SmolLM2-135M's free-text critiques never parsed on sst2 (50/50 dev inputs fell back);
+    as constrained JSON every critic and meta-critic reply parses."""
+    from metaskill.tasks import get_task
+
+    t = get_task("sst2")
+    dev = t.splits["dev"][:5]
+    attempts = MultiCritiqueSolver(local_lm, ZeroShot(local_lm), max_tokens=64).solve(t, dev)
+    assert sum(a.meta["critics_dropped"] for a in attempts) == 0
+    assert fallback_counts(attempts) == {}
+    assert all(a.meta["aggregate"][0] in ("correct", "incorrect") for a in attempts)
