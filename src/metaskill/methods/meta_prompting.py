@@ -12,16 +12,24 @@ Papers:
     fixes the *shape* of the reasoning (understand -> decompose -> solve -> verify ->
     answer) instead of content examples.
 
-What we changed: the conductor speaks a small line protocol that a 135M model can hit
+What we changed: the conductor's reply is a *constrained* action. On a backend that
+enforces JSON schemas (``"json_schema" in lm.constraints``) it must be one JSON object of
+:func:`conductor_model`: ``{"expert": <role>, "instructions": ...}``, ``{"python":
+<code>}`` (only with ``allow_python``) or ``{"final_answer": ...}`` -- the final answer one
+of the task's labels where it has them, and the only choice left when the final answer is
+demanded; string lengths are sized to ``conductor_max_tokens``. SmolLM2-135M, asked for
+the free-text protocol, never named an expert or a final answer (100/100 sst2 test inputs
+fell back). On a backend without schemas the conductor speaks a small line protocol
 (``EXPERT <name>: <instructions>``, a fenced ``python`` block, or ``FINAL ANSWER: ...``)
-instead of the paper's triple-quoted free text; its system prompt is a structure-first
-template. Python runs in the sandbox of the code-execution verifier
-(:func:`metaskill.tasks.sandbox.run_code`: bubblewrap, rlimits, no network). Limits:
+instead of the paper's triple-quoted free text. Either way its system prompt is a
+structure-first template; experts answer in free text (nothing parses their replies).
+Python runs in the sandbox of the code-execution verifier
+(:func:`metaskill.tasks.sandbox.run_code`: temp dir, rlimits, no network). Limits:
 ``max_rounds`` conductor turns and ``max_expert_calls`` expert/Python calls per input;
-when either is spent the conductor is asked once for its final answer. A conductor
-reply with no action is retried once with a reminder; after that the input falls back to
-the plain answer of the incoming Solver, and ``meta["fallback"]`` says so (counted in the
-fit report and by :func:`fallback_rate`).
+when either is spent the conductor is asked once for its final answer. A reply with no
+action (JSON: broke the schema on both of ``LM.complete``'s tries; free text: none after
+one reminder) makes the input fall back to the plain answer of the incoming Solver, and
+``meta["fallback"]`` says so (counted in the fit report and by :func:`fallback_rate`).
 
 Algorithm (what :class:`MetaPromptingSolver` does per input, batched across inputs):
 
@@ -29,12 +37,15 @@ Algorithm (what :class:`MetaPromptingSolver` does per input, batched across inpu
 2. Each round, parse the conductor's reply:
    EXPERT -> ask a fresh LM instance with only the instructions; append its reply;
    PYTHON -> run it in the sandbox; append stdout/stderr;
-   FINAL ANSWER -> stop; unparseable -> remind once, then fall back.
+   FINAL ANSWER -> stop; unparseable -> fall back (free text: after one reminder).
 3. At the limits (``max_rounds`` replies, ``max_expert_calls`` calls), demand the final
    answer once (one extra reply); if it does not come, fall back.
 4. The answer is post-processed like the incoming Solver's (first line for labels).
 
 Example:
+    >>> m = conductor_model(["positive", "negative"], allow_python=False, max_tokens=96)
+    >>> action_of(m.model_validate_json('{"final_answer": "negative"}'))
+    ('final', '', 'negative')
     >>> parse_action("Let me ask.\\nEXPERT Mathematician: compute 3*4")
     ('expert', 'Mathematician', 'compute 3*4')
     >>> parse_action("FINAL ANSWER: 12")
@@ -46,13 +57,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Union
 
-from pydantic import Field
+from pydantic import BaseModel, Field, RootModel, create_model
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver
+from metaskill.lm.structured import complete_structured
 from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import run_solver
 from metaskill.tasks.base import Task
@@ -69,9 +81,23 @@ Work in this structure:
    FINAL ANSWER: <the answer, in the format the question asks for>
 Do one step per reply. You have at most {rounds} replies and {calls} expert or Python calls."""
 
+CONDUCTOR_JSON_PROMPT = """You are the Conductor. You solve problems by consulting experts.
+Work in this structure:
+1. Understand: what is asked and the answer format.
+2. Decompose: split the problem into small subtasks.
+3. Delegate: for a subtask, reply {{"expert": "<role>", "instructions": "<complete \
+instructions; the expert sees nothing else>"}}{python}
+4. Verify: check the experts' results against each other.
+5. Answer: reply {{"final_answer": "<the answer, in the format the question asks for>"}}
+Reply with one JSON object per step. You have at most {rounds} replies and {calls} \
+expert or Python calls."""
+PYTHON_JSON = ', or, to compute, {"python": "<code that prints its result>"}'
+
 REMINDER = ("Your reply had no action. Reply with exactly one of: a line 'EXPERT <role>: "
             "<instructions>', a ```python``` block, or a line 'FINAL ANSWER: <answer>'.")
 LAST_CALL = "No more experts are available. Reply now with one line: FINAL ANSWER: <answer>"
+LAST_CALL_JSON = ('No more experts are available. Reply now with '
+                  '{"final_answer": "<answer>"}.')
 
 _FINAL = re.compile(r"final\s+answer\s*[:：]\s*(.+)", re.IGNORECASE | re.DOTALL)
 _EXPERT = re.compile(r"^\W*expert\s+([^:\n]{1,60}?)\s*[:：]\s*(.+)", re.IGNORECASE | re.MULTILINE
@@ -95,17 +121,75 @@ def parse_action(text: str) -> tuple[str, str, str] | None:
     return None
 
 
+class AskExpert(BaseModel):
+    """Conductor action: consult an expert (a fresh instance that sees only this)."""
+
+    expert: str = Field(max_length=24)
+    instructions: str
+
+
+class RunPython(BaseModel):
+    """Conductor action: run code in the sandbox."""
+
+    python: str
+
+
+class FinalAnswer(BaseModel):
+    """Conductor action: the final answer."""
+
+    final_answer: str
+
+
+def conductor_model(labels: Sequence[str] | None, *, allow_python: bool, max_tokens: int,
+                    final_only: bool = False) -> type[RootModel[Any]]:
+    """The JSON schema (a pydantic model) of one conductor reply: one action object.
+
+    Free-text fields are cut to what fits in ``max_tokens`` (about 2.5 characters a token
+    after ~32 tokens of JSON and the role); the final answer is one of ``labels`` when
+    given; ``final_only`` leaves the final answer as the only action (the demanded reply).
+    """
+    chars = max(16, int(2.5 * (max_tokens - 32)))
+    answer: Any = Literal.__getitem__(tuple(labels)) if labels else str  # type: ignore[attr-defined]
+    final = create_model("FinalAnswer", __base__=FinalAnswer,
+                         final_answer=(answer, Field(max_length=chars) if not labels else ...))
+    kinds: list[type[BaseModel]] = [final]
+    if not final_only:
+        kinds.insert(0, create_model("AskExpert", __base__=AskExpert,
+                                     instructions=(str, Field(max_length=chars))))
+        if allow_python:
+            kinds.insert(1, create_model("RunPython", __base__=RunPython,
+                                         python=(str, Field(max_length=chars))))
+    one = Union.__getitem__(tuple(kinds)) if len(kinds) > 1 else kinds[0]  # type: ignore[attr-defined]
+    return RootModel[one]  # type: ignore[valid-type,no-any-return]
+
+
+def action_of(reply: RootModel[Any]) -> tuple[str, str, str] | None:
+    """A parsed JSON conductor reply as :func:`parse_action`'s ``(kind, name, body)``;
+    None for empty instructions, code or answer."""
+    v = reply.root
+    if isinstance(v, FinalAnswer):
+        kind, name, body = "final", "", str(v.final_answer).strip()
+    elif isinstance(v, RunPython):
+        kind, name, body = "python", "", v.python.strip()
+    else:
+        kind, name, body = "expert", v.expert.strip() or "Expert", v.instructions.strip()
+    return (kind, name, body) if body else None
+
+
 def user_request(lm: Any, history: Sequence[tuple[str, str]], *, system: str | None,
-                 max_tokens: int, stop: tuple[str, ...] = ()) -> Request:
-    """A greedy request for a conversation, as chat messages or a plain transcript."""
+                 max_tokens: int, stop: tuple[str, ...] = (),
+                 json_schema: type[BaseModel] | None = None) -> Request:
+    """A greedy request for a conversation, as chat messages or a plain transcript
+    (``json_schema``: the reply must be JSON valid under it)."""
     if getattr(lm, "chat", True):
         msgs = ([Message(role="system", content=system)] if system else []) + [
             Message(role=r, content=c) for r, c in history]  # type: ignore[arg-type]
-        return Request(messages=tuple(msgs), max_tokens=max_tokens, stop=stop)
+        return Request(messages=tuple(msgs), max_tokens=max_tokens, stop=stop,
+                       json_schema=json_schema)
     lines = [system or ""] + [f"{'Conductor' if r == 'assistant' else 'Input'}: {c}"
                               for r, c in history]
     return Request(prompt="\n\n".join(lines).strip() + "\n\nConductor:",
-                   max_tokens=max_tokens, stop=("\n\nInput:", *stop))
+                   max_tokens=max_tokens, stop=("\n\nInput:", *stop), json_schema=json_schema)
 
 
 @dataclass
@@ -138,7 +222,9 @@ class MetaPromptingSolver(Solver):
         conductor_max_tokens: length of a conductor reply.
         expert_max_tokens: length of an expert reply.
         code_timeout_s: wall-time limit of one Python run.
-        template: the conductor's system prompt (``{rounds}`` and ``{calls}`` filled in).
+        template: the conductor's system prompt (``{rounds}`` and ``{calls}`` filled in);
+            None: :data:`CONDUCTOR_JSON_PROMPT` on a schema backend, else
+            :data:`CONDUCTOR_PROMPT`.
     """
 
     kind: ClassVar[str] = "meta_prompting"
@@ -146,7 +232,7 @@ class MetaPromptingSolver(Solver):
     def __init__(self, lm: Any, plain: Solver, *, max_rounds: int = 4,
                  max_expert_calls: int = 3, allow_python: bool = True,
                  conductor_max_tokens: int = 160, expert_max_tokens: int = 160,
-                 code_timeout_s: float = 5.0, template: str = CONDUCTOR_PROMPT) -> None:
+                 code_timeout_s: float = 5.0, template: str | None = None) -> None:
         super().__init__(lm)
         if max_rounds < 1:
             raise MethodError("meta_prompting: max_rounds must be >= 1.")
@@ -159,28 +245,56 @@ class MetaPromptingSolver(Solver):
         self.conductor_max_tokens = conductor_max_tokens
         self.expert_max_tokens = expert_max_tokens
         self.code_timeout_s = code_timeout_s
-        self.template = template
+        self.template = None if template == CONDUCTOR_PROMPT else template
+
+    @property
+    def structured(self) -> bool:
+        """Whether conductor replies are constrained JSON (the backend enforces schemas)."""
+        return "json_schema" in getattr(self.lm, "constraints", frozenset())
+
+    def _conductor_requests(self, task: Any, live: list[_Episode], system: str
+                            ) -> tuple[list[Request], type[RootModel[Any]] | None]:
+        """One request per live episode and the model its replies parse into (None: free
+        text). A demanded final reply may only be a final answer."""
+        if not self.structured:
+            return [user_request(self.lm, ep.history, system=system,
+                                 max_tokens=self.conductor_max_tokens) for ep in live], None
+        labels = list(getattr(task, "labels", None) or []) or None
+        models = {last: conductor_model(labels, allow_python=self.allow_python,
+                                        max_tokens=self.conductor_max_tokens, final_only=last)
+                  for last in (False, True)}
+        return [user_request(self.lm, ep.history, system=system,
+                             max_tokens=self.conductor_max_tokens,
+                             json_schema=models[ep.last_call]) for ep in live], models[False]
 
     def solve(self, task: Task, examples: list[Example]) -> list[Attempt]:
         """Run the conductor loop for every input (batched per round)."""
-        system = self.template.format(rounds=self.max_rounds, calls=self.max_expert_calls)
+        structured = self.structured
+        template = self.template or (CONDUCTOR_JSON_PROMPT if structured else CONDUCTOR_PROMPT)
+        system = template.format(rounds=self.max_rounds, calls=self.max_expert_calls,
+                                 python=PYTHON_JSON if self.allow_python else "")
+        last_call = LAST_CALL_JSON if structured else LAST_CALL
         eps = [_Episode(e, [("user", self.question(task, e))]) for e in examples]
         # 1-3. Conductor rounds until every episode has an answer or a fallback.
         while True:
             live = [ep for ep in eps if ep.answer is None and ep.fallback is None]
             if not live:
                 break
-            reqs = [user_request(self.lm, ep.history, system=system,
-                                 max_tokens=self.conductor_max_tokens) for ep in live]
-            replies = self.lm.complete(reqs)
+            reqs, model = self._conductor_requests(task, live, system)
+            if model is None:
+                replies = self.lm.complete(reqs)
+                actions = [parse_action(c.text) for c in replies]
+            else:
+                parsed = complete_structured(self.lm, reqs, model)
+                replies = [p.completion for p in parsed]
+                actions = [action_of(p.value) if p.value else None for p in parsed]
             experts: list[tuple[_Episode, str, str]] = []
-            for ep, c in zip(live, replies, strict=True):
+            for ep, c, action in zip(live, replies, actions, strict=True):
                 ep.usage = ep.usage + c.usage
-                ep.lm_calls += 1
+                ep.lm_calls += 1 + c.retries
                 ep.rounds += 1
                 ep.history.append(("assistant", c.text))
                 ep.trace.append({"role": "conductor", "content": c.text})
-                action = parse_action(c.text)
                 if ep.last_call:  # the one demanded final reply
                     if action is not None and action[0] == "final":
                         ep.answer = action[2]
@@ -188,8 +302,8 @@ class MetaPromptingSolver(Solver):
                         ep.fallback = "limit"
                     continue
                 spent = ep.rounds >= self.max_rounds
-                if action is None:
-                    if ep.retried:
+                if action is None:  # JSON: LM.complete already asked twice
+                    if ep.retried or structured:
                         ep.fallback = "unparseable"
                     elif spent:
                         ep.last_call = True
@@ -203,7 +317,7 @@ class MetaPromptingSolver(Solver):
                     ep.answer = body
                 elif spent or ep.calls >= self.max_expert_calls:
                     ep.last_call = True
-                    ep.history.append(("user", LAST_CALL))
+                    ep.history.append(("user", last_call))
                 elif kind == "python" and not self.allow_python:
                     ep.history.append(("user", "Python is not available. Ask an EXPERT."))
                 elif kind == "python":
