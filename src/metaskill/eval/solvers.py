@@ -3,8 +3,15 @@
 * :class:`ZeroShot` -- the task's instructions and the rendered example.
 * :class:`KShot` -- the same with ``k`` fixed demonstrations (drawn at random with a seed
   from the task's train pool, or given).
-* :class:`LikelihoodClassifier` -- ranks ``task.labels`` with :meth:`LM.score` instead of
-  parsing free text (zero- or k-shot context).
+* :class:`LikelihoodClassifier` -- ranks the candidate answers with :meth:`LM.score`
+  instead of parsing free text (zero- or k-shot context): each example's own choices
+  (``metadata["choices"]``, multiple choice) where it has them, else ``task.labels``.
+
+Multiple choice (``task.kind == "multiple_choice"``): the candidates of an example are its
+own ``metadata["choices"]`` (:func:`example_choices`). ``zero-shot`` and ``k-shot`` constrain
+their reply to those choices with a grammar (:func:`choice_request`) where the backend
+enforces grammars (``"grammar" in lm.constraints``) and ``constrain`` is on; elsewhere they
+generate free text, and each Attempt's ``meta["constrained"]`` says which.
 
 Prompt formats (``format``):
 
@@ -62,6 +69,7 @@ from metaskill.eval.solver import (
     short_answer,
     uses_chat,
 )
+from metaskill.lm.structured import choice_grammar
 
 if TYPE_CHECKING:
     from metaskill.tasks.base import Task
@@ -138,6 +146,9 @@ class PromptConfig(BaseModel):
             completion format, a blank line for generative tasks in completion format,
             nothing in chat format.
         extract: answer extraction (``auto``, ``first_line`` or ``full``).
+        constrain: on a multiple-choice task, constrain the reply to the example's own
+            choices with a grammar where the backend enforces grammars (free text
+            otherwise, and when off).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -152,6 +163,7 @@ class PromptConfig(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0, le=5.0)
     stop: tuple[str, ...] | None = None
     extract: Extract = "auto"
+    constrain: bool = True
 
     @field_validator("demos", mode="before")
     @classmethod
@@ -174,6 +186,57 @@ def select_demos(task: Any, k: int, seed: int = 0, pool: str = "train") -> list[
             f"k={k} demonstrations; lower --k."
         )
     return random.Random(seed).sample(list(examples), k)
+
+
+def example_choices(task: Any, example: Example) -> list[str]:
+    """The candidate answers of one example: its own ``metadata["choices"]`` (multiple
+    choice) where it has them, else the task's ``labels``, else none.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> ex = Example(id="1", input="x", metadata={"choices": ["up", "down"]})
+        >>> example_choices(NS(labels=["a", "b"]), ex), example_choices(NS(labels=["a"]),
+        ...                                                              Example(id="2", input="y"))
+        (['up', 'down'], ['a'])
+    """
+    own = (example.metadata or {}).get("choices")
+    if own:
+        return [str(c) for c in own]
+    return [str(x) for x in (getattr(task, "labels", None) or [])]
+
+
+def choice_request(lm: Any, task: Any, example: Example, request: Request,
+                   enabled: bool = True) -> tuple[Request, bool]:
+    """``request`` with its reply constrained to the example's choices, where that applies.
+
+    Applies to a multiple-choice task (``task.kind``) whose example has choices, on a backend
+    that enforces grammars (``"grammar" in lm.constraints``), to a request without another
+    constraint. The grammar is :func:`metaskill.lm.structured.choice_grammar` of the choices,
+    after a space for a plain-completion prompt (the template ends with ``A:``, as
+    ``task.demo`` writes answers); ``max_tokens`` is raised, where needed, to the longest
+    choice's tokens plus 4. Returns the request and whether it is constrained.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> from metaskill.lm.fake import ScriptedLM
+        >>> ex = Example(id="1", input="x", metadata={"choices": ["up", "down"]})
+        >>> req, on = choice_request(ScriptedLM(), NS(kind="multiple_choice"), ex,
+        ...                          Request(prompt="Q: x\\nA:", max_tokens=1))
+        >>> on, req.grammar
+        (True, 'root ::= " " ("up" | "down")')
+    """
+    choices = [c for c in (example.metadata or {}).get("choices") or [] if str(c)]
+    if (not enabled or getattr(task, "kind", "") != "multiple_choice" or not choices
+            or "grammar" not in getattr(lm, "constraints", frozenset())
+            or request.choices is not None or request.constrained):
+        return request, False
+    choices = [str(c) for c in choices]
+    count = getattr(lm, "count_tokens", lambda s: max(1, len(s) // 4))
+    need = max(count(" " + c) for c in choices) + 4
+    fields = dict(request)
+    fields["grammar"] = choice_grammar(choices, prefix="" if request.messages else " ")
+    fields["max_tokens"] = max(request.max_tokens, need)
+    return Request(**fields), True
 
 
 class PromptSolver(Solver):
@@ -256,14 +319,17 @@ class PromptSolver(Solver):
                              chat=self.resolved_format() == "chat")
 
     def request(self, task: Task, example: Example) -> Request:
-        """The completion request for one example (:func:`metaskill.eval.solver.prompt_request`)."""
+        """The completion request for one example (:func:`metaskill.eval.solver.prompt_request`),
+        its reply constrained to the example's choices on a multiple-choice task where the
+        backend enforces grammars (:func:`choice_request`)."""
         c = self.config
-        return prompt_request(
+        req = prompt_request(
             task, example, self.demos(task), self.instructions(task),
             chat=self.resolved_format() == "chat",
             max_tokens=answer_max_tokens(task, c.max_tokens), temperature=c.temperature,
             seed=c.seed, stop=c.stop,
         )
+        return choice_request(self.lm, task, example, req, c.constrain)[0]
 
     def extract(self, task: Any, text: str) -> str:
         """The answer inside the LM's raw text (see the module doc)."""
@@ -298,6 +364,11 @@ class PromptSolver(Solver):
             meta: dict[str, Any] = {"raw": raw, "finish_reason": c.finish_reason}
             if c.cached:
                 meta["cached"] = True
+            if getattr(task, "kind", "") == "multiple_choice":
+                meta["constrained"] = r.grammar is not None
+                if r.grammar is None:
+                    meta["constraint"] = ("off in the config" if not self.config.constrain
+                                          else "the backend enforces no grammar: free text")
             out.append(Attempt(
                 example_id=e.id, prompt=self._prompt_text(r), output=self.extract(task, raw),
                 usage=c.usage, latency_s=c.latency_s or per, meta=meta,
@@ -346,8 +417,12 @@ class LikelihoodConfig(PromptConfig):
 
     Attributes:
         normalize: ``none`` ranks labels by their summed log-probability (lm-eval's
-            ``acc``); ``chars`` divides it by the label's length in characters.
-        labels: the candidate labels; None means the task's ``labels``.
+            ``acc``); ``chars`` divides it by the label's length in characters (lm-eval's
+            ``acc_norm`` divides by bytes). Default ``none``: on the dev splits of the
+            multiple-choice BIG-bench tasks it did as well or better
+            (``benchmarks/results/multiple_choice.md``).
+        labels: the candidate labels; None means each example's own choices
+            (``metadata["choices"]``) where it has them, else the task's ``labels``.
     """
 
     normalize: Literal["none", "chars"] = "none"
@@ -356,11 +431,14 @@ class LikelihoodConfig(PromptConfig):
 
 @register_solver
 class LikelihoodClassifier(PromptSolver):
-    """Ranks a classification task's labels by their log-likelihood after the prompt.
+    """Ranks the candidate answers by their log-likelihood after the prompt.
 
-    The context is the zero- or k-shot prompt (chat messages, or a plain prompt where each
-    label is scored with a leading space, as ``task.demo`` writes answers). The output is
-    the best label; the record's meta keeps every label's score.
+    The candidates are each example's own choices on a multiple-choice task (as
+    lm-evaluation-harness scores multiple choice), else the task's labels
+    (:func:`example_choices`; a ``labels`` config overrides both). The context is the
+    zero- or k-shot prompt (chat messages, or a plain prompt where each candidate is scored
+    with a leading space, as ``task.demo`` writes answers). The output is the best
+    candidate; the record's meta keeps every candidate's score.
 
     Example:
         >>> from metaskill.lm.fake import ScriptedLM
@@ -371,25 +449,33 @@ class LikelihoodClassifier(PromptSolver):
     kind: ClassVar[str] = "likelihood"
     config_type: ClassVar[type[PromptConfig]] = LikelihoodConfig
 
-    def labels(self, task: Any) -> list[str]:
-        """The candidate labels (config override, else the task's)."""
+    def labels(self, task: Any, example: Example | None = None) -> list[str]:
+        """The candidates: the config's labels, else the example's own choices, else the
+        task's labels."""
         cfg = self.config
         assert isinstance(cfg, LikelihoodConfig)
-        labels = list(cfg.labels) if cfg.labels else list(getattr(task, "labels", None) or [])
+        if cfg.labels:
+            return list(cfg.labels)
+        if example is not None:
+            labels = example_choices(task, example)
+        else:
+            labels = list(getattr(task, "labels", None) or [])
         if not labels:
+            where = f"example '{example.id}' of " if example is not None else ""
             raise MetaskillError(
-                f"the likelihood solver needs labels, and task '{task.name}' has none; "
-                "use it on a classification task or give labels in its config."
+                f"the likelihood solver needs labels or choices, and {where}task "
+                f"'{task.name}' has none; use it on a classification or multiple-choice task "
+                "or give labels in its config."
             )
         return labels
 
     def solve(self, task: Task, examples: list[Example]) -> list[Attempt]:
-        """Score every label after each example's prompt (one ``lm.score`` per example)."""
+        """Score every candidate after each example's prompt (one ``lm.score`` per example)."""
         cfg = self.config
         assert isinstance(cfg, LikelihoodConfig)
-        labels = self.labels(task)
         out = []
         for e in examples:
+            labels = self.labels(task, e)
             t0 = time.perf_counter()
             ctx = self.context(task, e)
             if isinstance(ctx, str):
@@ -572,6 +658,8 @@ __all__ = [
     "PromptConfig",
     "PromptSolver",
     "ZeroShot",
+    "choice_request",
+    "example_choices",
     "load_solver",
     "register_solver",
     "save_solver",

@@ -49,6 +49,7 @@ from pydantic import Field, model_validator
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver
+from metaskill.eval.solvers import example_choices
 from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import (
     DemoSolver,
@@ -291,14 +292,17 @@ class AdaptMISolver(Solver):
 
     def _margins(self, task: Any, blind: list[Example]) -> tuple[
             list[float | None], list[Usage], list[int], list[dict[str, Any]]]:
-        labels = list(getattr(task, "labels", None) or [])
-        if len(labels) < 2:
+        # Each input's candidates: its own choices (multiple choice), else the task's labels.
+        per_input = [example_choices(task, e) for e in blind]
+        short = next((e for e, c in zip(blind, per_input, strict=True) if len(c) < 2), None)
+        if short is not None:
             raise MethodError(f"adaptmi: gate 'margin' needs a classification task with "
-                              f"labels; task '{task.name}' has none (use gate 'agreement').")
+                              f"labels or examples with choices; task '{task.name}' has none "
+                              f"for example '{short.id}' (use gate 'agreement').")
         requests = sampling_requests(self.first, task, blind)
         values: list[float | None] = []
         usages, extra = [], []
-        for r in requests:
+        for r, labels in zip(requests, per_input, strict=True):
             context: Any = r.prompt if r.prompt is not None else list(r.messages or ())
             conts = [f" {lab}" for lab in labels] if r.prompt is not None else labels
             lls = self.lm.score(context, conts)

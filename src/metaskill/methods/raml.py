@@ -19,11 +19,22 @@ label-prior calibration of the LM (divide by its mean label distribution on dev 
 after Zhao et al. 2021; no dev labels are used for the prior) are chosen on dev. The fit
 report shows dev accuracy of the LM alone, retrieval alone and the fusion, and every
 test attempt keeps all three predictions in its ``meta`` so a test run shows the same
-comparison without refitting. Classification only.
+comparison without refitting.
+
+Multiple choice: where examples carry their own choices (``metadata["choices"]``,
+BIG-bench ``target_scores``), both sides work over each example's own choices. The LM
+scores the example's choices, as lm-evaluation-harness does. A neighbour votes for the
+query's choice equal to its answer (case-folded) where the choices are shared; otherwise
+for the query's choice most similar to its answer text by the same embedder (a neighbour's
+answer "dog" votes for "cat" among "cat", "red", "blue"). Where every example has the same
+choice set (``True``/``False``), that set is the label set and calibration applies as for
+classification; with choice sets that differ per example there is no common label
+distribution, so calibration is off.
 
 Algorithm (what :meth:`Raml.fit` does):
 
-1. Check the task is a classification task with a label set.
+1. Check the task is a classification task with a label set, or a multiple-choice task
+   whose examples carry their choices.
 2. Embed the training pool; for each dev input retrieve its k nearest labelled
    neighbours and form p_ret.
 3. Score every label after each dev input's prompt with the LM and form p_lm; the prior
@@ -56,6 +67,7 @@ from pydantic import Field, field_validator, model_validator
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Usage
 from metaskill.eval.solver import Attempt, Solver
+from metaskill.eval.solvers import example_choices
 from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import (
     DemoPromptConfig,
@@ -94,7 +106,9 @@ class RamlSolver(DemoSolver):
     Args:
         lm: the LM.
         selector: a :class:`KnnSelector` over the labelled pool (neighbours and demos).
-        labels: the label set, in a fixed order.
+        labels: the label set, in a fixed order; empty for a multiple-choice task whose
+            examples have choice sets of their own (each example's choices are used, and
+            an example with choices always uses its own).
         weight: fusion weight w of the retrieval side (0 = LM only, 1 = retrieval only).
         k_neighbours: neighbours that vote on the label.
         sim_temperature: softmax temperature of the neighbours' cosine similarities.
@@ -115,8 +129,6 @@ class RamlSolver(DemoSolver):
                  **options: Any) -> None:
         options.pop("answer_mode", None)
         super().__init__(lm, selector, k=k, **options)
-        if not labels:
-            raise MethodError("raml: needs a label set (a classification task).")
         self.selector: KnnSelector = selector
         self.labels = list(labels)
         self.weight = float(weight)
@@ -124,38 +136,76 @@ class RamlSolver(DemoSolver):
         self.sim_temperature = sim_temperature
         self.smoothing = smoothing
         self.prior = list(prior) if prior is not None else None
+        self._text_vecs: dict[str, np.ndarray] = {}
+
+    # ---- the candidates of one input -----------------------------------------------------
+    def choices_for(self, task: Any, example: Example) -> list[str]:
+        """The example's own choices (multiple choice) where it has them, else the labels."""
+        own = example_choices(None, example)
+        if own:
+            return own
+        if not self.labels:
+            raise MethodError(f"raml: example '{example.id}' has no choices and the solver "
+                              "no label set; give a classification or multiple-choice task.")
+        return list(self.labels)
+
+    def _prior_for(self, choices: list[str]) -> np.ndarray | None:
+        """The calibration prior where the input's candidates are the label set (in order)."""
+        if self.prior is None or choices != self.labels:
+            return None
+        return np.array(self.prior)
+
+    def _vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Embeddings of answer / choice texts (memoised on this solver)."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._text_vecs))
+        if todo:
+            for t, v in zip(todo, np.asarray(self.selector.embedder.encode(todo)), strict=True):
+                self._text_vecs[t] = v
+        return self._text_vecs
 
     # ---- the two distributions ---------------------------------------------------------
-    def retrieval_dist(self, examples: list[Example]) -> np.ndarray:
-        """p_ret per input: similarity-weighted, smoothed vote of the nearest neighbours."""
-        out = np.zeros((len(examples), len(self.labels)))
-        index = {lab.casefold(): j for j, lab in enumerate(self.labels)}
+    def retrieval_dist(self, examples: list[Example], task: Any = None) -> list[np.ndarray]:
+        """p_ret per input: similarity-weighted, smoothed vote of the nearest neighbours.
+
+        A neighbour votes for the input's candidate equal to its answer (case-folded); where
+        none is (multiple choice with choice sets of their own), for the candidate most
+        similar to its answer text by embedding.
+        """
+        out: list[np.ndarray] = []
         queries = self.selector.query_vectors(examples)
-        for row, (ex, q) in enumerate(zip(examples, queries, strict=True)):
+        for ex, q in zip(examples, queries, strict=True):
+            choices = self.choices_for(task, ex)
+            row = np.zeros(len(choices))
+            index = {lab.casefold(): j for j, lab in enumerate(choices)}
             ranked = self.selector.ranked(ex, q)[: self.k_neighbours]
             sims = np.array([s for s, _ in ranked])
             w = np.exp((sims - sims.max()) / self.sim_temperature) if len(sims) else sims
-            for weight, (_, i) in zip(w, ranked, strict=True):
-                j = index.get(str(self.selector.pool[i].answer).casefold())
-                if j is not None:
-                    out[row, j] += weight
-            total = out[row].sum()
-            out[row] = (out[row] / total if total > 0 else out[row]) + self.smoothing
-            out[row] /= out[row].sum()
+            answers = [str(self.selector.pool[i].answer) for _, i in ranked]
+            unmatched = [a for a in answers if a.casefold() not in index]
+            vecs = self._vectors(unmatched + choices) if unmatched else {}
+            for weight, a in zip(w, answers, strict=True):
+                j = index.get(a.casefold())
+                if j is None:
+                    j = int(np.argmax([float(vecs[a] @ vecs[c]) for c in choices]))
+                row[j] += weight
+            total = row.sum()
+            row = (row / total if total > 0 else row) + self.smoothing
+            out.append(row / row.sum())
         return out
 
-    def lm_dist(self, task: Any, examples: list[Example]) -> tuple[np.ndarray, list[Usage],
+    def lm_dist(self, task: Any, examples: list[Example]) -> tuple[list[np.ndarray], list[Usage],
                                                                    list[str], list[int]]:
-        """p_lm per input (softmax of label log-likelihoods), usage, prompts and demo counts."""
+        """p_lm per input (softmax of its candidates' log-likelihoods), usage, prompts and
+        demo counts."""
         built = self.build_requests(task, examples)
-        dist = np.zeros((len(examples), len(self.labels)))
+        dist: list[np.ndarray] = []
         usages, prompts, ks = [], [], []
-        for row, (req, demos) in enumerate(built):
+        for ex, (req, demos) in zip(examples, built, strict=True):
             context: Any = list(req.messages) if req.messages is not None else req.prompt
-            conts = self._continuations(req)
+            conts = self._continuations(req, self.choices_for(task, ex))
             scores = np.array(self.lm.score(context, conts), dtype=float)
             scores[~np.isfinite(scores)] = -1e9
-            dist[row] = softmax(scores)
+            dist.append(softmax(scores))
             prompt = self.lm.prompt_of(req)
             usages.append(Usage(prompt_tokens=self._prompt_tokens(prompt, conts)))
             prompts.append(prompt)
@@ -165,12 +215,13 @@ class RamlSolver(DemoSolver):
     def prompt_cost(self, task: Any, examples: list[Example]) -> float:
         """Mean prompt tokens per input (labels included) -- counted, the LM is not run."""
         built = self.build_requests(task, examples)
-        total = sum(self._prompt_tokens(self.lm.prompt_of(req), self._continuations(req))
-                    for req, _ in built)
+        total = sum(self._prompt_tokens(self.lm.prompt_of(req),
+                                        self._continuations(req, self.choices_for(task, ex)))
+                    for ex, (req, _) in zip(examples, built, strict=True))
         return total / max(1, len(built))
 
-    def _continuations(self, req: Any) -> list[str]:
-        return list(self.labels) if req.messages is not None else [f" {lab}" for lab in self.labels]
+    def _continuations(self, req: Any, choices: list[str]) -> list[str]:
+        return list(choices) if req.messages is not None else [f" {c}" for c in choices]
 
     def _prompt_tokens(self, prompt: str, conts: list[str]) -> int:
         return self.lm.count_tokens(prompt) + sum(self.lm.count_tokens(c) for c in conts)
@@ -180,20 +231,20 @@ class RamlSolver(DemoSolver):
         """Fuse p_lm and p_ret per input; output the best label."""
         t0 = time.perf_counter()
         p_lm, usages, prompts, ks = self.lm_dist(task, examples)
-        p_ret = self.retrieval_dist(examples)
-        prior = np.array(self.prior) if self.prior is not None else None
-        p = fuse(p_lm, p_ret, self.weight, prior)
+        p_ret = self.retrieval_dist(examples, task)
         per = (time.perf_counter() - t0) / max(1, len(examples))
         out = []
         for i, ex in enumerate(examples):
-            pred = self.labels[int(np.argmax(p[i]))]
+            choices = self.choices_for(task, ex)
+            prior = self._prior_for(choices)
+            p = fuse(p_lm[i], p_ret[i], self.weight, prior)
+            pred = choices[int(np.argmax(p))]
             out.append(Attempt(
                 example_id=ex.id, prompt=prompts[i], output=pred, usage=usages[i],
                 latency_s=per,
-                meta={"p_lm": _r(p_lm[i]), "p_ret": _r(p_ret[i]), "p_fused": _r(p[i]),
-                      "pred_lm": self.labels[int(np.argmax(fuse(p_lm[i:i + 1], p_ret[i:i + 1],
-                                                                0.0, prior)))],
-                      "pred_retrieval": self.labels[int(np.argmax(p_ret[i]))],
+                meta={"p_lm": _r(p_lm[i]), "p_ret": _r(p_ret[i]), "p_fused": _r(p),
+                      "pred_lm": choices[int(np.argmax(fuse(p_lm[i], p_ret[i], 0.0, prior)))],
+                      "pred_retrieval": choices[int(np.argmax(p_ret[i]))],
                       "pred_fused": pred, "k": ks[i], "lm_calls": 1},
             ))
         return out
@@ -317,18 +368,20 @@ class Raml(Method):
         cfg = self.config
         if isinstance(solver, DemoSolver) and isinstance(solver.selector, KnnSelector):
             cfg = cfg.over_demos()
-        # 1. A classification task with labels.
-        labels = list(getattr(task, "labels", None) or [])
-        if getattr(task, "kind", "generative") == "generative" or not labels:
+        # 1. A classification task with labels, or multiple choice with per-example choices.
+        pool = [e for e in train if e.answer is not None]
+        dev_set = cfg.dev_subset(dev)
+        labels = list(getattr(task, "labels", None) or []) or shared_choices(pool + dev_set)
+        per_example = all(example_choices(None, e) for e in dev_set) and bool(dev_set)
+        if getattr(task, "kind", "generative") == "generative" or not (labels or per_example):
             raise MethodError(
-                f"raml: needs a classification task with a label set; task "
-                f"'{getattr(task, 'name', '?')}' is {getattr(task, 'kind', 'generative')}"
+                f"raml: needs a classification task with a label set or a multiple-choice task "
+                f"whose examples carry their choices; task '{getattr(task, 'name', '?')}' is "
+                f"{getattr(task, 'kind', 'generative')}"
                 f"{'' if labels else ' and has no labels'} (try knn_demos instead)."
             )
-        pool = [e for e in train if e.answer is not None]
         if not pool:
             raise MethodError("raml: no labelled training examples to retrieve from.")
-        dev_set = cfg.dev_subset(dev)
         if not dev_set:
             raise MethodError("raml: needs dev examples to fit the fusion weight.")
 
@@ -359,11 +412,20 @@ class Raml(Method):
                                   lambda f: build(f, False).uses_chat())
         ks = sorted(set(cfg.k_candidates)) if cfg.k_candidates else [k]
         variants = [(f, bare, x) for f, bare in prompts for x in ks]
-        p_ret = build(*variants[0]).retrieval_dist(dev_set)
-        gold = np.array([_label_index(labels, e.answer) for e in dev_set])
+        first = build(*variants[0])
+        p_ret = first.retrieval_dist(dev_set, task)
+        dev_choices = [first.choices_for(task, e) for e in dev_set]
+        gold = [_gold_indices(c, e) for c, e in zip(dev_choices, dev_set, strict=True)]
+        # Calibration needs one label distribution: every dev input's candidates are the
+        # label set (classification, or multiple choice with one shared choice set).
+        can_calibrate = bool(labels) and all(c == labels for c in dev_choices)
 
-        def acc(p: np.ndarray) -> float:
-            return float(np.mean(np.argmax(p, axis=1) == gold))
+        def acc(p: list[np.ndarray]) -> float:
+            return float(np.mean([int(np.argmax(r)) in g for r, g in zip(p, gold, strict=True)]))
+
+        def fused(p_lm: list[np.ndarray], w: float,
+                  prior: np.ndarray | None) -> list[np.ndarray]:
+            return [fuse(a, b, w, prior) for a, b in zip(p_lm, p_ret, strict=True)]
 
         fits, over_cap = [], []
         for fmt, bare, k_lm in variants:
@@ -381,30 +443,33 @@ class Raml(Method):
             for u in usages:
                 self.report.usage = self.report.usage + u
             self.report.lm_calls += len(dev_set)
-            prior = p_lm.mean(axis=0)
+            prior = np.mean(p_lm, axis=0) if can_calibrate else None
 
             # 4. Grid over calibration and w, scored on dev.
             calib = [False, True] if cfg.calibrate is None else [cfg.calibrate]
+            calib = [c for c in calib if not c or prior is not None] or [False]
             table = []
             for c in calib:
                 for w in sorted(set(cfg.weights)):
                     table.append({"calibrate": c, "weight": w, "dev_accuracy": acc(
-                        fuse(p_lm, p_ret, w, prior if c else None))})
+                        fused(p_lm, w, prior if c else None))})
             best = max(table, key=lambda r: (r["dev_accuracy"], -r["weight"],
                                              not r["calibrate"]))
-            lm_only = max(acc(p_lm), acc(fuse(p_lm, p_ret, 0.0, prior)))
+            lm_only = max(acc(p_lm), acc(fused(p_lm, 0.0, prior)))
             fits.append({
                 "solver": raml, "best": best, "prior": prior,
                 "prompt_tokens": sum(u.prompt_tokens for u in usages) / len(usages),
                 "notes": {
                     "dev_accuracy": best["dev_accuracy"],
                     "dev_accuracy_lm_only": acc(p_lm),
-                    "dev_accuracy_lm_only_calibrated": acc(fuse(p_lm, p_ret, 0.0, prior)),
+                    "dev_accuracy_lm_only_calibrated": acc(fused(p_lm, 0.0, prior)),
                     "dev_accuracy_retrieval_only": acc(p_ret),
                     "dev_accuracy_fused": best["dev_accuracy"],
                     "fusion_beats_both_on_dev": best["dev_accuracy"] > max(lm_only, acc(p_ret)),
                     "weight": best["weight"], "calibrate": best["calibrate"], "k": k_lm,
-                    "k_neighbours": cfg.k_neighbours, "prior": _r(prior),
+                    "k_neighbours": cfg.k_neighbours,
+                    "prior": _r(prior) if prior is not None else None,
+                    "choices": "labels" if can_calibrate else "per example",
                     "prompt_format": "chat" if raml.uses_chat() else "completion",
                     "instructions": not bare, "grid": table,
                 },
@@ -436,10 +501,27 @@ class Raml(Method):
         return raml
 
 
-def _label_index(labels: list[str], answer: str | None) -> int:
-    folded = [lab.casefold() for lab in labels]
-    a = (answer or "").casefold()
-    return folded.index(a) if a in folded else -1
+def _gold_indices(choices: list[str], example: Example) -> set[int]:
+    """Indices of the accepted answers (``metadata["answers"]``, else ``answer``) among
+    ``choices``, case-folded."""
+    accepted = [str(a) for a in (example.metadata or {}).get("answers") or []]
+    accepted = {a.casefold() for a in accepted or [example.answer or ""]}
+    return {j for j, c in enumerate(choices) if c.casefold() in accepted}
 
 
-__all__ = ["Raml", "RamlConfig", "RamlSolver", "fuse"]
+def shared_choices(examples: list[Example]) -> list[str]:
+    """The one choice set every example carries (same choices, same order), else [].
+
+    Example:
+        >>> ex = [Example(id=str(i), input="q", metadata={"choices": ["True", "False"]})
+        ...       for i in range(2)]
+        >>> shared_choices(ex), shared_choices(ex + [Example(id="x", input="q")])
+        (['True', 'False'], [])
+    """
+    sets = {tuple(example_choices(None, e)) for e in examples}
+    if len(sets) != 1:
+        return []
+    return list(next(iter(sets)))
+
+
+__all__ = ["Raml", "RamlConfig", "RamlSolver", "fuse", "shared_choices"]
