@@ -136,3 +136,13 @@ def test_an_eval_that_needs_code_execution_stops_at_once_without_bwrap(no_bwrap:
     lm = ScriptedLM(lambda prompt, request: "print(1)")
     with pytest.raises(SandboxUnavailableError, match="bubblewrap"):
         evaluate(ZeroShot(lm), task, progress=False)  # not 20 failed records scored 0
+
+
+@needs_bwrap
+def test_meta_prompting_python_expert_records_the_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from metaskill.methods.meta_prompting import MetaPromptingSolver
+
+    monkeypatch.delenv(sandbox.ENV_VAR, raising=False)
+    lm = ScriptedLM()
+    text, layers = MetaPromptingSolver(lm, ZeroShot(lm)).python_with_isolation("print(6 * 7)")
+    assert text == "42" and {"bwrap", "mountns", "pidns"} <= set(layers)
