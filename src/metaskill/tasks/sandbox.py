@@ -13,11 +13,12 @@ applied to a run):
   - ``mountns``: a fresh mount namespace whose root is a read-only tmpfs holding only
     ``/usr`` (read-only; ``/bin``, ``/lib*``, ``/sbin`` as the host's symlinks or
     read-only binds), the interpreter's prefix (read-only; for ``site_packages=True``
-    also the virtual environment), a minimal ``/dev`` (null, zero, random, urandom,
-    tty) and the sandbox directory -- the only writable path. ``/etc``, ``/proc``,
-    ``/sys``, ``/tmp`` (other than the sandbox directory) and the home folders are absent;
-    no file from ``/etc`` is bound (Python with ``-I -S`` needs none; the dynamic loader
-    finds libc in its built-in paths without ``/etc/ld.so.cache``). When the interpreter
+    also the virtual environment), bubblewrap's minimal ``/dev`` (null, zero, full,
+    random, urandom, tty, pts, shm) and the sandbox directory -- the only writable
+    path. ``/etc``, ``/proc``, ``/sys``, ``/tmp`` (other than the sandbox directory)
+    and the home folders are absent; no file from ``/etc`` is bound (Python with
+    ``-I -S`` needs none; the dynamic loader finds libc in its built-in paths without
+    ``/etc/ld.so.cache``). When the interpreter
     lives under a home folder (pyenv: ``/root/.pyenv/versions/X``), only that prefix is
     bound, nothing else of the home folder;
   - ``pidns``: a new PID namespace (the code sees no other process; when its init dies,
