@@ -1,7 +1,12 @@
-"""adaptmi: reference-free gates, hard inputs only, AdaptMI+ teacher, gate precision."""
+"""adaptmi: reference-free gates, hard inputs only, AdaptMI+ teacher, gate precision.
+
+Judge and teacher replies are constrained JSON on a schema backend (ScriptedLM, llama.cpp)
+and free text elsewhere (a ScriptedLM with no ``constraints``); both paths are tested.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -39,10 +44,16 @@ def task(verifier: Verifier | None = None) -> Task:
 
 def model(prompt: str, request) -> str:
     """add: always right. multiply: right only after a multiplication demo; else random."""
-    if "Missing:" in prompt:  # teacher
-        return "Missing: multiplication" if "multiply" in prompt else "Missing: addition"
-    if "Score:" in prompt:  # judge
-        return "Score: 9" if "add the" in prompt else "Score: 2"
+    if "Which of these skills" in prompt:  # teacher
+        skill = "multiplication" if "multiply" in prompt else "addition"
+        if request.json_schema is not None:
+            return json.dumps({"missing": [skill]})
+        return f"Missing: {skill}"
+    if "Is the proposed answer correct?" in prompt:  # judge
+        score = 9 if "add the" in prompt else 2
+        if request.json_schema is not None:
+            return json.dumps({"reason": "checked", "score": score})
+        return f"Score: {score}"
     qs = re.findall(r"Q: (\w+) the numbers (\d+) and (\d+)", prompt)
     op, a, b = qs[-1]
     right = str(OPS[op](int(a), int(b)))
@@ -122,32 +133,52 @@ def test_margin_gate_uses_label_likelihoods() -> None:
             ZeroShot(ScriptedLM(model)), gen, TRAIN).solve(gen, DEV[:1])
 
 
-def test_judge_gate_and_unparseable_judge_is_counted() -> None:
-    s = solver(gate="judge")
+def free_text_lm(script: Any) -> ScriptedLM:
+    """A scripted LM whose backend enforces no schema (the free-text path)."""
+    lm = ScriptedLM(script)
+    lm.constraints = frozenset()
+    return lm
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_judge_gate_and_unparseable_judge_is_counted(structured: bool) -> None:
+    make = ScriptedLM if structured else free_text_lm
+    s = AdaptMI(AdaptMIConfig(gate="judge"), resources=RES).fit(
+        ZeroShot(make(model)), task(), TRAIN)
     out = s.solve(task(), DEV)
     assert [a.meta["gate"]["hard"] for a in out] == [False, False, True, True]
+    assert [a.meta["gate"]["value"] for a in out] == [0.9, 0.9, 0.2, 0.2]
     assert [a.output for a in out] == [e.answer for e in DEV]
 
     def mute_judge(prompt: str, request) -> str:
-        return "I cannot say." if "Score" in prompt else model(prompt, request)
+        return ("I cannot say." if "Is the proposed answer correct?" in prompt
+                else model(prompt, request))
 
     s2 = AdaptMI(AdaptMIConfig(gate="judge"), resources=RES).fit(
-        ZeroShot(ScriptedLM(mute_judge)), task(), TRAIN)
+        ZeroShot(make(mute_judge)), task(), TRAIN)
     out2 = s2.solve(task(), DEV)
     assert all(a.meta["gate"]["judge_fallback"] for a in out2)
     assert not any(a.meta["adapted"] for a in out2)
-    assert [a.meta["lm_calls"] for a in out2] == [3, 3, 3, 3]  # answer + judge + one retry
+    # answer + judge + one retry (JSON: by LM.complete; free text: a reminder)
+    assert [a.meta["lm_calls"] for a in out2] == [3, 3, 3, 3]
     assert gate_report(task(), DEV, out2)["judge_fallbacks"] == 4
 
 
-def test_adaptmi_plus_teacher_targets_missing_skills_with_fallback() -> None:
+@pytest.mark.parametrize("structured", [True, False])
+def test_adaptmi_plus_teacher_targets_missing_skills_with_fallback(structured: bool) -> None:
     calls: list[str] = []
 
     def teacher_fn(prompt: str, request) -> str:
         calls.append(prompt)
-        return "Missing: multiplication" if "multiply" in prompt else "no idea"
+        if "multiply" not in prompt:
+            return "no idea"
+        if request.json_schema is not None:  # an enum of this input's candidate skills
+            assert '"enum":["addition","multiplication"]' in request.json_schema \
+                or '"enum":["multiplication","addition"]' in request.json_schema
+            return '{"missing": ["multiplication"]}'
+        return "Missing: multiplication"
 
-    teacher = ScriptedLM(teacher_fn)
+    teacher = ScriptedLM(teacher_fn) if structured else free_text_lm(teacher_fn)
     res = MethodResources(embedder_spec="hash:128", teacher=teacher)
     s = AdaptMI(AdaptMIConfig(plus=True, gate="agreement", n_samples=3, threshold=1.0),
                 resources=res).fit(ZeroShot(ScriptedLM(model)), task(), TRAIN)
@@ -156,6 +187,8 @@ def test_adaptmi_plus_teacher_targets_missing_skills_with_fallback() -> None:
     assert len(calls) == 2  # only the two hard inputs reach the teacher
     # a teacher that never names a skill: retried once, then the first answer is kept
     s.teacher = ScriptedLM(default="dunno")
+    if not structured:
+        s.teacher.constraints = frozenset()
     out2 = s.solve(task(), DEV)
     assert [a.meta["teacher_fallback"] for a in out2] == [False, False, True, True]
     assert out2[2].output == "0" and not out2[2].meta["adapted"]
@@ -189,3 +222,25 @@ def test_bad_config_and_missing_skills_are_clear() -> None:
         AdaptMIConfig(threshold=2.0)
     with pytest.raises(Exception, match="gate"):
         AdaptMIConfig(gate="oracle")
+
+
+@pytest.mark.slow
+def test_real_model_judge_and_teacher_always_parse_on_sst2(local_lm) -> None:
+    """SmolLM2-135M as judge and AdaptMI+ teacher: constrained JSON, nothing falls back."""
+    from metaskill.skills.book import SkillBook
+    from metaskill.skills.discover import discover_by_embedding
+    from metaskill.skills.embed import HashEmbedder
+    from metaskill.tasks import get_task
+
+    t = get_task("sst2")
+    book = discover_by_embedding(t.splits["train"][:40], SkillBook(embedder=HashEmbedder(dim=64)),
+                                 n_skills=4, labels=t.labels)
+    res = MethodResources(skillbook=book, teacher=local_lm)
+    s = AdaptMI(AdaptMIConfig(gate="judge", plus=True, threshold=1.0, k=2, max_tokens_teacher=64),
+                resources=res).fit(ZeroShot(local_lm), t, t.splits["train"][:40])
+    dev = t.splits["dev"][:5]
+    out = s.solve(t, dev)
+    assert all(a.meta["gate"]["value"] is not None for a in out)  # every judge reply parsed
+    report = gate_report(t, dev, out)
+    assert report["judge_fallbacks"] == 0 and report["teacher_fallbacks"] == 0
+    assert all(set(a.meta["skills"]) <= set(book.names()) for a in out if a.meta["adapted"])

@@ -13,8 +13,15 @@ What we changed: the difficulty gate is reference-free and configurable -- agree
 likely labels (classification), or an LM-judge score (the teacher, else the model
 itself) -- instead of a process reward model. Skills and exemplars come from a
 :class:`~metaskill.skills.book.SkillBook` (see :mod:`metaskill.methods.skill_demos`).
-The gate threshold can be chosen on dev from candidates. A teacher reply that names no
-known skill is retried once, then falls back to the first answer (counted).
+The gate threshold can be chosen on dev from candidates. The judge's and the teacher's
+replies are *constrained* where the backend enforces JSON schemas (``"json_schema" in
+lm.constraints``): the judge writes ``{"reason": ..., "score": 0-10}``, the teacher
+``{"missing": [...]}`` with names from an enum of that input's candidate skills, so both
+always parse (SmolLM2-135M's free-text "Missing:" and "Score: N" lines mostly did not).
+A reply that breaks the schema on both of ``LM.complete``'s tries -- or, on a backend
+without schemas, a free-text reply that still names no known skill or score after one
+reminder -- falls back: the judge's input counts as not hard, the teacher's keeps its
+first answer; both are counted (``judge_fallbacks``, ``teacher_fallbacks``).
 
 The gate never reads the reference: the Solver blanks every example's ``answer`` before
 anything else happens, so nothing downstream can see it. Each Attempt's ``meta["gate"]``
@@ -28,7 +35,7 @@ Algorithm (what :class:`AdaptMISolver` does for a batch):
 2. Gate: compute the difficulty signal of each input; it is *hard* if the value is
    below the threshold (an unparseable judge reply counts as not hard).
 3. AdaptMI+: for each hard input a teacher names the skills missing from the first
-   answer (retry once; else keep the first answer, counted).
+   answer (JSON from the input's candidates; else keep the first answer, counted).
 4. Re-ask the hard inputs with k exemplars of their skills (matched by the SkillBook, or
    the teacher's missing skills); easy inputs keep their first answer.
 
@@ -44,12 +51,13 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, create_model, model_validator
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver
 from metaskill.eval.solvers import example_choices
+from metaskill.lm.structured import parse_reply, schema_text
 from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import (
     DemoSolver,
@@ -75,6 +83,56 @@ TEACHER_PROMPT = (
     "Reply with one line 'Missing: ' followed by up to {n} skill names from the list, "
     "comma-separated, written exactly as in the list."
 )
+JUDGE_JSON_PROMPT = (
+    "{question}\n\nProposed answer: {answer}\n\n"
+    "Is the proposed answer correct? Reply with JSON: {{\"reason\": \"<one short "
+    "sentence>\", \"score\": N}} where N is an integer from 0 (surely wrong) to 10 (surely "
+    "right)."
+)
+TEACHER_JSON_PROMPT = (
+    "A student answered this question.\n\n{question}\n\nStudent's answer: {answer}\n\n"
+    "Which of these skills does the student's answer lack or apply wrongly?\n{skills}\n\n"
+    "Reply with JSON: {{\"missing\": [up to {n} skill names from the list, written exactly "
+    "as in the list]}}."
+)
+
+
+class JudgeReply(BaseModel):
+    """The judge gate's constrained reply (the reason is cut to fit ``max_tokens``)."""
+
+    reason: str = Field(max_length=200)
+    score: int = Field(ge=0, le=10)
+
+
+def judge_model(max_tokens: int) -> type[JudgeReply]:
+    """:class:`JudgeReply` with the reason cut to what fits in ``max_tokens`` (about 2.5
+    characters a token after ~16 tokens of JSON).
+
+    Example:
+        >>> judge_model(64).model_validate_json('{"reason": "ok", "score": 7}').score
+        7
+    """
+    chars = max(8, min(200, int(2.5 * (max_tokens - 16))))
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "JudgeReply", __base__=JudgeReply, reason=(str, Field(max_length=chars)))
+
+
+def missing_model(candidates: Sequence[str], most: int) -> type[BaseModel]:
+    """The teacher's constrained reply for one input: 1..``most`` of its ``candidates``.
+
+    Example:
+        >>> m = missing_model(["carry_over", "place_value"], 1)
+        >>> m.model_validate_json('{"missing": ["place_value"]}').missing
+        ['place_value']
+    """
+    name = Literal.__getitem__(tuple(candidates))  # type: ignore[attr-defined]
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "MissingSkills", missing=(list[name], Field(min_length=1, max_length=most)))
+
+
+def structured(lm: Any) -> bool:
+    """Whether ``lm`` enforces JSON schemas (judge and teacher replies are then JSON)."""
+    return "json_schema" in getattr(lm, "constraints", frozenset())
 
 
 def gate_decision(value: float | None, threshold: float) -> bool:
@@ -132,6 +190,31 @@ def ask_with_retry(lm: Any, asks: dict[int, str], retry: str,
                 got[i] = value
         todo = left
     return got, todo
+
+
+def ask_json(lm: Any, asks: dict[int, str], models: dict[int, type[BaseModel]], *,
+             max_tokens: int, usages: list[Usage], calls: list[int]
+             ) -> tuple[dict[int, BaseModel], list[int]]:
+    """Ask each prompt for JSON valid under its own model (``LM.complete`` asks twice at
+    most); usage and calls are added like :func:`ask_with_retry`'s.
+
+    Returns:
+        The parsed replies by index, and the indices whose reply broke the schema twice.
+    """
+    idx = list(asks)
+    reqs = [chat_or_prompt(lm, asks[i], max_tokens=max_tokens).model_copy(
+        update={"json_schema": schema_text(models[i])}) for i in idx]
+    got: dict[int, BaseModel] = {}
+    failed = []
+    for i, c in zip(idx, lm.complete(reqs) if reqs else [], strict=True):
+        usages[i] = usages[i] + c.usage
+        calls[i] += 1 + c.retries
+        value, _ = parse_reply(c.text, models[i])
+        if value is None:
+            failed.append(i)
+        else:
+            got[i] = value
+    return got, failed
 
 
 def question_text(task: Any, example: Example) -> str:
@@ -326,12 +409,20 @@ class AdaptMISolver(Solver):
         usages = [Usage() for _ in range(n)]
         calls = [0] * n
         extra: list[dict[str, Any]] = [{"judge_fallback": False} for _ in range(n)]
-        asks = {i: JUDGE_PROMPT.format(question=question_text(task, e), answer=first[i].output)
+        prompt = JUDGE_JSON_PROMPT if structured(lm) else JUDGE_PROMPT
+        asks = {i: prompt.format(question=question_text(task, e), answer=first[i].output)
                 for i, e in enumerate(blind) if first[i].error is None}
-        got, failed = ask_with_retry(
-            lm, asks, "Reply with one line only: Score: N (N an integer from 0 to 10).",
-            lambda i, text: parse_judge_score(text, 10), max_tokens=self.max_tokens_teacher,
-            usages=usages, calls=calls)
+        if structured(lm):
+            model = judge_model(self.max_tokens_teacher)
+            replies, failed = ask_json(lm, asks, dict.fromkeys(asks, model),
+                                       max_tokens=self.max_tokens_teacher, usages=usages,
+                                       calls=calls)
+            got = {i: r.score / 10 for i, r in replies.items()}  # type: ignore[attr-defined]
+        else:
+            got, failed = ask_with_retry(
+                lm, asks, "Reply with one line only: Score: N (N an integer from 0 to 10).",
+                lambda i, text: parse_judge_score(text, 10),
+                max_tokens=self.max_tokens_teacher, usages=usages, calls=calls)
         for i, score in got.items():
             values[i] = score
         for i in failed:
@@ -348,19 +439,28 @@ class AdaptMISolver(Solver):
         lm = self.teacher_lm
         cands = [[s.name for s, _ in book.nearest_skills(e, k=self.teacher_candidates)]
                  or book.names() for e in blind]
+        prompt = TEACHER_JSON_PROMPT if structured(lm) else TEACHER_PROMPT
         asks = []
         for e, a, cs in zip(blind, first, cands, strict=True):
             listing = "\n".join(f"- {n}: {book.get(n).description}".rstrip(": ") for n in cs)
-            asks.append(TEACHER_PROMPT.format(question=question_text(task, e), answer=a.output,
-                                              skills=listing, n=self.missing_skills))
+            asks.append(prompt.format(question=question_text(task, e), answer=a.output,
+                                      skills=listing, n=self.missing_skills))
         named: list[list[str]] = [[] for _ in blind]
         usages = [Usage() for _ in blind]
         calls = [0] * len(blind)
-        got, _ = ask_with_retry(
-            lm, dict(enumerate(asks)),
-            "Reply with one line: 'Missing: ' and skill names from the list above.",
-            lambda i, text: parse_skill_names(text, cands[i])[: self.missing_skills] or None,
-            max_tokens=self.max_tokens_teacher, usages=usages, calls=calls)
+        if structured(lm):  # one enum of skill names per input: its own candidates
+            models = {i: missing_model(cs, self.missing_skills) for i, cs in enumerate(cands)}
+            replies, _ = ask_json(lm, dict(enumerate(asks)), models,
+                                  max_tokens=self.max_tokens_teacher, usages=usages,
+                                  calls=calls)
+            got = {i: list(dict.fromkeys(r.missing))  # type: ignore[attr-defined]
+                   for i, r in replies.items()}
+        else:
+            got, _ = ask_with_retry(
+                lm, dict(enumerate(asks)),
+                "Reply with one line: 'Missing: ' and skill names from the list above.",
+                lambda i, text: parse_skill_names(text, cands[i])[: self.missing_skills]
+                or None, max_tokens=self.max_tokens_teacher, usages=usages, calls=calls)
         for i, found in got.items():
             named[i] = found
         return named, usages, calls
@@ -536,6 +636,8 @@ class AdaptMI(Method):
             "first_pass_dev_accuracy": sum(first_ok) / len(dev_set),
             "all_skill_demos_dev_accuracy": sum(second_ok) / len(dev_set),
             "teacher_fallbacks": sum(bool(a.meta.get("teacher_fallback")) for a in attempts),
+            "judge_fallbacks": sum(bool(a.meta["gate"].get("judge_fallback"))
+                                   for a in attempts),
             "thresholds": table,
         })
         return build(best["threshold"])
