@@ -7,6 +7,11 @@ dequantized by transformers (``gguf_file=``) once, then saved as a plain HF copy
 after its quantizer attribute and quantization config are cleared (they describe the
 GGUF source, not the float weights we now hold).
 
+Constrained replies (``Request.json_schema``, ``Request.grammar``) are enforced while decoding
+with llguidance (the ``structured`` extra): a logits processor masks every token the grammar
+would refuse. Without llguidance, :attr:`HFLM.constraints` is empty and a constrained request
+is refused in one line that names the extra.
+
 A PEFT LoRA adapter folder may be attached with ``hf:PATH+adapter:DIR`` (or the
 ``adapter=`` argument); its hash is part of :attr:`HFLM.identity`, so cached answers of the
 base model and of base+adapter never mix.
@@ -20,18 +25,22 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from metaskill.core.errors import (
     ContextOverflowError,
+    InvalidParameterError,
     MetaskillError,
+    MethodError,
     ModelNotFoundError,
 )
 from metaskill.core.settings import Settings
@@ -69,6 +78,67 @@ def folder_fingerprint(path: str | Path, full_hash_below: int = 64 << 20) -> str
         else:
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()
+
+
+def constraint_library_available() -> bool:
+    """True when llguidance (the ``structured`` extra) can be imported.
+
+    Example:
+        >>> isinstance(constraint_library_available(), bool)
+        True
+    """
+    return importlib.util.find_spec("llguidance") is not None
+
+
+JSON_STYLE: Mapping[str, Any] = MappingProxyType({
+    "whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True,
+})
+"""How llguidance writes JSON-schema replies: one space after ``,`` and ``:``, no other
+whitespace (a small model otherwise pads with newlines); keywords it cannot enforce are
+left to :meth:`LM.complete`'s validation. A schema's own ``x-guidance`` overrides these."""
+
+
+class GrammarMask:
+    """A transformers logits processor that keeps only the tokens a grammar allows.
+
+    It feeds each newly generated token to an llguidance matcher, then sets the logits of
+    every token the matcher would refuse to -inf. It runs before temperature and top-p (a
+    custom processor precedes generate's warpers), so sampling and greedy both pick among
+    allowed tokens only. One instance serves one sequence (batch size 1).
+
+    Args:
+        matcher: a fresh ``llguidance.LLMatcher`` for this sequence.
+        prompt_len: the number of prompt tokens in ``input_ids``.
+        stop_ids: end-of-turn token ids, the only ones allowed if the matcher errs.
+
+    Example:
+        >>> mask = GrammarMask(matcher, prompt_len=12, stop_ids=[2])   # doctest: +SKIP
+        >>> model.generate(..., logits_processor=LogitsProcessorList([mask]))  # doctest: +SKIP
+    """
+
+    def __init__(self, matcher: Any, prompt_len: int, stop_ids: Sequence[int]) -> None:
+        self.matcher = matcher
+        self.prompt_len = prompt_len
+        self.stop_ids = list(stop_ids)
+        self.consumed = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if scores.shape[0] != 1:
+            raise MetaskillError("GrammarMask serves one sequence at a time (batch size 1).")
+        for tok in input_ids[0, self.prompt_len + self.consumed:].tolist():
+            self.matcher.consume_token(int(tok))
+            self.consumed += 1
+        allowed = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        if self.matcher.is_error():  # cannot happen with a sound mask; end the reply cleanly
+            allowed[[i for i in self.stop_ids if i < scores.shape[-1]]] = True
+        else:
+            bias = torch.frombuffer(bytearray(self.matcher.compute_logit_bias()),
+                                    dtype=torch.uint8)
+            n = min(bias.numel(), scores.shape[-1])
+            allowed[:n] = bias[:n].to(scores.device) > 0
+        return scores.masked_fill(~allowed, float("-inf"))
 
 
 def hf_copy_dir(gguf_path: str | Path, settings: Settings | None = None) -> Path:
@@ -247,6 +317,10 @@ class HFLM(LM):
         cfg = getattr(model, "config", None)
         self.context_window = getattr(cfg, "max_position_embeddings", None)
         self._eos_ids = self._stop_token_ids()
+        self.constraints = (frozenset({"json_schema", "grammar"})
+                            if constraint_library_available() else frozenset())
+        self._ll_tokenizer: Any = None  # llguidance's view of the tokenizer, built once
+        self._matchers: dict[tuple[str, str], Any] = {}  # compiled constraint -> matcher
 
     def with_adapter(self, adapter: str | Path | None) -> HFLM:
         """This model plus the PEFT adapter folder ``adapter`` (None: the bare base model)."""
@@ -298,6 +372,54 @@ class HFLM(LM):
         # tokenizer's default BOS handling.
         return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
+    # ---- constraints --------------------------------------------------------------------
+    def _check_constraints(self, reqs: Sequence[Request]) -> None:
+        """Refuse a constrained request in one line naming the extra when llguidance is
+        missing; otherwise as :meth:`LM._check_constraints`."""
+        if not self.constraints and any(r.constrained for r in reqs):
+            kind = next("json_schema" if r.json_schema is not None else "grammar"
+                        for r in reqs if r.constrained)
+            raise MethodError(
+                f"the {self.spec} backend enforces a {kind} constraint only with llguidance; "
+                "install the 'structured' extra (pip install 'metaskill[structured]') or drop "
+                "the constraint.")
+        super()._check_constraints(reqs)
+
+    def _matcher(self, r: Request) -> Any:
+        """A fresh llguidance matcher for a constrained request (None: unconstrained).
+
+        The tokenizer is converted once per instance and each compiled constraint kept per
+        instance; every sample gets its own copy of the compiled matcher.
+
+        Raises:
+            InvalidParameterError: the grammar or JSON schema does not compile.
+        """
+        if not r.constrained:
+            return None
+        import llguidance
+        import llguidance.hf
+
+        key = ("json_schema", r.json_schema) if r.json_schema is not None else (
+            "gbnf", r.grammar or "")
+        if key not in self._matchers:
+            if self._ll_tokenizer is None:
+                self._ll_tokenizer = llguidance.hf.from_tokenizer(
+                    self.tokenizer, eos_token=self._eos_ids or None)
+            what = "JSON schema" if key[0] == "json_schema" else "grammar"
+            try:
+                grammar = (llguidance.LLMatcher.grammar_from_json_schema(key[1], dict(JSON_STYLE))
+                           if key[0] == "json_schema" else llguidance.grammar_from("gbnf", key[1]))
+            except ValueError as e:
+                raise InvalidParameterError(
+                    f"llguidance cannot compile the {what}: {str(e).splitlines()[0]}") from None
+            m = llguidance.LLMatcher(self._ll_tokenizer, grammar, log_level=0)
+            if m.is_error():
+                raise InvalidParameterError(
+                    f"llguidance cannot compile the {what}: "
+                    f"{m.get_error().splitlines()[0]}")
+            self._matchers[key] = m
+        return self._matchers[key].deep_copy()
+
     # ---- backend hooks ----------------------------------------------------------------
     def _complete(self, requests: list[Request]) -> list[Completion]:
         import torch
@@ -333,6 +455,12 @@ class HFLM(LM):
                     gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
                 if r.stop:
                     gen_kwargs.update(stop_strings=list(r.stop), tokenizer=self.tokenizer)
+                matcher = self._matcher(r)
+                if matcher is not None:
+                    from transformers import LogitsProcessorList
+
+                    gen_kwargs["logits_processor"] = LogitsProcessorList(
+                        [GrammarMask(matcher, len(ids), self._eos_ids)])
                 with torch.no_grad():
                     seq = self.model.generate(
                         input_ids=inp, attention_mask=torch.ones_like(inp), **gen_kwargs
