@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -60,8 +61,8 @@ def _pick(prompt: str, skill: str) -> str:
     return "none"
 
 
-def teacher_script(prompt: str, request) -> str:
-    """A teacher that answers the four kinds of discovery prompt."""
+def free_teacher_script(prompt: str, request) -> str:
+    """A teacher that answers the four kinds of discovery prompt in free text."""
     retry = "could not be read" in prompt or "Answer ONLY" in prompt
     if "You are labelling the skills" in prompt:
         q = _question(prompt)
@@ -82,6 +83,41 @@ def teacher_script(prompt: str, request) -> str:
             return "no idea"
         return _pick(prompt, "adding_numbers" if "plus" in q else "sorting_words")
     return "?"
+
+
+def teacher_script(prompt: str, request) -> str:
+    """The same teacher, in JSON where the request carries a schema (a constrained reply).
+
+    FLAKY's first JSON reply is broken; LM.complete's own second try (temperature >= 0.7)
+    gets a valid one. BROKEN never gives one.
+    """
+    if request.json_schema is None:
+        return free_teacher_script(prompt, request)
+    q = _question(prompt)
+    if "BROKEN" in q or ("FLAKY" in q and request.temperature < 0.7
+                         and "You are labelling" in prompt):
+        return "I am sorry, I cannot help with that."
+    if "You are labelling the skills" in prompt:
+        pairs = ([("Number addition", "adding two numbers"),
+                  ("adding_numbers_mentally", "in the head")] if "plus" in q else
+                 [("word sorting", "ordering words"),
+                  ("sorting words alphabetically", "the alphabet")])
+        return json.dumps({"skills": [{"name": n, "description": d} for n, d in pairs]})
+    if "These skill names were given" in prompt:
+        pair = (("adding_numbers", "adding whole numbers together")
+                if "number_addition" in prompt else
+                ("sorting_words", "putting words in alphabetical order"))
+        return json.dumps({"skills": [{"name": pair[0], "description": pair[1]}]})
+    if "Which of the skills above" in prompt:
+        assert '"enum":' in request.json_schema  # only this example's shortlist
+        return json.dumps({"skills": ["adding_numbers" if "plus" in q else "sorting_words"]})
+    return "?"
+
+
+def free_text(lm: ScriptedLM) -> ScriptedLM:
+    """The LM as a backend that enforces no schema (the free-text path)."""
+    lm.constraints = frozenset()
+    return lm
 
 
 def test_parsers():
@@ -117,9 +153,12 @@ def test_from_labels_with_hierarchy():
         discover_from_labels([Example(id="x", input="y")], _book())
 
 
-def test_metacognitive_discovery(tmp_path):
+@pytest.mark.parametrize("structured", [True, False])
+def test_metacognitive_discovery(tmp_path, structured):
     cache = Cache(tmp_path / "cache.sqlite")
     teacher = ScriptedLM(teacher_script, cache=cache)
+    if not structured:
+        free_text(teacher)
     book = discover_metacognitive(_examples(), _book(), teacher, config=CFG, task_name="toy")
     assert sorted(book.names()) == ["adding_numbers", "sorting_words"]
     add = book.get("adding_numbers")
@@ -132,16 +171,20 @@ def test_metacognitive_discovery(tmp_path):
     assert book.unlabelled() == ["BROKEN"]
     rec = book.info()["discovery"]
     assert rec["source"] == "metacognitive" and rec["raw_names"] == 4
-    assert rec["teacher_log"]["retries"] == 3  # BROKEN and FLAKY in step a, BROKEN in step d
+    # retried: BROKEN and FLAKY in step a, BROKEN in step d (JSON: by LM.complete itself)
+    assert rec["teacher_log"]["retries"] == 3
     assert rec["teacher_log"]["unparseable"] == 2
     # the BROKEN example was asked exactly twice in step (a): first try + one retry
     broken_label_calls = [p for p in teacher.calls
                           if "You are labelling" in p and "BROKEN question" in p]
     assert len(broken_label_calls) == 2
-    # every call went through the LM cache: a second run asks the backend nothing
+    asked_json = [p for p in teacher.calls if "Reply with JSON" in p]
+    assert bool(asked_json) is structured
+    # every call went through the LM cache: a second run asks the backend nothing, but a
+    # JSON reply that broke its schema is never cached (BROKEN: twice in a, twice in d)
     n = len(teacher.calls)
     again = discover_metacognitive(_examples(), _book(), teacher, config=CFG)
-    assert len(teacher.calls) == n
+    assert len(teacher.calls) == n + (4 if structured else 0)
     assert again.all_labels() == book.all_labels()
 
 
@@ -207,7 +250,15 @@ def test_catalog_shortlist_for_long_catalogs():
     book = discover_from_catalog(_examples()[:3], _book(), teacher, cat, config=cfg)
     assert book.examples_of("adding_numbers") == ["p1", "p2", "p3"]
     pick_prompts = [p for p in teacher.calls if "Which of the skills" in p]
-    assert all(len(re.findall(r"^\d+\. ", p, re.M)) == 5 for p in pick_prompts)
+    assert pick_prompts and all(len(re.findall(r"^- \w+: ", p, re.M)) == 5
+                                for p in pick_prompts)
+    # free text: the same shortlist, numbered
+    teacher = free_text(ScriptedLM(teacher_script))
+    book = discover_from_catalog(_examples()[:3], _book(), teacher, cat, config=cfg)
+    assert book.examples_of("adding_numbers") == ["p1", "p2", "p3"]
+    pick_prompts = [p for p in teacher.calls if "Which of the skills" in p]
+    assert pick_prompts and all(len(re.findall(r"^\d+\. ", p, re.M)) == 5
+                                for p in pick_prompts)
 
 
 def test_load_catalog_errors(tmp_path):
@@ -340,7 +391,8 @@ def test_teacher_names_clusters_without_labels():
         if "These questions belong to one group" not in prompt:
             return "unexpected"
         if "apple" in prompt:
-            return "Fruit salad questions"
+            return ('{"name": "Fruit salad questions"}' if request.json_schema
+                    else "Fruit salad questions")
         return "I am sorry, I cannot name this."  # unusable, also on the retry
 
     teacher = ScriptedLM(script)
@@ -379,3 +431,19 @@ def test_discover_names_by_train_labels_only():
               labels=["food", "vehicle"], kind="multiple_choice")
     assert naming_labels(mc, "train") is None
     assert naming_labels(task, "train") == ["food", "vehicle"]
+
+
+@pytest.mark.slow
+def test_real_teacher_replies_always_parse_on_sst2(local_lm):
+    """SmolLM2-135M as the discovery teacher: constrained JSON names, cluster names and
+    picks from each example's shortlist all parse (no unparseable reply, nobody unlabelled)."""
+    from metaskill.tasks import get_task
+
+    exs = get_task("sst2").splits["train"][:6]
+    cfg = DiscoveryConfig(progress=False, n_skills=2, max_skills=2)
+    book = discover_metacognitive(exs, _book(), local_lm, config=cfg, task_name="sst2",
+                                  task_description="movie review sentiment")
+    log = book.info()["discovery"]["teacher_log"]
+    assert log["unparseable"] == 0, log
+    assert book.unlabelled() == []
+    assert all(s.metadata["named_by"] == "teacher" for s in book.skills())

@@ -34,9 +34,16 @@
 Every skill also carries one typical member's text in ``metadata["example"]``; reports
 show it on hover.
 
-Teacher output that cannot be parsed is asked again once with a stricter prompt; if that
-fails too the example is recorded as unlabelled (``SkillBook.unlabelled()``). Nothing a
-teacher writes crashes a run. Every teacher call goes through ``LM.complete`` and so
+Teacher replies are *constrained* where the teacher enforces JSON schemas (``"json_schema"
+in teacher.constraints``: llama.cpp, OpenAI-compatible servers): skill names come as
+``{"skills": [{"name", "description"}]}``, picks from a catalog as ``{"skills": [...]}``
+with an enum of that example's shortlist, cluster names as ``{"name", ...}``, so a small
+teacher's reply always parses (:func:`ask_parsed` with a :class:`JsonAsk`). A reply that
+breaks the schema on both of ``LM.complete``'s tries -- or, on a teacher without schemas,
+free text that cannot be parsed even when asked again with a stricter prompt -- is
+recorded: the example stays unlabelled (``SkillBook.unlabelled()``), the cluster keeps a
+fallback name, and ``teacher_log["unparseable"]`` counts it. Nothing a teacher writes
+crashes a run. Every teacher call goes through ``LM.complete`` and so
 through the LM's cache: re-running discovery costs nothing.
 
 :func:`discover` picks the source for a Task and records what it did in the book
@@ -63,10 +70,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from metaskill.core.errors import (
     MetaskillError,
@@ -74,6 +81,7 @@ from metaskill.core.errors import (
     ServerUnreachableError,
 )
 from metaskill.core.types import Example, Request, Usage
+from metaskill.lm.structured import parse_reply
 from metaskill.skills.book import Skill, SkillBook, make_skill, to_snake
 
 T = TypeVar("T")
@@ -137,10 +145,37 @@ class _TeacherLog:
                 "unparseable": self.failures, "usage": self.usage.model_dump()}
 
 
-def _request(teacher: Any, prompt: str, max_tokens: int) -> Request:
+def _request(teacher: Any, prompt: str, max_tokens: int,
+             schema: type[BaseModel] | None = None) -> Request:
     if getattr(teacher, "chat", True):
-        return Request(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens)
-    return Request(prompt=prompt.rstrip() + "\n", max_tokens=max_tokens, stop=("\n\n",))
+        return Request(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                       json_schema=schema)
+    stop = ("\n\n",) if schema is None else ()
+    return Request(prompt=prompt.rstrip() + "\n", max_tokens=max_tokens, stop=stop,
+                   json_schema=schema)
+
+
+@dataclass(frozen=True)
+class JsonAsk(Generic[T]):
+    """How :func:`ask_parsed` asks a teacher that enforces JSON schemas.
+
+    Attributes:
+        prompt: item index -> the prompt (it describes the wanted JSON).
+        model: item index -> the pydantic model the reply must fit (built per item where
+            the options differ, e.g. an enum of that item's shortlist).
+        read: (item index, parsed reply) -> value, or None when it is still unusable.
+        max_tokens: tokens per reply (enough for the longest valid reply).
+    """
+
+    prompt: Callable[[int], str]
+    model: Callable[[int], type[BaseModel]]
+    read: Callable[[int, Any], T | None]
+    max_tokens: int
+
+
+def constrained(teacher: Any) -> bool:
+    """Whether ``teacher`` enforces JSON schemas (then :class:`JsonAsk` is used)."""
+    return "json_schema" in getattr(teacher, "constraints", frozenset())
 
 
 def ask_parsed(
@@ -154,8 +189,14 @@ def ask_parsed(
     progress: bool = False,
     description: str = "asking the teacher",
     log: _TeacherLog | None = None,
+    json: JsonAsk[T] | None = None,
 ) -> list[T | None]:
     """Ask the teacher each prompt, parse each answer, and ask once more where parsing fails.
+
+    With ``json`` and a teacher that enforces schemas (:func:`constrained`), each item is
+    asked ``json.prompt(i)`` for a reply valid under ``json.model(i)`` instead (the LM
+    asks again itself where a reply breaks the schema; ``log.retries`` counts those), and
+    ``json.read`` turns the parsed reply into the value.
 
     Args:
         teacher: an LM (its cache, if any, is used for every call).
@@ -167,11 +208,15 @@ def ask_parsed(
         progress: show a progress bar.
         description: progress bar label.
         log: counts calls, tokens, retries and failures.
+        json: how to ask a teacher that enforces JSON schemas (None: always free text).
 
     Returns:
         One parsed value per prompt; None where both tries failed.
     """
     log = log or _TeacherLog()
+    if json is not None and constrained(teacher):
+        return _ask_json(teacher, len(prompts), json, batch_size=batch_size,
+                         progress=progress, description=description, log=log)
     out: list[T | None] = [None] * len(prompts)
 
     def run(indices: list[int], texts: list[str], label: str) -> list[int]:
@@ -202,6 +247,28 @@ def ask_parsed(
         texts = [retry_texts.get(i, "") for i in range(len(prompts))]
         still = run(failed, texts, f"{description} (retry)")
         log.failures += len(still)
+    return out
+
+
+def _ask_json(teacher: Any, n: int, json: JsonAsk[T], *, batch_size: int, progress: bool,
+              description: str, log: _TeacherLog) -> list[T | None]:
+    """:func:`ask_parsed` for a teacher that enforces JSON schemas (one call per item)."""
+    out: list[T | None] = [None] * n
+    models = [json.model(i) for i in range(n)]
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    for batch in _track(batches, description, progress):
+        reqs = [_request(teacher, json.prompt(i), json.max_tokens, models[i]) for i in batch]
+        for i, c in zip(batch, _complete_safely(teacher, reqs), strict=True):
+            log.calls += 1
+            if c is None:
+                log.failures += 1
+                continue
+            log.cached += int(c.cached)
+            log.retries += c.retries
+            log.usage = log.usage + c.usage
+            value, _ = parse_reply(c.text, models[i])
+            out[i] = None if value is None else _safe(json.read, i, value)  # type: ignore[arg-type]
+            log.failures += int(out[i] is None)
     return out
 
 
@@ -292,6 +359,18 @@ def parse_skill_names(text: str, max_n: int = 3) -> list[tuple[str, str]] | None
             m = re.match(r"^(.{1,80}?)\s*(?::|\s-\s|\s–\s|\s—\s)\s*(.*)$", ln)
             name, desc = (m.group(1), m.group(2)) if m else (ln, "")
             found.append((name.strip().strip("`*\"'"), desc.strip()))
+    return clean_names(found, max_n)
+
+
+def clean_names(found: Sequence[tuple[str, str]], max_n: int = 3
+                ) -> list[tuple[str, str]] | None:
+    """Usable (snake_case name, description) pairs: no sentences, no generic words such as
+    ``skill``, no duplicates; up to ``max_n``. None if none is left.
+
+    Example:
+        >>> clean_names([("Linear equations", "solve"), ("skill", ""), ("I cannot", "")])
+        [('linear_equations', 'solve')]
+    """
     out: list[tuple[str, str]] = []
     for name, desc in found:
         words = re.findall(r"[a-z0-9']+", name.lower())
@@ -350,6 +429,56 @@ def parse_choices(text: str, catalog: Sequence[str], max_n: int = 3) -> list[str
     return picks or None
 
 
+# ---- constrained replies ---------------------------------------------------------------------
+
+class NamedSkill(BaseModel):
+    """A skill a teacher names (its name is read as snake_case)."""
+
+    name: str = Field(max_length=40)
+    description: str = Field(max_length=80)
+
+
+class ClusterLabel(BaseModel):
+    """A teacher's name for a cluster of examples."""
+
+    name: str = Field(max_length=40)
+
+
+def skills_model(max_n: int) -> type[BaseModel]:
+    """``{"skills": [NamedSkill, ...]}`` with 1 to ``max_n`` entries.
+
+    Example:
+        >>> m = skills_model(2)
+        >>> m.model_validate_json('{"skills": [{"name": "a_b", "description": "x"}]}').skills
+        [NamedSkill(name='a_b', description='x')]
+    """
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "SkillNames", skills=(list[NamedSkill], Field(min_length=1, max_length=max_n)))
+
+
+def picks_model(options: Sequence[str], max_n: int) -> type[BaseModel]:
+    """``{"skills": [...]}``: 1 to ``max_n`` names, each one of ``options`` (an enum).
+
+    Example:
+        >>> picks_model(["algebra", "geometry"], 1).model_validate_json(
+        ...     '{"skills": ["geometry"]}').skills
+        ['geometry']
+    """
+    name = Literal.__getitem__(tuple(options))  # type: ignore[attr-defined]
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "SkillPicks", skills=(list[name], Field(min_length=1, max_length=max_n)))
+
+
+def _json_tokens(max_tokens: int, *, items: int, chars_per_item: int) -> int:
+    """Tokens enough for ``items`` JSON entries of ``chars_per_item`` characters (about
+    2.5 characters a token, plus the braces), or ``max_tokens`` if more."""
+    return max(max_tokens, int(items * chars_per_item / 2.5) + 16)
+
+
+def _read_names(value: Any, max_n: int) -> list[tuple[str, str]] | None:
+    return clean_names([(s.name, s.description) for s in value.skills], max_n)
+
+
 # ---- prompts ---------------------------------------------------------------------------------
 
 def _cut(text: str, n: int) -> str:
@@ -365,6 +494,18 @@ def _label_prompt(ex: Example, task_desc: str, cfg: DiscoveryConfig) -> str:
         f"Name the 1 to {cfg.max_skills} most important skills needed to solve it. "
         "Write one skill per line as `skill_name: short description`, where skill_name is "
         "two to four lowercase words joined by underscores. Write nothing else."
+    )
+
+
+def _label_json_prompt(ex: Example, task_desc: str, cfg: DiscoveryConfig) -> str:
+    ctx = f"Task: {task_desc}\n" if task_desc else ""
+    ans = f"Reference answer: {_cut(ex.answer, 200)}\n" if ex.answer else ""
+    return (
+        "You are labelling the skills a question requires.\n"
+        f"{ctx}Question:\n{_cut(ex.text, cfg.question_chars)}\n{ans}\n"
+        f"Name the 1 to {cfg.max_skills} most important skills needed to solve it. Reply "
+        'with JSON: {"skills": [{"name": "<two to four lowercase words joined by '
+        'underscores>", "description": "<short description>"}]}'
     )
 
 
@@ -387,6 +528,18 @@ def _name_prompt(members: list[str], questions: list[str]) -> str:
     )
 
 
+def _name_json_prompt(members: list[str], questions: list[str]) -> str:
+    qs = "\n".join(f"- {q}" for q in questions)
+    return (
+        "These skill names were given to similar questions:\n"
+        + ", ".join(members)
+        + (f"\nExample questions:\n{qs}" if qs else "")
+        + "\n\nGive ONE name for the shared skill and a one-sentence description. Reply "
+        'with JSON: {"skills": [{"name": "<two to four lowercase words joined by '
+        'underscores>", "description": "<one sentence>"}]}'
+    )
+
+
 def _name_retry(prompt: str) -> str:
     return prompt + "\nAnswer ONLY with one line like:\nlinear_equations: solving for x"
 
@@ -399,6 +552,16 @@ def _pick_prompt(ex: Example, options: list[Skill], cfg: DiscoveryConfig, extra:
         f"Skills:\n{lines}\n\nQuestion:\n{_cut(ex.text, cfg.question_chars)}\n{extra}\n"
         f"Which of the skills above does the question need? Answer with 1 to "
         f"{cfg.max_skills} numbers from the list, comma-separated, most important first."
+    )
+
+
+def _pick_json_prompt(ex: Example, options: list[Skill], cfg: DiscoveryConfig) -> str:
+    lines = "\n".join(f"- {s.name}: {_cut(s.description, 120)}" for s in options)
+    return (
+        f"Skills:\n{lines}\n\nQuestion:\n{_cut(ex.text, cfg.question_chars)}\n\n"
+        f"Which of the skills above does the question need? Reply with JSON: "
+        f'{{"skills": [1 to {cfg.max_skills} skill names from the list, most important '
+        f"first]}}"
     )
 
 
@@ -567,6 +730,10 @@ def discover_metacognitive(
         lambda i, t: parse_skill_names(t, cfg.max_skills), _label_retry,
         max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, progress=cfg.progress,
         description="naming skills", log=log,
+        json=JsonAsk(lambda i: _label_json_prompt(exs[i], task_description, cfg),
+                     lambda i: skills_model(cfg.max_skills),
+                     lambda i, v: _read_names(v, cfg.max_skills),
+                     _json_tokens(cfg.max_tokens, items=cfg.max_skills, chars_per_item=150)),
     )
     raw_counts: Counter[str] = Counter()
     raw_desc: dict[str, str] = {}
@@ -599,14 +766,17 @@ def discover_metacognitive(
 
     # (c) the teacher names and describes each cluster
     by_id = {e.id: e for e in exs}
-    name_prompts = []
+    shown = []
     for members in groups:
         qids = list(dict.fromkeys(i for m in members for i in raw_examples[m]))[:2]
-        name_prompts.append(_name_prompt(members[:12], [_cut(by_id[i].text, 200) for i in qids]))
+        shown.append((members[:12], [_cut(by_id[i].text, 200) for i in qids]))
     names = ask_parsed(
-        teacher, name_prompts, lambda i, t: parse_skill_names(t, 1), _name_retry,
-        max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, progress=cfg.progress,
-        description="naming clusters", log=log,
+        teacher, [_name_prompt(*x) for x in shown], lambda i, t: parse_skill_names(t, 1),
+        _name_retry, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size,
+        progress=cfg.progress, description="naming clusters", log=log,
+        json=JsonAsk(lambda i: _name_json_prompt(*shown[i]), lambda i: skills_model(1),
+                     lambda i, v: _read_names(v, 1),
+                     _json_tokens(cfg.max_tokens, items=1, chars_per_item=150)),
     )
     catalog: list[Skill] = []
     member_of: dict[str, str] = {}
@@ -672,10 +842,16 @@ def _pick_labels(
             opts = sorted(merged[: cfg.shortlist], key=names.index)
         options.append(opts)
         prompts.append(_pick_prompt(e, [by_name[n] for n in opts], cfg))
+    longest = max((len(n) for n in names), default=8)
     picks = ask_parsed(
         teacher, prompts, lambda i, t: parse_choices(t, options[i], cfg.max_skills),
         _pick_retry, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size,
         progress=cfg.progress, description="labelling examples", log=log,
+        json=JsonAsk(  # an enum of this example's shortlist
+            lambda i: _pick_json_prompt(exs[i], [by_name[n] for n in options[i]], cfg),
+            lambda i: picks_model(options[i], cfg.max_skills),
+            lambda i, v: list(dict.fromkeys(v.skills)),
+            _json_tokens(cfg.max_tokens, items=cfg.max_skills, chars_per_item=longest + 4)),
     )
     return {e.id: (picks[i] or []) for i, e in enumerate(exs)}
 
@@ -866,6 +1042,16 @@ def _cluster_name_prompt(questions: Sequence[str]) -> str:
     )
 
 
+def _cluster_name_json_prompt(questions: Sequence[str]) -> str:
+    qs = "\n".join(f"- {q}" for q in questions)
+    return (
+        f"These questions belong to one group:\n{qs}\n\n"
+        "Give the group a short name that says what its questions have in common. Reply "
+        'with JSON: {"name": "<two to four lowercase words joined by underscores, for '
+        'example questions_about_dates>"}'
+    )
+
+
 def _cluster_name_retry(prompt: str) -> str:
     return prompt + "\nAnswer ONLY with the name, for example: questions_about_dates"
 
@@ -874,11 +1060,13 @@ def _teacher_names(
     teacher: Any, clusters: Sequence[Sequence[Example]], log: _TeacherLog, progress: bool
 ) -> list[str | None]:
     """A teacher's short snake_case name per cluster (None where its reply is unusable)."""
-    prompts = [_cluster_name_prompt([_cut(e.text, 160) for e in members[:5]])
-               for members in clusters]
+    shown = [[_cut(e.text, 160) for e in members[:5]] for members in clusters]
     got = ask_parsed(
-        teacher, prompts, lambda i, t: parse_skill_names(t, 1), _cluster_name_retry,
+        teacher, [_cluster_name_prompt(qs) for qs in shown],
+        lambda i, t: parse_skill_names(t, 1), _cluster_name_retry,
         max_tokens=24, progress=progress, description="naming clusters", log=log,
+        json=JsonAsk(lambda i: _cluster_name_json_prompt(shown[i]), lambda i: ClusterLabel,
+                     lambda i, v: clean_names([(v.name, "")], 1), 32),
     )
     return [g[0][0] if g else None for g in got]
 
