@@ -157,6 +157,7 @@ def run_dspy_side(task: Any, folder: Path, url: str, args: argparse.Namespace) -
         "compile_train_limit": args.compile_train_limit, "dev_limit": args.dev_limit,
         "random_search_candidates": args.random_search_candidates,
         "max_errors": args.dspy_max_errors,
+        "memory_cache": args.dspy_memory_cache,
     }
     (folder / "dspy_config.json").write_text(json.dumps(cfg, indent=1))
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "DSPY_CACHE": "off",
@@ -611,6 +612,12 @@ def main() -> None:
     ap.add_argument("--dspy-max-errors", type=int, default=None,
                     help="DSPy's max_errors (failed calls before an evaluation halts; "
                          "DSPy's default 10)")
+    ap.add_argument("--dspy-memory-cache", action="store_true",
+                    help="turn on DSPy's in-memory LM cache (its default; off otherwise): "
+                         "KNNFewShot re-bootstraps the same neighbours for every input, "
+                         "and the cache computes each identical call once. Token and call "
+                         "counts still count every call (DSPy keeps a cached call's usage in "
+                         "its history); the cache hits are reported separately")
     ap.add_argument("--threads", type=int, default=1,
                     help="llama.cpp threads for both sides (1 is far faster on a loaded box)")
     ap.add_argument("--note", action="append", default=[],

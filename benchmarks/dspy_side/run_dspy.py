@@ -108,7 +108,8 @@ def compile_program(name: str, student: dspy.Module, train: list[dspy.Example],
 def run_one(name: str, adapter_name: str, cfg: dict[str, Any], data: dict[str, list]) -> dict:
     def make_lm(max_tokens: int) -> dspy.LM:
         return dspy.LM(f"openai/{cfg['model_alias']}", api_base=cfg["base_url"],
-                       api_key="local", temperature=0.0, max_tokens=max_tokens, cache=False,
+                       api_key="local", temperature=0.0, max_tokens=max_tokens,
+                       cache=bool(cfg.get("memory_cache")),
                        num_retries=0,
                        # litellm sends max_completion_tokens, which llama_cpp.server ignores
                        # (it then generates up to the context size); send max_tokens as well.
@@ -165,6 +166,9 @@ def run_one(name: str, adapter_name: str, cfg: dict[str, Any], data: dict[str, l
     out["infer_s"] = time.perf_counter() - t1
     out["infer_prompt_tokens"], out["infer_completion_tokens"], out["infer_calls"] = \
         usage_since(lm, mark)
+    out["memory_cache"] = bool(cfg.get("memory_cache"))
+    out["cache_hits"] = sum(bool(getattr(h.get("response"), "cache_hit", False))
+                            for h in lm.history)
     out["ids"] = [r["id"] for r in data["test"]][: len(preds)]
     out["predictions"] = preds
     out["failures"] = failures
@@ -181,7 +185,8 @@ def main() -> None:
     ap.add_argument("--config", required=True, help="JSON written by vs_dspy.py")
     args = ap.parse_args()
     cfg = json.loads(Path(args.config).read_text())
-    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    dspy.configure_cache(enable_disk_cache=False,
+                         enable_memory_cache=bool(cfg.get("memory_cache")))
     folder = Path(cfg["data_dir"])
     data = {s: read_jsonl(folder / f"{s}.jsonl") for s in ("train", "dev", "test")}
     data["train"] = data["train"][: cfg.get("compile_train_limit") or None]

@@ -34,15 +34,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from metaskill.core.errors import InvalidParameterError
 from metaskill.core.types import Completion, Request
-
-if TYPE_CHECKING:
-    from metaskill.lm.base import LM
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -186,7 +183,7 @@ def parse_reply(text: str, model: type[T]) -> tuple[T | None, str | None]:
 
 
 def complete_structured(
-    lm: LM, requests: Sequence[Request], model: type[T], *, cache: bool = True
+    lm: Any, requests: Sequence[Request], model: type[T], *, cache: bool = True
 ) -> list[Structured[T]]:
     """Ask each request for a reply that parses into ``model``.
 
@@ -195,7 +192,7 @@ def complete_structured(
     text and the replies are parsed leniently (``Structured.constrained`` is False).
 
     Args:
-        lm: the model.
+        lm: the model (an :class:`~metaskill.lm.base.LM`).
         requests: the requests (their prompts should also describe the wanted JSON).
         model: the pydantic model each reply must parse into.
         cache: passed to :meth:`LM.complete`.
