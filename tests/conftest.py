@@ -16,6 +16,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``sandbox`` run code under bubblewrap: skip them, saying why, where it
+    cannot run (``.ci/run`` and ``make test`` install the Debian package)."""
+    if item.get_closest_marker("sandbox") is not None:
+        from metaskill.tasks.sandbox import bwrap_problem
+
+        why = bwrap_problem()
+        if why is not None:
+            pytest.skip(why)
+
+
 @pytest.fixture
 def tmp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh METASKILL_HOME for this test (cache, runs, skills live under it)."""

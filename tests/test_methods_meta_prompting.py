@@ -76,6 +76,7 @@ def free_text_lm(script) -> ScriptedLM:
 
 
 @pytest.mark.parametrize("structured", [True, False])
+@pytest.mark.sandbox
 def test_expert_python_and_fallback(structured: bool) -> None:
     lm = ScriptedLM(model) if structured else free_text_lm(model)
     s = MetaPromptingSolver(lm, ZeroShot(lm), max_rounds=4, max_expert_calls=3)
@@ -154,6 +155,7 @@ def test_json_demanded_final_reply_may_only_be_an_answer() -> None:
     assert a.meta["lm_calls"] == 1 + 1 + 1 + 2 + 1
 
 
+@pytest.mark.sandbox
 def test_python_can_be_switched_off_and_is_sandboxed() -> None:
     lm = free_text_lm(model)
     s = MetaPromptingSolver(lm, ZeroShot(lm), allow_python=False, max_rounds=2)
@@ -169,6 +171,7 @@ def test_python_can_be_switched_off_and_is_sandboxed() -> None:
     assert "exit" in out  # the sandbox refuses sockets
 
 
+@pytest.mark.sandbox
 def test_fit_report_round_trip_and_bad_options() -> None:
     lm = ScriptedLM(model)
     result = fit_chain(ZeroShot(lm), task(), [], QS, [("meta_prompting", {"max_rounds": 3})])

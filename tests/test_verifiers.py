@@ -179,6 +179,7 @@ def test_contains() -> None:
 # -------------------------------------------------------------------------- code ------
 
 
+@pytest.mark.sandbox
 def test_run_code_basic_stdin_and_files() -> None:
     r = run_code("import sys; print(sys.stdin.read()[::-1]); print(open('data.txt').read())",
                  timeout_s=10, stdin="abc", files={"data.txt": "hello"})
@@ -186,6 +187,7 @@ def test_run_code_basic_stdin_and_files() -> None:
     assert {"tempdir", "rlimits", "audit-hook", "python-isolated"} <= set(r.isolation)
 
 
+@pytest.mark.sandbox
 def test_run_code_wall_time_limit() -> None:
     r = run_code("import time\ntime.sleep(30)", timeout_s=1)
     assert r.timed_out and not r.ok and r.duration_s < 10
@@ -193,6 +195,7 @@ def test_run_code_wall_time_limit() -> None:
     assert r.timed_out and r.summary() == "timed out"
 
 
+@pytest.mark.sandbox
 def test_run_code_memory_limit() -> None:
     r = run_code("x = bytearray(1024 * 1024 * 1024)\nprint('allocated')", timeout_s=10,
                  mem_mb=200)
@@ -201,6 +204,7 @@ def test_run_code_memory_limit() -> None:
     assert ok.ok and ok.stdout.strip() == str(20 * 1024 * 1024)
 
 
+@pytest.mark.sandbox
 def test_run_code_cannot_write_outside_its_directory(tmp_path: Path) -> None:
     target = tmp_path / "owned.txt"
     r = run_code(f"open({str(target)!r}, 'w').write('x')", timeout_s=10)
@@ -217,6 +221,7 @@ def test_run_code_cannot_write_outside_its_directory(tmp_path: Path) -> None:
     assert r.ok and r.stdout.strip() == "ok"
 
 
+@pytest.mark.sandbox
 def test_run_code_no_processes_no_network_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     marker = Path("/tmp") / f"metaskill-sandbox-marker-{os.getpid()}"
     r = run_code(f"import os\nos.system('touch {marker}')", timeout_s=10)
@@ -231,6 +236,7 @@ def test_run_code_no_processes_no_network_no_secrets(monkeypatch: pytest.MonkeyP
     assert r.ok and "METASKILL_SECRET_TOKEN" not in r.stdout
 
 
+@pytest.mark.sandbox
 def test_run_code_network_namespace_where_available() -> None:
     prefix = network_isolation_prefix()
     if not prefix:
@@ -240,6 +246,7 @@ def test_run_code_network_namespace_where_available() -> None:
     assert "netns" in r.isolation and r.ok
 
 
+@pytest.mark.sandbox
 def test_code_verifier_tests_and_stdout() -> None:
     v = CodeVerifier(timeout_s=10)
     out = "Here you go:\n```python\ndef add(a, b):\n    return a + b\n```"
