@@ -1,4 +1,5 @@
-"""CLI verbs of parametric self-improvement: ``train`` (LoRA SFT) and ``evolve`` (SELF).
+"""CLI verbs of self-improvement: ``train`` (LoRA SFT) and the ``evolve`` group (``self``:
+SELF rounds; ``archive`` / ``show``: :mod:`metaskill.cli.evolve_cmds`).
 
 Examples::
 
@@ -6,7 +7,8 @@ Examples::
         --steps 150 --out runs/reverse
     metaskill train --out runs/reverse          # resume: finished stages are not redone
     metaskill train --task math -o path=DIR --method stat-sel --profile profile.json
-    metaskill evolve --task reasoning_gym -o dataset=spell_backward --rounds 3 --out runs/self
+    metaskill evolve self --task reasoning_gym -o dataset=spell_backward --rounds 3 --out runs/self
+    metaskill evolve archive --task sst2 --model local --budget-calls 2000 --out runs/arch
 
 A run directory holds ``run.json`` (the arguments), ``stages/*.json`` (each finished stage,
 keyed by a hash of its inputs), the training data (``data.jsonl``), the adapter (PEFT
@@ -203,14 +205,36 @@ def _dev_accuracy(solver: Any, task: Any, dev: list[Any]) -> dict[str, Any]:
             "accuracy": run.accuracy}
 
 
+class _EvolveGroup(typer.core.TyperGroup):
+    """The ``evolve`` group; its old spelling (``evolve --task T --rounds N``, options
+    straight after ``evolve``) still runs ``evolve self``, with a one-line notice."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0].startswith("-") and args[0] not in ("--help", "-h"):
+            typer.echo("notice: `metaskill evolve --task ...` is now `metaskill evolve self "
+                       "--task ...` (SELF rounds); the old spelling still works.", err=True)
+            args = ["self", *args]
+        return super().parse_args(ctx, args)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train`` (and ``evolve``, when SELF is available) to the command line."""
+    """Add ``train`` and the ``evolve`` group (``self`` when SELF is available,
+    ``archive``, ``show``) to the command line."""
+    from metaskill.cli.evolve_cmds import archive_cmd, show_cmd
+
     app.command("train")(train_cmd)
+    group = typer.Typer(cls=_EvolveGroup, no_args_is_help=True,
+                        help="Self-improvement searches: SELF rounds (self), an archive of "
+                        "Solvers in the manner of the Darwin Gödel Machine (archive, show).")
     try:
         from metaskill.methods import self_evolve  # noqa: F401
     except ImportError:
-        return
-    app.command("evolve")(evolve_cmd)
+        pass
+    else:
+        group.command("self")(evolve_cmd)
+    group.command("archive")(archive_cmd)
+    group.command("show")(show_cmd)
+    app.add_typer(group, name="evolve")
 
 
 def evolve_cmd(

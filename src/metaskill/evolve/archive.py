@@ -462,15 +462,20 @@ def _mean(node: Node, examples: list[Example]) -> float:
     return node.subset_score([e.id for e in examples]) or 0.0
 
 
-def _propose(parent: Node, s: _Search, rng: random.Random
+def _propose(parent: Node, s: _Search, rng: random.Random, seen: set[str]
              ) -> tuple[str, Child | Exception]:
     """A mutation kind drawn uniformly among those that apply, and its child (or the
-    exception it raised). Raises NotApplicable when no kind applies."""
+    exception it raised). A kind that does not apply, or whose child repeats a recipe in
+    ``seen`` (an archive node's), is dropped for another. Raises NotApplicable when no
+    kind is left."""
     kinds = [k for k in s.config.mutations if k in s.mutations]
     while kinds:
         kind = rng.choice(kinds)
         try:
-            return kind, s.mutations[kind](parent, s.ctx, rng)
+            child = s.mutations[kind](parent, s.ctx, rng)
+            if child.recipe.fingerprint() in seen:
+                raise NotApplicable("a recipe the archive holds")
+            return kind, child
         except NotApplicable:
             kinds.remove(kind)
         except Exception as e:
@@ -495,8 +500,9 @@ def make_child(child_id: int, s: _Search, nodes: list[Node]) -> Node | None:
     s.ctx.pick_other = lambda pid, r: by_id.get(choose(probs, r, exclude=pid) or -1)
     t0 = time.monotonic()
     node = Node(id=child_id, parent=parent.id, kind="?", status="invalid")
+    seen = {n.recipe.fingerprint() for n in nodes if n.status != "invalid"}
     try:
-        node.kind, child = _propose(parent, s, rng)
+        node.kind, child = _propose(parent, s, rng, seen)
     except NotApplicable:
         return None
     if isinstance(child, Exception):  # recorded with its reason, never retried
@@ -511,12 +517,7 @@ def make_child(child_id: int, s: _Search, nodes: list[Node]) -> Node | None:
                      "completion_tokens": child.completion_tokens})
     node.recipe_diff = json_diff(parent.recipe.model_dump(mode="json"),
                                  child.recipe.model_dump(mode="json"))
-    twin = next((n for n in nodes if n.status != "invalid"
-                 and n.recipe.fingerprint() == child.recipe.fingerprint()), None)
-    if twin is not None:
-        node.reason = f"the same recipe as node {twin.id}"
-    else:
-        _build_and_score(node, parent, child, s, t0)
+    _build_and_score(node, parent, child, s, t0)
     node.wall_s = time.monotonic() - t0
     return node
 
