@@ -266,6 +266,17 @@ def tunable_fields(target: str, ctx: MutationContext) -> dict[str, FieldInfo]:
     return out
 
 
+def _root_accepts(ctx: MutationContext, base: dict[str, Any]) -> bool:
+    """Whether the root Solver's kind builds from these state changes (no LM needed)."""
+    from metaskill.eval.solvers import SOLVERS
+
+    try:
+        SOLVERS.get(ctx.root_kind).from_state(dict(base), None)
+    except MetaskillError:
+        return False
+    return True
+
+
 def tweak_config(parent: Node, ctx: MutationContext, rng: random.Random) -> Child:
     """Set one config field (of the root Solver or of a chained method) to another value
     inside the bounds its pydantic schema declares."""
@@ -282,6 +293,8 @@ def tweak_config(parent: Node, ctx: MutationContext, rng: random.Random) -> Chil
             value = new_value(info, current, rng)
         except NotApplicable:
             continue
+        if target == "base" and not _root_accepts(ctx, {**recipe.base, name: value}):
+            continue  # inside the schema, but the root kind refuses it (zero-shot's k)
         where[name] = value
         return Child("tweak_config", f"{target}.{name}: {current!r} -> {value!r}", recipe)
     raise NotApplicable("no tunable field")
