@@ -79,6 +79,26 @@ def test_grammar_mask_feeds_new_tokens_and_masks_the_rest() -> None:
     assert left.nonzero().flatten().tolist() == [5]  # a matcher in error: only end the reply
 
 
+class _Inner(BaseModel):
+    properties: int  # a field named like the keyword stays a field
+
+
+class _Outer(BaseModel):
+    inner: _Inner
+    tags: dict[str, int]
+
+
+def test_closed_objects_closes_every_object_with_properties() -> None:
+    schema = _Outer.model_json_schema()
+    closed = hf.closed_objects(schema)
+    assert closed["additionalProperties"] is False
+    inner = closed["$defs"]["_Inner"]
+    assert inner["additionalProperties"] is False and set(inner["properties"]) == {"properties"}
+    assert closed["properties"]["tags"]["additionalProperties"] == {"type": "integer"}
+    assert "additionalProperties" not in schema  # the caller's schema is not changed
+    assert hf.closed_objects({"type": "object"}) == {"type": "object"}  # any object stays open
+
+
 class Review(BaseModel):
     sentiment: Literal["positive", "negative"]
     stars: int = Field(ge=1, le=5)

@@ -98,6 +98,32 @@ whitespace (a small model otherwise pads with newlines); keywords it cannot enfo
 left to :meth:`LM.complete`'s validation. A schema's own ``x-guidance`` overrides these."""
 
 
+def closed_objects(schema: Any) -> Any:
+    """A copy of a JSON schema where objects with ``properties`` and no
+    ``additionalProperties`` allow no other keys -- llama.cpp's rule, so both local
+    backends give the same replies' shape (a small model otherwise invents keys).
+
+    Example:
+        >>> closed_objects({"type": "object", "properties": {"ok": {"type": "boolean"}}})
+        {'type': 'object', 'properties': {'ok': {'type': 'boolean'}}, 'additionalProperties': False}
+    """
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in ("properties", "$defs", "definitions", "patternProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = {k: closed_objects(v) for k, v in out[key].items()}
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        if isinstance(out.get(key), list):
+            out[key] = [closed_objects(v) for v in out[key]]
+    for key in ("items", "additionalProperties", "not", "if", "then", "else"):
+        if isinstance(out.get(key), dict):
+            out[key] = closed_objects(out[key])
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
 class GrammarMask:
     """A transformers logits processor that keeps only the tokens a grammar allows.
 
@@ -407,8 +433,12 @@ class HFLM(LM):
                     self.tokenizer, eos_token=self._eos_ids or None)
             what = "JSON schema" if key[0] == "json_schema" else "grammar"
             try:
-                grammar = (llguidance.LLMatcher.grammar_from_json_schema(key[1], dict(JSON_STYLE))
-                           if key[0] == "json_schema" else llguidance.grammar_from("gbnf", key[1]))
+                if key[0] == "json_schema":
+                    schema = json.dumps(closed_objects(json.loads(key[1])))
+                    grammar = llguidance.LLMatcher.grammar_from_json_schema(
+                        schema, dict(JSON_STYLE))
+                else:
+                    grammar = llguidance.grammar_from("gbnf", key[1])
             except ValueError as e:
                 raise InvalidParameterError(
                     f"llguidance cannot compile the {what}: {str(e).splitlines()[0]}") from None

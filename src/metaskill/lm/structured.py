@@ -6,7 +6,8 @@ constraint, which the backend enforces while decoding:
 
 * ``json_schema`` -- the llama backend compiles it to a llama.cpp grammar; the openai
   backend sends it as ``response_format`` (OpenAI, vLLM and llama.cpp servers accept it);
-  the hf backend enforces it with xgrammar (the ``structured`` extra).
+  the hf backend enforces it, and grammars too, with llguidance (the ``structured`` extra;
+  without it ``HFLM.constraints`` is empty).
 * ``grammar`` -- a GBNF grammar (llama.cpp syntax), e.g. :func:`choice_grammar` for "the
   reply is one of these strings".
 
