@@ -126,3 +126,16 @@ def test_llama_grammar_path_with_the_embedded_model(local_lm):
     assert not all(c.text in choices for c in local_lm.complete(free))
     with pytest.raises(InvalidParameterError, match="cannot compile the grammar"):
         local_lm.complete([Request(prompt="x", grammar="root ::= (")])
+
+
+@pytest.mark.slow
+def test_property_order_is_the_order_the_reply_writes(local_lm):
+    class ReasonFirst(BaseModel):
+        reason: str = Field(max_length=40)
+        correct: bool
+
+    out = complete_structured(local_lm, [Request(
+        messages=[{"role": "user", "content": "Is 2 + 2 = 5? Reply in JSON."}],
+        max_tokens=64)], ReasonFirst)
+    assert out[0].value is not None, out[0].text
+    assert out[0].text.index('"reason"') < out[0].text.index('"correct"')

@@ -42,8 +42,9 @@ class Request(BaseModel):
         n: number of samples.
         choices: if given, the answer is constrained to one of these strings, chosen by
             log-likelihood with :meth:`LM.score`.
-        json_schema: if given, the reply must be JSON valid under this schema (canonical
-            JSON text; a dict or a pydantic model class is accepted and converted). Local
+        json_schema: if given, the reply must be JSON valid under this schema (compact
+            JSON text, keys in their given order -- the order the reply's fields are
+            written in; a dict or a pydantic model class is accepted and converted). Local
             backends enforce it while decoding (llama.cpp grammars), servers get it as
             ``response_format``; :meth:`LM.complete` validates every reply, asks once more
             where one is invalid and marks a reply still invalid ``finish_reason="invalid"``.
@@ -84,7 +85,9 @@ class Request(BaseModel):
         if not isinstance(v, dict):
             raise ValueError("must be a JSON object (a dict, JSON text or a "
                              "pydantic model class).")
-        return json.dumps(v, sort_keys=True, separators=(",", ":"))
+        # keys keep their order: a schema's property order is the order the reply is
+        # written in (e.g. reasoning before the verdict)
+        return json.dumps(v, separators=(",", ":"))
 
     @field_validator("messages", mode="before")
     @classmethod

@@ -49,11 +49,12 @@ CONSTRAINTS = ("json_schema", "grammar")
 
 
 def schema_text(schema: type[BaseModel] | dict[str, Any] | str) -> str:
-    """The canonical JSON text of a JSON schema (what ``Request.json_schema`` holds).
+    """The compact JSON text of a JSON schema (what ``Request.json_schema`` holds); keys keep
+    their order, since property order is the order a constrained reply writes its fields.
 
     Example:
-        >>> schema_text({"type": "object", "properties": {"a": {"type": "integer"}}})
-        '{"properties":{"a":{"type":"integer"}},"type":"object"}'
+        >>> schema_text({"type": "object", "properties": {"b": {"type": "integer"}, "a": {}}})
+        '{"type":"object","properties":{"b":{"type":"integer"},"a":{}}}'
     """
     r = Request(prompt=".", json_schema=schema)  # type: ignore[arg-type]
     assert r.json_schema is not None
@@ -115,7 +116,7 @@ def extract_json(text: str) -> str | None:
 
 
 def schema_error(schema: str, text: str) -> str | None:
-    """Why ``text`` is not JSON valid under ``schema`` (canonical JSON text), or None if it is.
+    """Why ``text`` is not JSON valid under ``schema`` (JSON text), or None if it is.
 
     Validation uses the ``jsonschema`` library (Draft 2020-12, pydantic's dialect).
 
