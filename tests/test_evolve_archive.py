@@ -388,11 +388,13 @@ def test_real_model_small_archive(tmp_path: Path) -> None:
     task = get_task("sst2")
     lm = load_lm("local", cache=Cache(tmp_path / "cache.sqlite"))
     cfg = EvolveConfig(mutations=("self_modify", "prompt_format", "tweak_config"),
-                       stage_size=4, max_children=3, max_calls=60)
+                       stage_size=4, max_children=2, max_calls=60, mutator_max_tokens=200)
     arch = evolve(ZeroShot(lm, max_tokens=8), task, task.splits["train"][:20],
                   task.splits["dev"][:8], cfg, out=tmp_path / "arch")
     nodes = arch.nodes()
-    assert 2 <= len(nodes) <= 4 and nodes[0].n_scored == 8
+    for n in nodes:
+        print(n.id, n.kind, n.status, n.score, n.lm_calls, n.reason[:120], n.description[:80])
+    assert 2 <= len(nodes) <= 3 and nodes[0].n_scored == 8
     assert all(n.status in ("valid", "pruned", "invalid") for n in nodes)
     assert all(n.reason for n in nodes if n.status != "valid")
     best = arch.best()
