@@ -294,3 +294,22 @@ def test_real_model_on_bigbench_odd_one_out(local_lm) -> None:
         assert all(a.meta["constrained"] for a in gen)
         # the grammar holds the reply to exactly one of the example's choices
         assert all(a.output in e.metadata["choices"] for a, e in zip(gen, test, strict=True))
+
+
+def test_bigbench_choices_are_shuffled_so_their_order_gives_nothing_away() -> None:
+    from metaskill.tasks.bigbench import load_bigbench
+
+    if not (BIGBENCH / "cause_and_effect").exists():
+        pytest.skip("BIG-bench data not present")
+    # the JSON lists the correct choice first in every cause_and_effect example
+    pool = [e for s in ("train", "dev", "test")
+            for e in load_bigbench(path=str(BIGBENCH / "cause_and_effect")).examples(s)]
+    places = [e.metadata["choices"].index(e.answer) for e in pool]
+    assert 0.3 < sum(p == 0 for p in places) / len(places) < 0.7
+    again = load_bigbench(path=str(BIGBENCH / "cause_and_effect"))
+    assert [e.metadata["choices"] for e in again.examples("test")] == [
+        e.metadata["choices"] for e in pool if e.id in {x.id for x in again.examples("test")}]
+    listed = [e for e in pool if "choice:" in e.input]  # one subtask lists no choices
+    assert listed
+    for e in listed:  # the prompt lists the choices in their shuffled order
+        assert "".join(f"\n  choice: {c}" for c in e.metadata["choices"]) in e.input

@@ -8,8 +8,10 @@ match after normalization, or by the task's ``output_regex`` where it has one.
 Prompt format follows BIG-bench's JSON-task defaults: ``task_prefix`` becomes the
 instructions; each example is ``example_input_prefix`` (default ``"Q: "``) + input, the
 choices as ``"\\n  choice: X"`` lines unless ``append_choices_to_input`` is false, then
-``example_output_prefix`` (default ``"\\nA:"``). Choices keep the order of the JSON file
-(BIG-bench shuffles them; we don't, so the split is reproducible without its RNG).
+``example_output_prefix`` (default ``"\\nA:"``). Choices are shuffled per example with a
+fixed seed (``random.Random("choices:<subtask>:<n>")``), as BIG-bench shuffles them: the
+JSON files list the correct choice in a fixed place (last in ``arithmetic``, first in
+``cause_and_effect``), which a few demonstrations would otherwise give away.
 
 Split protocol: the examples of all subtasks (sorted by folder name, then in file order)
 form one pool with ids ``"<subtask>:<1-based example number>"``; the pool is permuted
@@ -24,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -154,9 +157,11 @@ def load_bigbench(
                 top = max(scores.values())
                 best = [c for c, s in scores.items() if s == top]
                 answer = best[0]
-                meta.update(choices=list(scores), target_scores=scores, answers=best)
+                choices = list(scores)
+                random.Random(f"choices:{name}:{i + 1}").shuffle(choices)
+                meta.update(choices=choices, target_scores=scores, answers=best)
                 if append:
-                    text += "".join(f"\n  choice: {c}" for c in scores)
+                    text += "".join(f"\n  choice: {c}" for c in choices)
             else:
                 target = e["target"]
                 targets = [str(x) for x in target] if isinstance(target, list) else [str(target)]
@@ -200,7 +205,7 @@ def load_bigbench(
     root = str(parent.get("name") or Path(path).name or "bigbench")
     name = "bigbench_" + re.sub(r"[^0-9a-z]+", "_", root.lower()).strip("_")
     return Task(
-        name=name, version="1",
+        name=name, version="2",
         description=str(parent.get("description") or found[0][2].get("description") or ""),
         splits=splits, template=template, instructions=instructions, kind=kind,
         verifier=verifier,
