@@ -98,10 +98,10 @@ def teacher_script(prompt: str, request) -> str:
                          and "You are labelling" in prompt):
         return "I am sorry, I cannot help with that."
     if "You are labelling the skills" in prompt:
-        pairs = ([("Number addition", "adding two numbers"),
+        pairs = ([("number_addition", "adding two numbers"),
                   ("adding_numbers_mentally", "in the head")] if "plus" in q else
-                 [("word sorting", "ordering words"),
-                  ("sorting words alphabetically", "the alphabet")])
+                 [("word_sorting", "ordering words"),
+                  ("sorting_words_alphabetically", "the alphabet")])
         return json.dumps({"skills": [{"name": n, "description": d} for n, d in pairs]})
     if "These skill names were given" in prompt:
         pair = (("adding_numbers", "adding whole numbers together")
@@ -118,6 +118,19 @@ def free_text(lm: ScriptedLM) -> ScriptedLM:
     """The LM as a backend that enforces no schema (the free-text path)."""
     lm.constraints = frozenset()
     return lm
+
+
+def test_constrained_names_are_snake_case_by_schema():
+    from metaskill.skills.discover import ClusterLabel, skills_model
+
+    with pytest.raises(ValueError):  # the schema's pattern: not a sentence, not Title Case
+        ClusterLabel.model_validate_json('{"name": "I cannot name this"}')
+    m = skills_model(2)
+    v = m.model_validate_json('{"skills": [{"name": "skill", "description": ""}, '
+                              '{"name": "place_value", "description": "digits"}]}')
+    from metaskill.skills.discover import _read_names
+
+    assert _read_names(v, 2) == [("place_value", "digits")]  # generic names dropped
 
 
 def test_parsers():
@@ -391,7 +404,7 @@ def test_teacher_names_clusters_without_labels():
         if "These questions belong to one group" not in prompt:
             return "unexpected"
         if "apple" in prompt:
-            return ('{"name": "Fruit salad questions"}' if request.json_schema
+            return ('{"name": "fruit_salad_questions"}' if request.json_schema
                     else "Fruit salad questions")
         return "I am sorry, I cannot name this."  # unusable, also on the retry
 

@@ -431,17 +431,21 @@ def parse_choices(text: str, catalog: Sequence[str], max_n: int = 3) -> list[str
 
 # ---- constrained replies ---------------------------------------------------------------------
 
-class NamedSkill(BaseModel):
-    """A skill a teacher names (its name is read as snake_case)."""
+#: A skill name as the schema allows it: one to four lowercase words joined by underscores.
+NAME_PATTERN = r"^[a-z]+(_[a-z]+){0,3}$"
 
-    name: str = Field(max_length=40)
+
+class NamedSkill(BaseModel):
+    """A skill a teacher names (snake_case by the schema)."""
+
+    name: str = Field(max_length=40, pattern=NAME_PATTERN)
     description: str = Field(max_length=80)
 
 
 class ClusterLabel(BaseModel):
     """A teacher's name for a cluster of examples."""
 
-    name: str = Field(max_length=40)
+    name: str = Field(max_length=40, pattern=NAME_PATTERN)
 
 
 def skills_model(max_n: int) -> type[BaseModel]:
@@ -476,7 +480,13 @@ def _json_tokens(max_tokens: int, *, items: int, chars_per_item: int) -> int:
 
 
 def _read_names(value: Any, max_n: int) -> list[tuple[str, str]] | None:
-    return clean_names([(s.name, s.description) for s in value.skills], max_n)
+    """The names of a constrained reply: already snake_case (the schema's pattern), so
+    only generic words (``skill``, ``answer`` ...) and repeats are dropped."""
+    out: list[tuple[str, str]] = []
+    for s in value.skills:
+        if s.name not in _GENERIC and s.name not in [n for n, _ in out]:
+            out.append((s.name, s.description))
+    return out[:max_n] or None
 
 
 # ---- prompts ---------------------------------------------------------------------------------
@@ -1066,7 +1076,7 @@ def _teacher_names(
         lambda i, t: parse_skill_names(t, 1), _cluster_name_retry,
         max_tokens=24, progress=progress, description="naming clusters", log=log,
         json=JsonAsk(lambda i: _cluster_name_json_prompt(shown[i]), lambda i: ClusterLabel,
-                     lambda i, v: clean_names([(v.name, "")], 1), 32),
+                     lambda i, v: None if v.name in _GENERIC else [(v.name, "")], 32),
     )
     return [g[0][0] if g else None for g in got]
 
