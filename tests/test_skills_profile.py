@@ -67,6 +67,10 @@ def _book(task: Task) -> SkillBook:
 
 
 def _teacher_script(prompt: str, request) -> str:
+    if request.json_schema is not None:  # a teacher that enforces JSON schemas
+        if "Which 1 to 3 of these skills" not in prompt or "Sort:" in prompt:
+            return "I really could not say."  # breaks the schema, also on the retry
+        return '{"skills": ["multiplication", "carrying"]}'
     if "Which 1 to 3 skills" not in prompt:
         return "?"
     nums = {m.group(2): m.group(1) for m in re.finditer(r"^(\d+)\. (\w+):", prompt, re.M)}
@@ -89,10 +93,17 @@ def test_profile_without_teacher_uses_labels():
     assert [s.skill for s in p.weakest()] == ["multiplication", "sorting", "addition"]
 
 
-def test_profile_with_teacher_and_book(tmp_path):
+class FreeTextLM(ScriptedLM):
+    """A teacher backend without JSON-schema support: the free-text path."""
+
+    constraints = frozenset()
+
+
+@pytest.mark.parametrize("teacher_cls", [ScriptedLM, FreeTextLM], ids=["json", "free_text"])
+def test_profile_with_teacher_and_book(tmp_path, teacher_cls):
     task = _task()
     book = _book(task)
-    teacher = ScriptedLM(_teacher_script)
+    teacher = teacher_cls(_teacher_script)
     p = build_profile(ZeroShot(MODEL), task, book=book, teacher=teacher, config=CFG)
     by_id = {d.example_id: d for d in p.difficult}
     assert by_id["d3"].missing == ["multiplication", "carrying"]

@@ -51,13 +51,18 @@ from metaskill.core.readers import read_json
 from metaskill.core.types import Example, Request
 from metaskill.skills.book import SkillBook, to_snake
 from metaskill.skills.discover import (
+    JsonAsk,
     _cut,
+    _json_tokens,
     _pick_retry,
+    _read_names,
     _TeacherLog,
     _track,
     ask_parsed,
     parse_choices,
     parse_skill_names,
+    picks_model,
+    skills_model,
 )
 
 SCHEMA_VERSION = 1
@@ -313,6 +318,45 @@ def _missing_prompt(question: str, output: str, reference: str | None,
     )
 
 
+def _missing_json_prompt(question: str, output: str, reference: str | None,
+                         options: list[str], max_missing: int) -> str:
+    ref = f"Reference answer: {_cut(reference, 200)}\n" if reference else ""
+    head = (f"A student answered this question incorrectly.\nQuestion:\n{_cut(question, 700)}"
+            f"\nStudent's answer: {_cut(output, 300)}\n{ref}\n")
+    if options:
+        return (head + f"Skills: {', '.join(options)}\nWhich 1 to {max_missing} of these "
+                "skills is the student missing? Reply with JSON: "
+                '{"skills": [skill names from the list, most important first]}')
+    return (head + f"Name the 1 to {max_missing} skills the student is missing. Reply with "
+            'JSON: {"skills": [{"name": "snake_case_name", "description": "one sentence"}]}')
+
+
+def _missing_json(difficult: list[Any], by_id: dict[str, Example], options: list[list[str]],
+                  cfg: ProfileConfig) -> JsonAsk[list[str]]:
+    """The constrained ask for missing skills: an enum of each example's shortlist, or
+    free snake_case names where there is no catalog."""
+
+    def prompt(i: int) -> str:
+        r = difficult[i]
+        ex = by_id[r.example_id]
+        return _missing_json_prompt(ex.text, r.output, ex.answer, options[i], cfg.max_missing)
+
+    def model(i: int) -> type[BaseModel]:
+        if options[i]:
+            return picks_model(options[i], cfg.max_missing)
+        return skills_model(cfg.max_missing)
+
+    def read(i: int, value: Any) -> list[str] | None:
+        if options[i]:
+            return list(dict.fromkeys(value.skills)) or None
+        got = _read_names(value, cfg.max_missing)
+        return [n for n, _ in got] if got else None
+
+    longest = max((len(o) for opts in options for o in opts), default=40)
+    return JsonAsk(prompt, model, read, _json_tokens(cfg.max_tokens, items=cfg.max_missing,
+                                                     chars_per_item=longest + 4))
+
+
 def _shortlist(book: SkillBook | None, catalog: list[tuple[str, str]], ex: Example,
                own: list[str], n: int) -> list[tuple[str, str]]:
     if len(catalog) <= n:
@@ -427,7 +471,8 @@ def build_profile(
 
         named = ask_parsed(teacher, prompts, parse, _pick_retry, max_tokens=cfg.max_tokens,
                            batch_size=cfg.batch_size, progress=cfg.progress,
-                           description="naming missing skills", log=log)
+                           description="naming missing skills", log=log,
+                           json=_missing_json(difficult, by_id, options, cfg))
     hard: list[DifficultExample] = []
     for r, got in zip(difficult, named, strict=True):
         ex = by_id[r.example_id]
