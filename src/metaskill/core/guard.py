@@ -92,7 +92,8 @@ def _texts(examples: Iterable[Example], render: Callable[[Example], str] | None)
 
 def make_guard(owner: str, test: Iterable[Example], others: Iterable[Example] = (),
                render: Callable[[Example], str] | None = None) -> FitGuard:
-    """A :class:`FitGuard` for ``test``; inputs that also occur in ``others`` are not matched.
+    """A :class:`FitGuard` for ``test``; inputs that also occur in ``others``, or inside an
+    input of ``others``, are not matched as text (their ids still are).
 
     Example:
         >>> from metaskill.core.types import Example
@@ -100,10 +101,17 @@ def make_guard(owner: str, test: Iterable[Example], others: Iterable[Example] = 
         ...                [Example(id="d", input="same text in both splits")])
         >>> g.test_ids, g.test_texts
         (frozenset({'t'}), ())
+        >>> make_guard("m", [Example(id="t", input="turn left twice")],
+        ...            [Example(id="d", input="Go on: turn left twice. Then stop.")]).test_texts
+        ()
     """
     test, others = list(test), list(others)
     shared = _texts(others, render)
-    texts = sorted(_texts(test, render) - shared, key=len, reverse=True)
+    # a test input that is also an input of another split, or occurs inside one (BIG-bench
+    # navigate's instruction lists nest), cannot tell a leak from legitimate use
+    pool = "\n\x00\n".join(sorted(shared))
+    texts = sorted((t for t in _texts(test, render) - shared
+                    if not (t in pool and _bounded(pool, t))), key=len, reverse=True)
     other_ids = {e.id for e in others}
     return FitGuard(owner=owner, test_ids=frozenset(e.id for e in test) - other_ids,
                     test_texts=tuple(texts))

@@ -214,7 +214,8 @@ def choice_request(lm: Any, task: Any, example: Example, request: Request,
     constraint. The grammar is :func:`metaskill.lm.structured.choice_grammar` of the choices,
     after a space for a plain-completion prompt (the template ends with ``A:``, as
     ``task.demo`` writes answers); ``max_tokens`` is raised, where needed, to the longest
-    choice's tokens plus 4. Returns the request and whether it is constrained.
+    choice's length in bytes plus 4 (a grammar may spell a choice a byte a token; the reply
+    ends with the grammar anyway). Returns the request and whether it is constrained.
 
     Example:
         >>> from types import SimpleNamespace as NS
@@ -231,8 +232,9 @@ def choice_request(lm: Any, task: Any, example: Example, request: Request,
             or request.choices is not None or request.constrained):
         return request, False
     choices = [str(c) for c in choices]
-    count = getattr(lm, "count_tokens", lambda s: max(1, len(s) // 4))
-    need = max(count(" " + c) for c in choices) + 4
+    # a grammar lets the model spell a choice in any tokenization, down to one byte a
+    # token, so the budget is the longest choice in bytes (generation ends with the grammar)
+    need = max(len((" " + c).encode("utf-8")) for c in choices) + 4
     fields = dict(request)
     fields["grammar"] = choice_grammar(choices, prefix="" if request.messages else " ")
     fields["max_tokens"] = max(request.max_tokens, need)
