@@ -177,8 +177,9 @@ def report(results: dict[str, dict], meta: dict[str, Any]) -> str:
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}; {meta['cores']} cores ({meta['cpu']}); llama.cpp threads: "
         f"{meta['threads']}; model: {meta['model']} (embedded, LM cache off); embedder: "
-        "all-MiniLM-L6-v2. Wall time of the whole run: "
-        f"{meta['wall_min']:.1f} min.",
+        f"all-MiniLM-L6-v2. Wall time of this pass: {meta['wall_min']:.1f} min (rows stored "
+        "by an earlier pass under the work folder are reused, not re-run; each row's own "
+        "seconds are in its table).",
         "",
         "Data: every task folder under `../shared/data/bigbench/tasks` whose examples carry "
         "`target_scores`, loaded as multiple choice with the loader's default seeded split; "
@@ -262,6 +263,8 @@ def report(results: dict[str, dict], meta: dict[str, Any]) -> str:
               f"{pct(sum(d['chars'] for d in dev) / len(dev))}%. The `likelihood` Solver's "
               f"default is `normalize={results[next(iter(results))]['likelihood']['normalize']}`.",
               ""]
+    if meta.get("notes"):
+        lines += ["## Notes", "", *[f"- {n}" for n in meta["notes"]], ""]
     return "\n".join(lines)
 
 
@@ -275,6 +278,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     ap.add_argument("--work", default="benchmarks/results/multiple_choice_work")
     ap.add_argument("--out", default="benchmarks/results/multiple_choice.md")
+    ap.add_argument("--note", action="append", default=[], help="a line for the Notes")
     args = ap.parse_args()
     args.knn_ks = [int(x) for x in args.knn_ks.split(",")]
     args.raml_ks = [int(x) for x in args.raml_ks.split(",")]
@@ -309,7 +313,8 @@ def main() -> None:
     meta = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
             "cores": os.cpu_count(), "cpu": cpu_model(), "threads": args.threads,
             "model": builtin_model_path("local").name, "limit": args.limit,
-            "dev_limit": args.dev_limit, "wall_min": (time.perf_counter() - t_start) / 60}
+            "dev_limit": args.dev_limit, "wall_min": (time.perf_counter() - t_start) / 60,
+            "notes": args.note}
     Path(args.out).write_text(report(results, meta))
     print(f"wrote {args.out}", file=sys.stderr)
 
