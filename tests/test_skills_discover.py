@@ -285,7 +285,7 @@ def test_load_catalog_errors(tmp_path):
     with pytest.raises(MetaskillError, match="duplicate"):
         load_catalog(p)
     p.write_text("[unclosed")
-    with pytest.raises(MetaskillError, match="not valid YAML"):
+    with pytest.raises(MetaskillError, match="invalid YAML"):
         load_catalog(p)
     with pytest.raises(MetaskillError, match="not found"):
         load_catalog(tmp_path / "nope.yaml")

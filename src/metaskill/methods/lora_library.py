@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,8 +66,20 @@ class Library(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> Library:
-        """Read a library JSON."""
-        return cls.model_validate(json.loads(Path(path).read_text()))
+        """Read a library JSON (a damaged or foreign file is a one-line error)."""
+        from pydantic import ValidationError
+
+        from metaskill.core.errors import FileFormatError
+        from metaskill.core.readers import read_json
+
+        data = read_json(path, "adapter library")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(x) for x in first.get("loc", ()))
+            raise FileFormatError(f"cannot read adapter library {path}: {loc}: "
+                                  f"{first.get('msg')}.") from None
 
 
 def route_weights(query: np.ndarray, centroids: np.ndarray, temperature: float) -> np.ndarray:

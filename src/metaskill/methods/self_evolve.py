@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
+from metaskill.core.readers import read_json
 from metaskill.core.types import Example, Message, Request
 from metaskill.eval.solver import Solver
 from metaskill.lm.base import LM
@@ -236,7 +237,7 @@ def self_evolve(
             return {"n_inputs": len(inputs), "verdicts": dict(Counter(map(str, verdicts)))}
 
         runner.run(f"round-{r}-candidates", key, candidates)
-        cands = json.loads((rdir / "candidates.json").read_text())
+        cands = read_json(rdir / "candidates.json", "SELF round candidates")
 
         def curated(inputs: list[Example] = inputs, cands: dict[str, Any] = cands,
                     rdir: Path = rdir) -> dict[str, Any]:

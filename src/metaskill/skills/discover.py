@@ -883,15 +883,12 @@ def load_catalog(path: str | Path) -> list[CatalogEntry]:
         >>> load_catalog(p)[0].name
         'linear_equations'
     """
-    import yaml
+    from metaskill.core.readers import parse_yaml, read_text
 
     p = Path(path)
     if not p.exists():
         raise MetaskillError(f"catalog file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise MetaskillError(f"catalog {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = parse_yaml(read_text(p, "skill catalog"), f"catalog {p}")
     if isinstance(data, dict) and "skills" in data:
         data = data["skills"]
     if isinstance(data, dict):
