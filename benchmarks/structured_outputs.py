@@ -74,7 +74,8 @@ def row_cells(task: Any, test: list, r: dict) -> dict:
     s = vs_dspy.score_row(task, test, r["outputs"])
     return {"acc": f"{100 * s['accuracy']:.1f} [{100 * s['lo']:.1f}, {100 * s['hi']:.1f}]",
             "parse": f"{100 * s['no_label'] / s['n']:.0f}%",
-            "fb": f"{r.get('fallbacks', '-')}/{s['n']} (dev: {dev_fallbacks(r.get('notes'))})",
+            "fb": (f"{r['fallbacks']}/{s['n']}" if r.get("fallbacks") is not None else "-")
+            + f" (dev: {dev_fallbacks(r.get('notes'))})",
             "tok": r["infer_prompt_tokens"] + r["infer_completion_tokens"],
             "ctok": r["compile_tokens"], "wall": r["compile_s"] + r["infer_s"]}
 
@@ -95,6 +96,8 @@ def run_rows(args: argparse.Namespace) -> dict[str, dict[str, tuple[dict | None,
             path = folder / f"ms_{m}.json"
             if path.exists():
                 after = json.loads(path.read_text())
+            elif args.stored_only:
+                continue
             else:
                 if lm is None:
                     lm = load_lm("local", cache=False, n_threads=args.threads)
@@ -124,7 +127,11 @@ def report(args: argparse.Namespace, rows: dict, started: float) -> list[str]:
         "replies. Gain: after - before on the same test examples, paired bootstrap 95% "
         "interval (2000 resamples).", "",
     ]
+    missing = [f"{m} on {t}" for t in args.tasks for m in args.methods
+               if m not in rows.get(t, {})]
     for name, per in rows.items():
+        if not per:
+            continue
         task, splits = vs_dspy.load_splits(name, args.limit, args.dev_limit)
         test = splits["test"]
         lines += [f"## {name}", "",
@@ -146,6 +153,8 @@ def report(args: argparse.Namespace, rows: dict, started: float) -> list[str]:
                              f" | {c['parse']} | {c['fb']} | {c['tok']} | {c['ctok']} | "
                              f"{c['wall']:.0f} |")
         lines.append("")
+    if missing:
+        lines += ["## Not measured in this pass", "", ", ".join(missing) + ".", ""]
     if args.note:
         lines += ["## Notes", "", *[f"- {n}" for n in args.note], ""]
     return lines
@@ -160,6 +169,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "results" / "structured_work"))
     ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--stored-only", action="store_true",
+                    help="report only the rows already stored under --work (run nothing)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"
                                          / "structured_outputs.md"))
     args = ap.parse_args()
