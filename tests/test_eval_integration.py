@@ -95,7 +95,7 @@ def test_killed_cli_run_resumes_losing_at_most_one_batch(tmp_path):
     store = RunStore(store_path)
     [run] = store.list()
     killed = store.get(run.id)
-    assert killed.status == "running"  # SIGKILL: nobody marked it
+    assert killed.status == "interrupted"  # SIGKILL: nobody marked it; its owner is gone
     assert 4 <= len(killed.records) < 10 and len(killed.records) % 2 == 0  # whole batches
     assert killed.totals.n == len(killed.records)
 
