@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from metaskill.cli.tasks_cmds import _parse_options as task_options
 from metaskill.core.errors import MetaskillError
 
 #: Options that may change when an archive is resumed (its budget).
@@ -49,23 +50,6 @@ def _run_args(out: Path, given: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     tmp.write_text(json.dumps(args, indent=1))
     tmp.replace(path)
     return args, stored is not None
-
-
-def _options(items: list[str] | None) -> dict[str, Any]:
-    """``-o KEY=VALUE`` task options, values read as YAML scalars (``3`` is a number)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise MetaskillError(f"option '{item}' must look like KEY=VALUE "
-                                 "(e.g. -o dataset=spell_backward).")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            out[key.strip()] = value
-    return out
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -127,7 +111,7 @@ def archive_cmd(
 ) -> None:
     """Grow an archive of Solvers (Darwin Gödel Machine style) and save the best on dev."""
     given: dict[str, Any] = {
-        "task": task, "options": _options(option) if task else None, "model": model,
+        "task": task, "options": task_options(option) if task else None, "model": model,
         "mutator": mutator, "budget_calls": budget_calls, "budget_tokens": budget_tokens,
         "budget_seconds": budget_seconds, "max_children": max_children,
         "selection": selection, "keep": keep, "mutations": _names(mutations),

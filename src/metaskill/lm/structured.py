@@ -90,6 +90,18 @@ def choice_grammar(choices: Sequence[str], *, prefix: str = "") -> str:
     return f"root ::= {alts}"
 
 
+def text_chars(max_tokens: int, *, overhead: int = 20, most: int = 400) -> int:
+    """Characters a reply's free-text field may hold so that the JSON around it still fits
+    in ``max_tokens`` (about 2.5 characters a token after ``overhead`` tokens of JSON):
+    the ``max_length`` that keeps a constrained reply from being cut.
+
+    Example:
+        >>> text_chars(64)
+        110
+    """
+    return max(16, min(most, int(2.5 * (max_tokens - overhead))))
+
+
 def extract_json(text: str) -> str | None:
     """The JSON value in a reply: the whole text, else the outermost ``{...}``/``[...]``
     (so a reply wrapped in a code fence or a sentence still parses). None if none.

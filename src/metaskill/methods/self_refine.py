@@ -63,7 +63,7 @@ from pydantic import BaseModel, Field, create_model
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Completion, Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver, answer_max_tokens
-from metaskill.lm.structured import complete_structured
+from metaskill.lm.structured import complete_structured, text_chars
 from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import run_solver
 from metaskill.tasks.base import Task
@@ -110,7 +110,7 @@ def critique_model(max_tokens: int) -> type[CritiqueReply]:
         >>> critique_model(64).model_fields["critique"].metadata[0].max_length
         110
     """
-    chars = max(16, min(400, int(2.5 * (max_tokens - 20))))
+    chars = text_chars(max_tokens)
     return create_model(  # type: ignore[call-overload,no-any-return]
         "CritiqueReply", __base__=CritiqueReply, critique=(str, Field(max_length=chars)))
 
