@@ -5,7 +5,11 @@ Registered by :mod:`metaskill.cli.train_cmds` under the ``evolve`` verb group, n
 
     metaskill evolve archive --task sst2 --model local --budget-calls 2000 --out runs/arch
     metaskill evolve archive --out runs/arch --budget-calls 4000   # resume, larger budget
-    metaskill evolve show runs/arch
+    metaskill evolve show runs/arch --html runs/arch/archive.html
+
+``evolve archive`` also writes the archive page (:mod:`metaskill.evolve.report`: the tree,
+best dev score against LM calls, each mutation kind's valid and improving shares) to
+``OUT/archive.html`` when it ends; ``evolve show --html`` writes it anywhere, at any time.
 """
 
 from __future__ import annotations
@@ -206,10 +210,30 @@ def _archive_run(out: Path, args: dict[str, Any], resumed: bool, threads: int | 
     con.print(f"best Solver ({archive.best().kind}) saved to {path}; evaluate it with: "
               f"metaskill eval --task {task.name} --model {args['model']} --solver {path}",
               highlight=False, soft_wrap=True, markup=False)
+    page = _write_page(archive, out / "archive.html", console)
+    if page is not None:
+        con.print(f"archive page: {page}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _write_page(archive: Any, path: Path, console: Console) -> Path | None:
+    """Write the archive page; without matplotlib (the ``report`` extra) say so and go on."""
+    from metaskill.evolve.report import write_archive_html
+
+    try:
+        return write_archive_html(archive, path)
+    except MetaskillError as e:
+        if "matplotlib" not in str(e):
+            raise
+        console.print(f"notice: no archive page written: {e}", highlight=False, markup=False)
+        return None
 
 
 def show_cmd(
     out: Annotated[Path, typer.Argument(help="Run folder of `metaskill evolve archive`.")],
+    html_path: Annotated[Path | None, typer.Option(
+        "--html", help="Also write the archive page (tree coloured by dev score, best dev "
+        "score against LM calls, mutation kinds' valid and improving shares) to this "
+        "self-contained HTML file.")] = None,
 ) -> None:
     """Print an archive's tree (scores, statuses, mutations) and its best path."""
     from rich.markup import escape
@@ -255,6 +279,11 @@ def show_cmd(
         for n in archive.path_to(best.id):
             con.print(f"  #{n.id} dev {n.score:.3f} (n={n.n_scored}) {n.recipe.describe()}",
                       highlight=False, markup=False, soft_wrap=True)
+    if html_path is not None:
+        from metaskill.evolve.report import write_archive_html
+
+        con.print(f"archive page: {write_archive_html(archive, html_path)}",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 __all__ = ["archive_cmd", "show_cmd"]

@@ -521,6 +521,7 @@ def render_html(
     *,
     sections: Sequence[SectionBuilder] = DEFAULT_SECTIONS,
     title: str = "metaskill report",
+    subtitle: str | None = None,
 ) -> str:
     """One self-contained HTML page (inline CSS and SVG, no scripts or URLs) for ``runs``.
 
@@ -528,6 +529,9 @@ def render_html(
         runs: the runs, with their records (``RunStore.get``).
         sections: section builders in page order (default :data:`DEFAULT_SECTIONS`).
         title: the page title.
+        subtitle: the line under the title (escaped here); None: the number of runs and
+            the time. A page given a subtitle reads its content from its sections only
+            (no "No runs." line).
 
     Example:
         >>> "<html" in render_html([])
@@ -537,13 +541,14 @@ def render_html(
     nav = " ".join(f"<a href='#{_esc(s.id)}'>{_esc(s.title)}</a>" for s in built)
     body = "".join(f"<section id='{_esc(s.id)}'><h2>{_esc(s.title)}</h2>{s.html}</section>"
                    for s in built)
-    empty = "" if runs else "<p>No runs.</p>"
+    empty = "" if runs or subtitle is not None else "<p>No runs.</p>"
+    sub = (_esc(subtitle) if subtitle is not None else
+           f"{len(runs)} run(s); generated {_when(time.time())} UTC by metaskill.")
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{_esc(title)}</h1><p class='note'>{len(runs)} run(s); generated "
-        f"{_when(time.time())} UTC by metaskill.</p><nav>{nav}</nav>{empty}{body}"
+        f"<h1>{_esc(title)}</h1><p class='note'>{sub}</p><nav>{nav}</nav>{empty}{body}"
         "</body></html>\n"
     )
 
