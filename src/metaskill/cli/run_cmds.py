@@ -53,6 +53,29 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(
             None, "--threads", help="CPU threads for llama.cpp and torch (default: "
             "$METASKILL_THREADS, else all cores)."),
+        evolve: bool = typer.Option(
+            False, "--evolve/--no-evolve",
+            help="Add the archive search over Solvers (Darwin Gödel Machine style) as a "
+            "stage: its best Solver on dev is the 'evolve' candidate; its page is "
+            "OUT/evolve-TASK/archive.html (off by default: it does not fit 15 minutes)."),
+        evolve_calls: int | None = typer.Option(
+            300, "--evolve-calls", help="The archive search's LM-call budget per task."),
+        evolve_tokens: int | None = typer.Option(
+            None, "--evolve-tokens", help="Its token budget per task (default: none)."),
+        evolve_seconds: float | None = typer.Option(
+            None, "--evolve-seconds", help="Its wall-clock budget per task in seconds "
+            "(default: none beyond --time-budget)."),
+        evolve_children: int = typer.Option(
+            10, "--evolve-children", help="The most children per task's archive."),
+        evolve_mutator: str | None = typer.Option(
+            None, "--evolve-mutator", help="Model spec of the mutator LM that proposes "
+            "self-modifications (default: the model itself)."),
+        evolve_selection: str = typer.Option(
+            "dgm", "--evolve-selection", help="Parent selection: dgm, greedy or random."),
+        evolve_mutations: str | None = typer.Option(
+            None, "--evolve-mutations", help="Mutation kinds, comma-separated (default: "
+            "all: add_method, remove_method, replace_method, tweak_config, prompt_format, "
+            "crossover, self_modify)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
     ) -> None:
         """Measure a model, find its missing skills, adapt and (optionally) train it, and
@@ -68,7 +91,10 @@ def register(app: typer.Typer) -> None:
             "train_rank": train_rank, "train_lr": train_lr,
             "budget_tokens": budget_tokens, "n_dev": n_dev, "n_test": n_test, "k": k,
             "seed": seed, "embedder": embedder, "out": out, "progress": not no_progress,
-            "threads": threads,
+            "threads": threads, "evolve": evolve, "evolve_calls": evolve_calls,
+            "evolve_tokens": evolve_tokens, "evolve_seconds": evolve_seconds,
+            "evolve_children": evolve_children, "evolve_mutator": evolve_mutator,
+            "evolve_selection": evolve_selection,
             "time_budget_s": time_budget * 60 if time_budget is not None else None,
         }
         # RunConfig.keep_best reaches fit_chain(keep_best=...) in the adapt stage; until
@@ -79,6 +105,9 @@ def register(app: typer.Typer) -> None:
             values["tasks"] = task
         if train_task:
             values["train_tasks"] = train_task
+        if evolve_mutations:
+            values["evolve_mutations"] = [m.strip() for m in evolve_mutations.split(",")
+                                          if m.strip()]
         if methods:
             values["methods"] = [m.strip() for m in methods.split(",") if m.strip()]
         try:
@@ -93,4 +122,9 @@ def register(app: typer.Typer) -> None:
         for chain in cfg.method_chains():
             for m in chain:
                 METHODS.get(m)  # unknown names fail now, with close-name suggestions
+        if cfg.evolve and cfg.evolve_mutations:
+            from metaskill.evolve.mutations import MUTATIONS
+
+            for kind in cfg.evolve_mutations:
+                MUTATIONS.get(kind)
         run_job(cfg)

@@ -18,8 +18,16 @@
    method, scoring a dev subset every few steps for the learning curve. The trained
    Solver (zero-shot prompt, base + adapter; its JSON's model spec carries the adapter)
    is one more candidate. Training stops at its deadline; the adapter is kept either way.
-6. **test** -- evaluate every candidate on test.
-7. **report** -- one self-contained HTML file plus a terminal summary.
+6. **evolve** (``--evolve``, off by default) -- grow an archive of Solvers from the
+   zero-shot one in the manner of the Darwin Gödel Machine
+   (:func:`metaskill.evolve.archive.evolve`: parents chosen by dev score and novelty,
+   structural and self-modifying mutations, staged dev evaluation) within its own budget
+   of LM calls, tokens, seconds and children, in ``OUT/evolve-TASK/`` (the archive,
+   resumed where it stopped, and its page ``archive.html``). Its best node on dev is one
+   more candidate (``evolve``), eligible when it beats zero-shot on dev as the chains must.
+7. **test** -- evaluate every candidate on test.
+8. **report** -- one self-contained HTML file plus a terminal summary (with the archive's
+   tree and a link to its page).
 
 One function per stage (:func:`stage_baseline` ... :func:`stage_report`) over a
 :class:`TaskContext`. With a time budget the job first measures the machine and plans
@@ -63,6 +71,9 @@ DEFAULT_METHODS = ["knn_demos", "raml"]
 # inference-time method unless --methods names some: demonstrations do not teach the
 # 135M model to reverse a list (knn_demos: 0.0% on its test set), LoRA does.
 DEFAULT_TRAIN_TASKS = ("word_reversal",)
+#: RunConfig fields of the archive search stage.
+EVOLVE_FIELDS = ("evolve", "evolve_calls", "evolve_tokens", "evolve_seconds",
+                 "evolve_children", "evolve_mutator", "evolve_selection", "evolve_mutations")
 
 
 class RunConfig(BaseModel):
@@ -105,6 +116,18 @@ class RunConfig(BaseModel):
         k: demonstrations per input for demo methods.
         seed: seed of the subsets and demo draws.
         embedder: embedder spec for retrieval and skills (``minilm`` or ``hash:DIM``).
+        evolve: run the archive search stage (off by default: it does not fit the
+            15-minute default run).
+        evolve_calls: the archive's budget of LM calls per task (None: no limit).
+        evolve_tokens: its budget of tokens per task (None: no limit).
+        evolve_seconds: its budget of wall seconds per task (None: no limit but the time
+            budget's).
+        evolve_children: the most children per task.
+        evolve_mutator: LM spec of the mutator that proposes self-modifications (None: the
+            model itself).
+        evolve_selection: parent selection: ``dgm``, ``greedy`` or ``random``.
+        evolve_mutations: the mutation kinds to draw from (None: all registered defaults,
+            :class:`~metaskill.evolve.archive.EvolveConfig`).
         out: the run folder.
         progress: show progress bars.
     """
@@ -133,10 +156,18 @@ class RunConfig(BaseModel):
     k: int = Field(default=4, ge=0)
     seed: int = 0
     embedder: str = "minilm"
+    evolve: bool = False
+    evolve_calls: int | None = Field(default=300, ge=1)
+    evolve_tokens: int | None = Field(default=None, ge=1)
+    evolve_seconds: float | None = Field(default=None, gt=0)
+    evolve_children: int = Field(default=10, ge=0)
+    evolve_mutator: str | None = None
+    evolve_selection: Literal["dgm", "greedy", "random"] = "dgm"
+    evolve_mutations: list[str] | None = None
     out: Path = Path("metaskill-run")
     progress: bool = True
 
-    @field_validator("tasks", "methods")
+    @field_validator("tasks", "methods", "evolve_mutations")
     @classmethod
     def _non_empty(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and not v:
@@ -178,9 +209,14 @@ class RunConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """What the stages depend on (the output folder, progress flag, threads and the
-        time budget, which the plan turns into sizes, excluded)."""
+        time budget, which the plan turns into sizes, excluded; the archive search's
+        settings too: only its own stage reads them, see :meth:`evolve_settings`)."""
         return self.model_dump(mode="json", exclude={"out", "progress", "threads",
-                                                     "time_budget_s"})
+                                                     "time_budget_s", *EVOLVE_FIELDS})
+
+    def evolve_settings(self) -> dict[str, Any]:
+        """The archive search's settings (``evolve_*``)."""
+        return self.model_dump(mode="json", include=set(EVOLVE_FIELDS))
 
 
 class Candidate(BaseModel):
@@ -210,6 +246,7 @@ class TaskResult(BaseModel):
     selected: str | None = None
     skill_map: dict[str, list[str]] = Field(default_factory=dict)
     training: dict[str, Any] | None = None
+    evolve: dict[str, Any] | None = None
 
 
 class JobResult(BaseModel):
@@ -333,7 +370,7 @@ def run_job(config: RunConfig, *, lm: Any = None, console: Any = None) -> JobRes
         job.console.rule(f"[bold]{name}")
         t = stage_split(job, name, task)
         for stage in (stage_baseline, stage_skills, stage_profile, stage_adapt, stage_train,
-                      stage_test):
+                      stage_evolve, stage_test):
             if job.clock.over():
                 job.skip(f"{name}: {stage.__name__.removeprefix('stage_')} and later stages",
                          "time budget spent")
@@ -575,7 +612,137 @@ def _with_book_skills(t: TaskContext) -> list[Any]:
             e.model_copy(update={"skills": list(labels[e.id])}) for e in t.train]
 
 
-# ---- 6. test ---------------------------------------------------------------------------------
+# ---- 6. evolve -------------------------------------------------------------------------------
+def evolve_folder(root: Path, task: str) -> Path:
+    """The folder of a task's archive under the run folder (a safe name from ``task``).
+
+    Example:
+        >>> evolve_folder(Path("run"), "tasks/my task.yaml").as_posix()
+        'run/evolve-tasks_my_task.yaml'
+    """
+    import re
+
+    return root / ("evolve-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", task).strip("._"))
+
+
+def stage_evolve(t: TaskContext) -> None:
+    """Grow an archive of Solvers from zero-shot (``--evolve``); its best node on dev is
+    the ``evolve`` candidate.
+
+    The archive (``OUT/evolve-TASK/archive.sqlite``) resumes itself: a rerun continues a
+    search that was killed and makes nothing new once its budget is spent; the LM cache
+    answers what the lost child had asked. With a time budget the search also stops when
+    the plan's reserve for what follows is reached.
+    """
+    import dataclasses
+
+    from metaskill.evolve.archive import ARCHIVE_FILE, Archive, EvolveConfig, evolve
+    from metaskill.evolve.report import write_archive_html
+
+    job, cfg = t.job, t.job.config
+    if not cfg.evolve:
+        return
+    sizes = job.sizes
+    reserve = sizes.reserve_after_evolve_s.get(t.name, 0.0) if sizes else 0.0
+    if job.clock.left() <= reserve:
+        job.skip(f"{t.name}: archive search", "time budget spent")
+        return
+    folder = evolve_folder(job.stages.root, t.name)
+    before = len(Archive(folder)) if (folder / ARCHIVE_FILE).is_file() else 0
+    wall0 = Archive(folder).spend().wall_s if before else 0.0
+    seconds = cfg.evolve_seconds
+    if job.clock.budget_s is not None:  # the time budget is a hard limit
+        left = wall0 + max(0.0, job.clock.left() - reserve)
+        seconds = left if seconds is None else min(seconds, left)
+    kinds = {"mutations": tuple(cfg.evolve_mutations)} if cfg.evolve_mutations else {}
+    config = EvolveConfig(selection=cfg.evolve_selection, max_children=cfg.evolve_children,
+                          max_calls=cfg.evolve_calls, max_tokens=cfg.evolve_tokens,
+                          max_seconds=seconds, seed=cfg.seed, **kinds)
+    mutator = _load_mutator(job)
+    resources = dataclasses.replace(job.resources, skillbook=None, profile=t.result.profile,
+                                    deadline=job.clock.deadline(reserve))
+    t0 = time.perf_counter()
+    say = job.console.print
+    try:
+        archive = evolve(t.base, t.task, t.train, t.dev, config, out=folder,
+                         resources=resources, mutator=mutator,
+                         log=lambda line: say(f"  {line}", highlight=False, markup=False))
+    except MetaskillError as e:
+        job.skip(f"{t.name}: archive search", str(e))
+        return
+    finally:
+        if mutator is not None and mutator is not job.lm:
+            mutator.close()
+    nodes = archive.nodes()
+    job.stages.log.append({"stage": f"{t.name}.evolve", "cached": len(nodes) == before,
+                           "seconds": time.perf_counter() - t0})
+    page = write_archive_html(archive, folder / "archive.html",
+                              title=f"metaskill archive: {t.name}")
+    t.result.evolve = _archive_summary(archive, nodes, page, job.stages.root)
+    if "max_seconds" in t.result.evolve["spend"]["stopped"] and job.clock.budget_s is not None:
+        job.skip(f"{t.name}: more of the archive search", "time budget spent")
+    _evolve_candidate(t, archive)
+
+
+def _load_mutator(job: JobContext) -> Any:
+    """The mutator LM (None: the model itself)."""
+    spec = job.config.evolve_mutator
+    if not spec or spec == job.config.model:
+        return None
+    from metaskill.core.settings import Settings
+    from metaskill.lm.spec import load_lm
+
+    return load_lm(spec, settings=Settings.from_env(threads=job.threads))
+
+
+def _archive_summary(archive: Any, nodes: list[Any], page: Path, root: Path) -> dict[str, Any]:
+    """What the report and ``result.json`` keep of a task's archive."""
+    from metaskill.eval.stats import paired_gain
+
+    best = archive.best_node()
+    ids = [i for i in nodes[0].per_example if i in best.per_example]
+    gain, lo, hi = paired_gain([best.per_example[i] for i in ids],
+                               [nodes[0].per_example[i] for i in ids])
+    counts = {s: sum(n.status == s for n in nodes[1:]) for s in ("valid", "pruned", "invalid")}
+    return {"folder": str(archive.path.parent), "page": str(page),
+            "page_href": page.relative_to(root).as_posix(), "nodes": len(nodes),
+            "children": counts, "root_dev": nodes[0].score, "best": best.id,
+            "best_dev": best.score, "best_n": best.n_scored,
+            "recipe": best.recipe.describe(), "solver": best.solver,
+            "chain": [s.method for s in best.recipe.chain],
+            "dev_gain": [gain, lo, hi], "spend": archive.spend().model_dump(mode="json")}
+
+
+def _evolve_candidate(t: TaskContext, archive: Any) -> None:
+    """The archive's best node as the ``evolve`` candidate (none when it is the root:
+    zero-shot is a candidate already)."""
+    from metaskill.eval.solvers import load_solver
+
+    cfg, ev = t.job.config, t.result.evolve or {}
+    if ev.get("best") == 0:
+        t.job.console.print(f"{t.name}: the archive found no Solver better than zero-shot "
+                            "on dev", highlight=False)
+        return
+    solver = load_solver(ev["solver"], lm=t.job.lm)
+    run = t.evaluate(solver, "evolve", "dev", len(t.dev))
+    gain, lo, hi = ev["dev_gain"]
+    beats = lo > 0
+    note = (f"archive node {ev['best']} of {ev['nodes']}: {ev['recipe']}; dev gain over "
+            f"zero-shot {100 * gain:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+    cand = Candidate(name="evolve", methods=list(ev["chain"]), solver=ev["solver"],
+                     dev_accuracy=run.accuracy, dev_tokens_per_example=run.tokens_per_example,
+                     fit={"archive": ev["folder"], "beats_zero_shot": beats}, note=note)
+    if cfg.keep_best and not beats:
+        cand.eligible = False
+        cand.note += "; not eligible for selection (keep-best)"
+    if cfg.budget_tokens is not None and run.tokens_per_example > cfg.budget_tokens:
+        cand.eligible = False
+        cand.note = (f"over budget: {run.tokens_per_example:.0f} tokens/input on dev > "
+                     f"{cfg.budget_tokens}")
+    t.result.candidates.append(cand)
+
+
+# ---- 7. test ---------------------------------------------------------------------------------
 def stage_test(t: TaskContext) -> None:
     """Select on dev, then evaluate every candidate on test (the selected one first)."""
     from metaskill.eval.solvers import load_solver
@@ -598,7 +765,7 @@ def stage_test(t: TaskContext) -> None:
         cand.test_run = run.id
 
 
-# ---- 7. report -------------------------------------------------------------------------------
+# ---- 8. report -------------------------------------------------------------------------------
 def stage_report(job: JobContext, result: JobResult) -> JobResult:
     """The HTML report, ``result.json``, ``summary.md`` and the terminal summary."""
     from metaskill.pipeline.report import print_summary, summary_markdown, write_job_report

@@ -13,6 +13,10 @@ training examples):
 3. test examples down to 40;
 4. the inference-time chains down to the first one.
 
+The archive search (``--evolve``) is sized by its own budget of LM calls, which the plan
+counts (each call as one demo-length prompt) but never cuts; it stops early, keeping the
+plan's reserve for the tests after it (``reserve_after_evolve_s``).
+
 Training is guaranteed its share: the plan never cuts its steps. When even the smallest
 sizes do not fit, training runs until its deadline (the budget less what the remaining
 test evaluations need) and reports the steps it made; the constant learning rate makes an
@@ -89,7 +93,8 @@ class Speeds(BaseModel):
 
 class Sizes(BaseModel):
     """The sizes the plan gives the stages (``reserve_after_train_s``: per trained task,
-    the seconds its training leaves for what follows it; see :func:`reserves`)."""
+    the seconds its training leaves for what follows it, see :func:`reserves`;
+    ``reserve_after_evolve_s`` likewise per task with an archive search)."""
 
     n_dev: int = Field(ge=2)
     n_test: int = Field(ge=2)
@@ -98,16 +103,19 @@ class Sizes(BaseModel):
     train_eval_every: int = Field(ge=1)
     train_curve_n: int = Field(ge=1)
     reserve_after_train_s: dict[str, float] = Field(default_factory=dict)
+    reserve_after_evolve_s: dict[str, float] = Field(default_factory=dict)
 
 
 class TaskCost(BaseModel):
-    """What a task costs per example: zero-shot prompt and answer tokens."""
+    """What a task costs per example: zero-shot prompt and answer tokens; ``evolve_calls``:
+    the LM calls its archive search may spend (0: none)."""
 
     name: str
     prompt_tokens: float
     answer_tokens: float
     chains: int
     trains: bool
+    evolve_calls: int = 0
 
 
 class Plan(BaseModel):
@@ -153,21 +161,23 @@ def task_estimate(t: TaskCost, sizes: Sizes, speeds: Speeds) -> dict[str, float]
           "baseline": eval_s(sizes.n_dev, p, a, speeds),
           "adapt": chains * eval_s(sizes.n_dev * (1 + FIT_DEV_PASSES), DEMO_FACTOR * p, a,
                                    speeds),
-          "train": 0.0, "test": test, "after_train": 0.0}
+          "train": 0.0, "evolve": eval_s(t.evolve_calls, DEMO_FACTOR * p, a, speeds),
+          "test": test, "after_train": 0.0, "after_evolve": test}
     if t.trains and speeds.lora_step_s:
         points = 1 + -(-sizes.train_steps // sizes.train_eval_every)
         after = 2 * eval_s(sizes.n_dev, p, a, speeds)  # dev score + keep-best check
         st["train"] = (sizes.train_steps * speeds.lora_step_s
                        + points * (eval_s(sizes.train_curve_n, p, a, speeds) + 2.0) + after)
         st["test"] += eval_s(sizes.n_test, p, a, speeds)
-        st["after_train"] = after + st["test"]
+        st["after_train"] = after + st["evolve"] + st["test"]
+        st["after_evolve"] = st["test"]
     return st
 
 
 def estimate(sizes: Sizes, tasks: list[TaskCost], speeds: Speeds) -> dict[str, float]:
     """Estimated seconds per stage of the whole job for ``sizes``."""
     st = {"fixed": FIXED_S_JOB * speeds.slowness, "baseline": 0.0, "adapt": 0.0,
-          "train": 0.0, "test": 0.0}
+          "train": 0.0, "evolve": 0.0, "test": 0.0}
     for t in tasks:
         for k, v in task_estimate(t, sizes, speeds).items():
             if k in st:
@@ -178,12 +188,17 @@ def estimate(sizes: Sizes, tasks: list[TaskCost], speeds: Speeds) -> dict[str, f
 def reserves(sizes: Sizes, tasks: list[TaskCost], speeds: Speeds) -> dict[str, float]:
     """Per trained task: seconds to keep free when its training starts (what follows it in
     the task, every later task, and the report), so that training stops in time."""
+    return _reserves(sizes, tasks, speeds, "train")
+
+
+def _reserves(sizes: Sizes, tasks: list[TaskCost], speeds: Speeds,
+              stage: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for i, t in enumerate(tasks):
-        if t.trains:
+        if (t.trains if stage == "train" else t.evolve_calls > 0):
             later = sum(sum(v for k, v in task_estimate(u, sizes, speeds).items()
-                            if k != "after_train") for u in tasks[i + 1:])
-            out[t.name] = round(task_estimate(t, sizes, speeds)["after_train"] + later, 1)
+                            if not k.startswith("after_")) for u in tasks[i + 1:])
+            out[t.name] = round(task_estimate(t, sizes, speeds)[f"after_{stage}"] + later, 1)
     return out
 
 
@@ -223,6 +238,7 @@ def _shrink(asked: Sizes, tasks: list[TaskCost], speeds: Speeds,
             changes = [c for c in changes if c.split()[0] != name]
             changes.append(f"{name} {getattr(asked, name)} -> {getattr(s, name)}")
     s.reserve_after_train_s = reserves(s, tasks, speeds)
+    s.reserve_after_evolve_s = _reserves(s, tasks, speeds, "evolve")
     if not fits():
         changes.append("the estimate still exceeds the budget: later work may be cut short")
     return s, changes
@@ -284,7 +300,8 @@ def measure_lora_step(lm: Any, task: Any, config: Any,
     return (elapsed[-1] - elapsed[1]) / max(1, len(elapsed) - 2)
 
 
-def task_cost(lm: Any, task: Any, chains: int, trains: bool, sample: int = 12) -> TaskCost:
+def task_cost(lm: Any, task: Any, chains: int, trains: bool, sample: int = 12,
+              evolve_calls: int = 0) -> TaskCost:
     """A task's zero-shot prompt and answer tokens, counted on a few examples."""
     from metaskill.eval.solvers import ZeroShot
 
@@ -294,7 +311,23 @@ def task_cost(lm: Any, task: Any, chains: int, trains: bool, sample: int = 12) -
     answers = [lm.count_tokens(str(e.answer)) + 2 for e in task.examples("train")[:sample]
                if e.answer is not None] or [8]
     return TaskCost(name=task.name, prompt_tokens=sum(prompts) / max(1, len(prompts)),
-                    answer_tokens=sum(answers) / len(answers), chains=chains, trains=trains)
+                    answer_tokens=sum(answers) / len(answers), chains=chains, trains=trains,
+                    evolve_calls=evolve_calls)
+
+
+def evolve_calls(config: Any) -> int:
+    """The LM calls the plan counts for one task's archive search: its call budget, else
+    two dev passes per child and the root (a guess; 0 without ``--evolve``).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> evolve_calls(NS(evolve=True, evolve_calls=None, evolve_children=4, n_dev=10))
+        100
+    """
+    if not getattr(config, "evolve", False):
+        return 0
+    guess = 2 * config.n_dev * (config.evolve_children + 1)
+    return min(config.evolve_calls, guess) if config.evolve_calls else guess
 
 
 def make_plan(job: Any, tasks: list[Any]) -> Plan:
@@ -307,8 +340,8 @@ def make_plan(job: Any, tasks: list[Any]) -> Plan:
     from metaskill.core.errors import MetaskillError
 
     cfg, t0 = job.config, time.perf_counter()
-    costs = [task_cost(job.lm, t, len(cfg.method_chains(t.name)), cfg.trains(t.name))
-             for t in tasks]
+    costs = [task_cost(job.lm, t, len(cfg.method_chains(t.name)), cfg.trains(t.name),
+                       evolve_calls=evolve_calls(cfg)) for t in tasks]
     pp, tg = measure_lm(job.lm)
     step = None
     trained = [t for t in tasks if cfg.trains(t.name)]

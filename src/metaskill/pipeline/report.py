@@ -3,7 +3,9 @@
 Sections: the headline (baseline versus the candidate selected on dev, with the test gain
 and its paired-bootstrap 95% interval), per-skill before/after bars, accuracy versus
 tokens for every candidate with the Pareto front marked, the Missing-Skill Profile, the
-training curve of each LoRA-trained task, and examples the model fixed and still fails.
+training curve of each LoRA-trained task, the archive search of each task run with
+``--evolve`` (its tree and progress curve, linking to its own page), and examples the
+model fixed and still fails.
 
 Example:
     >>> paired_gain([1, 1, 0, 1], [0, 1, 0, 0], seed=0)[0]
@@ -67,6 +69,24 @@ def headline_text(task: Any, store: Any) -> str | None:
     return (f"{task.task}: zero-shot {pct(h['baseline'])} -> {h['selected']} {pct(h['best'])} "
             f"({100 * h['gain']:+.1f} pts, paired-bootstrap 95% CI "
             f"[{100 * lo:+.1f}, {100 * hi:+.1f}], n={h['n']})")
+
+
+def evolve_text(task: Any) -> str | None:
+    """A task's archive search in one line (None without one).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> print(evolve_text(NS(task="sst2", evolve={
+        ...     "root_dev": 0.5, "best": 3, "best_dev": 0.75, "nodes": 6,
+        ...     "spend": {"lm_calls": 120}, "page": "a.html"})))
+        sst2 archive: zero-shot dev 50.0% -> node 3 dev 75.0% (5 children, 120 LM calls); a.html
+    """
+    ev = getattr(task, "evolve", None)
+    if not ev:
+        return None
+    return (f"{task.task} archive: zero-shot dev {pct(ev['root_dev'])} -> node "
+            f"{ev['best']} dev {pct(ev['best_dev'])} ({ev['nodes'] - 1} children, "
+            f"{ev['spend']['lm_calls']} LM calls); {ev['page']}")
 
 
 def pareto(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -328,6 +348,48 @@ def _training_section(job: Any, store: Any) -> Section | None:
     return Section("training", "Training", "".join(parts))
 
 
+def _evolve_section(job: Any, store: Any) -> Section | None:
+    """Each task's archive search: the numbers, its tree and progress curve, and a link to
+    its own page (``evolve-TASK/archive.html`` next to this report)."""
+    from metaskill.core.errors import MetaskillError
+    from metaskill.evolve.archive import ARCHIVE_FILE, Archive
+    from metaskill.evolve.report import archive_sections
+
+    parts = []
+    for k, t in enumerate(job.tasks):
+        ev = getattr(t, "evolve", None)
+        if not ev:
+            continue
+        sp, ch = ev["spend"], ev["children"]
+        lo, hi = ev["dev_gain"][1:]
+        parts.append(
+            f"<h3>{_esc(t.task)}</h3><p>Root (zero-shot) dev {pct(ev['root_dev'])}; best "
+            f"node #{ev['best']} dev {pct(ev['best_dev'])} (n={ev['best_n']}; paired gain "
+            f"{100 * ev['dev_gain'][0]:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]): "
+            f"<code>{_esc(ev['recipe'])}</code>. {ev['nodes'] - 1} children ({ch['valid']} "
+            f"valid, {ch['pruned']} pruned, {ch['invalid']} invalid), {sp['lm_calls']} LM "
+            f"calls, {sp['tokens']:,} tokens, {sp['wall_s']:.0f} s"
+            + (f"; stopped: {_esc(sp['stopped'])}" if sp.get("stopped") else "")
+            + f". <a href='{_esc(ev['page_href'])}'>The archive page</a> has the mutation "
+            "kinds, the best path and every node.</p>")
+        folder = Path(ev["folder"])
+        if not (folder / ARCHIVE_FILE).is_file():
+            parts.append("<p class='note'>(the archive file is gone)</p>")
+            continue
+        try:
+            secs = {s.id: s for s in archive_sections(Archive(folder), prefix=f"ev{k}-")}
+        except MetaskillError as e:
+            parts.append(f"<p class='note'>{_esc(e)}</p>")
+            continue
+        parts += [secs[i].html for i in (f"ev{k}-tree", f"ev{k}-progress") if i in secs]
+    if not parts:
+        return None
+    note = ("<p class='note'>The archive search (<code>--evolve</code>) grows Solvers from "
+            "zero-shot in the manner of the Darwin Gödel Machine and selects on dev only; "
+            "its best node is the <code>evolve</code> candidate above.</p>")
+    return Section("evolve", "Archive search", note + "".join(parts))
+
+
 def _examples_section(job: Any, store: Any, n: int = 4) -> Section | None:
     parts = []
     for t in job.tasks:
@@ -359,7 +421,7 @@ def _examples_section(job: Any, store: Any, n: int = 4) -> Section | None:
 def write_job_report(job: Any, store: Any, path: str | Path) -> Path:
     """Write the main job's HTML report and return its path."""
     builders = [_headline_section, _skills_before_after, _pareto_section, _profile_section,
-                _training_section, _examples_section]
+                _training_section, _evolve_section, _examples_section]
     sections = [lambda runs, b=b: b(job, store) for b in builders]
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -411,6 +473,7 @@ def summary_markdown(job: Any, store: Any) -> str:
                          f"{tr.get('n_examples')} examples, {tr.get('seconds', 0):.0f} s, "
                          f"{tr.get('seconds_per_step', 0):.2f} s/step, peak memory "
                          f"{tr.get('peak_rss_mb', 0):.0f} MiB")
+    lines += [f"- {line}" for t in job.tasks if (line := evolve_text(t))]
     for sk in job.skipped:
         lines.append(f"- skipped: {sk}")
     for p in (getattr(job, "plan", None) or {}).get("lines", []):
@@ -435,6 +498,10 @@ def print_summary(job: Any, store: Any, console: Any) -> None:
     console.print(table)
     for t in job.tasks:
         line = headline_text(t, store)
+        if line:
+            console.print(line, highlight=False, markup=False)
+    for t in job.tasks:
+        line = evolve_text(t)
         if line:
             console.print(line, highlight=False, markup=False)
     for s in job.skipped:
