@@ -24,7 +24,12 @@ from metaskill.core.types import Example, Message, Request, Usage
 if TYPE_CHECKING:
     from metaskill.tasks.base import Task
 
-SCHEMA_VERSION = 1
+#: The newest Solver JSON this metaskill reads and writes. 1: kind, model, state. 2: the
+#: ``custom`` kind (:mod:`metaskill.eval.custom`: a template and sandboxed code around
+#: another Solver). A Solver writes the version its kind needs (:attr:`Solver.json_version`),
+#: so the JSON of every other kind is unchanged, and an older metaskill reading a v2 Solver
+#: says "upgrade" instead of failing on an unknown kind.
+SCHEMA_VERSION = 2
 
 
 class Attempt(BaseModel):
@@ -48,6 +53,8 @@ class Solver(ABC):
     """
 
     kind: ClassVar[str] = "solver"
+    #: The Solver JSON ``schema_version`` this kind writes (see :data:`SCHEMA_VERSION`).
+    json_version: ClassVar[int] = 1
 
     def __init__(self, lm: Any) -> None:
         self.lm = lm
@@ -72,7 +79,7 @@ class Solver(ABC):
     def to_json(self) -> dict[str, Any]:
         """Schema-versioned JSON: kind, model spec and state."""
         return {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": self.json_version,
             "kind": self.kind,
             "model": getattr(self.lm, "spec", None),
             "state": self.state(),

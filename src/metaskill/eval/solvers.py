@@ -86,6 +86,8 @@ METHOD_SOLVER_KINDS: dict[str, str] = {
     "adaptmi": "metaskill.methods.adaptmi:AdaptMISolver",
     "meta_prompting": "metaskill.methods.meta_prompting:MetaPromptingSolver",
     "multi_critique": "metaskill.methods.multi_critique:MultiCritiqueSolver",
+    "memory": "metaskill.methods.memory:MemorySolver",
+    "tool_use": "metaskill.methods.tool_use:ToolUseSolver",
 }
 """Solver kinds the methods layer produces -> lazy targets, registered into :data:`SOLVERS`.
 
@@ -95,6 +97,7 @@ kind is rebuilt, and the eval layer keeps no import of the methods layer above i
 
 for _kind, _target in METHOD_SOLVER_KINDS.items():
     SOLVERS.register(_kind, _target)
+SOLVERS.register("custom", "metaskill.eval.custom:CustomSolver")  # a template and code
 
 S = TypeVar("S", bound=type[Solver])
 
