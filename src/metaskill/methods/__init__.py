@@ -64,6 +64,8 @@ _TARGETS = {
     "adaptmi": "metaskill.methods.adaptmi:AdaptMI",
     "meta_prompting": "metaskill.methods.meta_prompting:MetaPrompting",
     "multi_critique": "metaskill.methods.multi_critique:MultiCritique",
+    # experience memory (issue 21): notes in the knowledge base of skills/knowledge.py
+    "memory": "metaskill.methods.memory:Memory",
     # parametric methods (train LoRA adapters; a chain runs them first)
     "sft": "metaskill.methods.sft:SFT",
     "stat": "metaskill.methods.stat:STAT",
