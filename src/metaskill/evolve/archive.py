@@ -44,13 +44,16 @@ folder resumes: the stored config must match (the budget may grow), and the LM c
 answers the calls the lost child had made. The whole search runs inside the no-test-data
 guard (:mod:`metaskill.core.guard`): train fits, dev selects, the test split is never read.
 
+Templates and code: a recipe's ``custom`` parts (a prompt template, Python ``render`` /
+``postprocess`` sources; proposed by ``self_modify`` and ``self_modify_code``) wrap the
+built Solver as a ``custom`` Solver (:mod:`metaskill.eval.custom`), whose code runs only in
+the sandbox, one sandbox process per batch. A child with code is recorded invalid with the
+sandbox's one-line reason where the sandbox cannot run (nothing is run), and invalid with
+the first failure when any input fell back (a template that does not render, code that
+raises, times out or exceeds its memory) during its evaluation: never retried.
+
 Not yet (later steps):
 
-* TODO: children that are Python code -- a Solver's optional ``render`` / ``postprocess``
-  functions proposed by the mutator and run only inside the sandbox
-  (:func:`metaskill.tasks.sandbox.run_code`);
-* a ``template`` field in Solver state for the mutator to rewrite (Solvers render with the
-  task's template today; the mutator proposes instructions, format and config);
 * the HTML archive page, ``metaskill run --evolve``, ``benchmarks/results/evolve_archive.md``;
 * a hard per-child timeout: ``child_timeout_s`` is a deadline parametric methods honour and
   a limit checked when a child is done (a slower child is recorded invalid), not a kill.
@@ -404,11 +407,30 @@ def build_solver(recipe: Recipe, s: _Search, deadline: float | None = None
         solver, reports = result.solver, result.reports
     if recipe.edits:
         solver = load_solver(apply_edits(solver.to_json(), recipe.edits), lm=s.lm)
-    return solver, reports
+    return _customised(solver, recipe), reports
 
 
-def _score(solver: Any, s: _Search, examples: list[Example], node: Node) -> None:
-    """Score ``examples`` with the harness; charge the cost to and record scores on node."""
+def _customised(solver: Any, recipe: Recipe) -> Any:
+    """``solver`` with the recipe's custom parts (template, code) around it."""
+    from metaskill.eval.custom import customised
+
+    return customised(solver, **recipe.custom) if recipe.custom else solver
+
+
+def _check_custom(attempts: list[Any]) -> None:
+    """Raise InvalidChildError when a custom child fell back on any input (its template or
+    code failed): the first reason and how many inputs failed."""
+    from metaskill.eval.custom import fallbacks
+
+    failed = fallbacks(attempts)
+    if failed:
+        raise InvalidChildError(f"custom code failed on {len(failed)} input(s) of its first "
+                                f"evaluation; first: {failed[0]}"[:500])
+
+
+def _score(solver: Any, s: _Search, examples: list[Example], node: Node) -> list[Any]:
+    """Score ``examples`` with the harness; charge the cost to and record scores on node;
+    the attempts."""
     from metaskill.methods.base import FitReport
     from metaskill.methods.demos import run_solver
 
@@ -422,6 +444,7 @@ def _score(solver: Any, s: _Search, examples: list[Example], node: Node) -> None
         if sc < 1.0 and len(node.failures) < s.config.n_failures:
             node.failures.append({"id": e.id, "input": e.text[:500], "reference": e.answer,
                                   "output": (a.output or a.error or "")[:300]})
+    return attempts
 
 
 def _charge_reports(node: Node, reports: list[Any]) -> None:
@@ -532,10 +555,16 @@ def _build_and_score(node: Node, parent: Node, child: Child, s: _Search, t0: flo
             _charge_reports(node, reports)
         else:  # a direct edit of the parent's Solver JSON
             solver = load_solver(apply_edits(parent.solver or {}, child.recipe.edits), lm=s.lm)
+            solver = _customised(solver, child.recipe)
         node.solver = solver.to_json()
         node.solver_diff = json_diff(parent.solver, node.solver)
+        if getattr(solver, "has_code", False):
+            from metaskill.eval.custom import sandbox_problem
+
+            if problem := sandbox_problem():  # refused: never run outside the sandbox
+                raise InvalidChildError(f"code child refused: {problem}")
         small = [e for e in s.dev if e.id in set(s.small_ids)]
-        _score(solver, s, small, node)
+        _check_custom(_score(solver, s, small, node))
         mine, theirs = node.subset_score(s.small_ids), parent.subset_score(s.small_ids)
         staged = len(small) < len(s.dev)
         if staged:
@@ -546,7 +575,7 @@ def _build_and_score(node: Node, parent: Node, child: Child, s: _Search, t0: flo
                            f"{s.config.margin} below its parent's {theirs:.3f}")
         else:
             rest = [e for e in s.dev if e.id not in node.per_example]
-            _score(solver, s, rest, node)
+            _check_custom(_score(solver, s, rest, node))
             node.scores.append(Score(stage="full", n=len(s.dev), score=_mean(node, s.dev)))
             node.status, node.reason = "valid", ""
             root_score = s.archive.node(0).score or 0.0
@@ -559,6 +588,8 @@ def _build_and_score(node: Node, parent: Node, child: Child, s: _Search, t0: flo
         if took > s.config.child_timeout_s:
             node.status, node.reason = "invalid", (
                 f"timeout: took {took:.0f} s, over child_timeout_s={s.config.child_timeout_s}")
+    except InvalidChildError as e:
+        node.status, node.reason = "invalid", str(e)
     except Exception as e:
         if _fatal(e):
             raise

@@ -10,14 +10,26 @@ then rebuilt from the root Solver through :func:`~metaskill.methods.compose.fit_
   ``Literal`` choices, booleans);
 * ``prompt_format`` -- the root's prompt format, chat <-> completion;
 * ``crossover`` -- uniform crossover of two parents' recipes (root changes, the options of
-  the methods both chains hold, edits).
+  the methods both chains hold, edits, custom template and code).
 
 Self-modification (the Darwin Gödel Machine's step, ``self_modify``): a *mutator* LM reads
 the parent's Solver JSON (long lists shortened), its fit report and a few of its failed dev
 examples, and proposes one change as structured output (:class:`Proposal`, through
 :func:`~metaskill.lm.structured.complete_structured`): new instructions (a direct edit of
-the Solver JSON, no refit), a prompt format, or new config values (a recipe change,
-refitted). A reply that does not parse, or proposes nothing, makes an invalid child.
+the Solver JSON, no refit), a prompt template (the recipe's ``custom`` part: the Solver is
+wrapped as a ``custom`` Solver, :mod:`metaskill.eval.custom`), a prompt format, or new
+config values (a recipe change, refitted). A reply that does not parse, proposes nothing,
+or a template that does not check (:func:`~metaskill.eval.custom.check_template`, or a
+field no example has), makes an invalid child.
+
+Code children (``self_modify_code``, the DGM step proper: the system rewrites its own
+code): the mutator reads the same and the parent's current template and code, and proposes
+new Python sources (:class:`CodeProposal`) for the Solver's ``render(input: str, prompt:
+str) -> str`` and/or ``postprocess(output: str) -> str``. Each is checked without running
+it (:func:`~metaskill.eval.custom.check_code`: it parses, defines the function with that
+signature); it then runs only inside the sandbox, during the child's evaluation. Where the
+sandbox cannot run, the child is invalid with the sandbox's one-line reason and the
+mutator is not even asked.
 
 A mutation raises :class:`NotApplicable` when it cannot act on this parent (nothing to
 remove ...): the loop then picks another kind and records nothing. Any other exception makes
@@ -332,7 +344,8 @@ def crossover(parent: Node, ctx: MutationContext, rng: random.Random) -> Child:
     theirs = {s.method: s.options for s in b.chain}
     chain = [Step(method=s.method, options=mix(s.options, theirs[s.method])
                   if s.method in theirs else dict(s.options)) for s in a.chain]
-    recipe = Recipe(base=mix(a.base, b.base), chain=chain, edits=mix(a.edits, b.edits))
+    recipe = Recipe(base=mix(a.base, b.base), chain=chain, edits=mix(a.edits, b.edits),
+                    custom=mix(a.custom, b.custom))
     return Child("crossover", f"crossover of {parent.id} and {other.id}", recipe,
                  parent2=other.id)
 
@@ -351,8 +364,17 @@ class Proposal(BaseModel):
 
     rationale: str = Field("", max_length=200)
     instructions: str | None = Field(None, max_length=400)
+    template: str | None = Field(None, max_length=300)
     prompt_format: Literal["chat", "completion"] | None = None
     config: list[ConfigChange] = Field(default_factory=list, max_length=3)
+
+
+class CodeProposal(BaseModel):
+    """The mutator's reply to ``self_modify_code``: new Python sources (null: keep)."""
+
+    rationale: str = Field("", max_length=200)
+    render: str | None = Field(None, max_length=3000)
+    postprocess: str | None = Field(None, max_length=3000)
 
 
 def shorten(obj: Any, max_items: int = 3, max_chars: int = 160) -> Any:
@@ -372,9 +394,25 @@ def shorten(obj: Any, max_items: int = 3, max_chars: int = 160) -> Any:
     return obj
 
 
-def mutator_prompt(parent: Node, ctx: MutationContext) -> str:
+_ASK = ('Propose ONE change as JSON: {"rationale": "...", "instructions": "new instructions '
+        'or null", "template": "a new prompt template using {input}, or null", '
+        '"prompt_format": "chat" or "completion" or null, "config": [{"method": '
+        '"base" or a method of the recipe, "field": "...", "value": ...}]}')
+
+_ASK_CODE = (
+    "Improve the Solver by writing Python (standard library only; it runs in a sandbox, "
+    "batched, with a time limit). Optional functions:\n"
+    "- def render(input: str, prompt: str) -> str: input is the example's text, prompt is "
+    "the example as the template renders it; return the text the model reads instead.\n"
+    "- def postprocess(output: str) -> str: the model's answer in, the final answer out.\n"
+    'Reply as JSON: {"rationale": "...", "render": "python source defining render, or '
+    'null", "postprocess": "python source defining postprocess, or null"}')
+
+
+def mutator_prompt(parent: Node, ctx: MutationContext, ask: str = _ASK) -> str:
     """What the mutator reads: the task, the Solver JSON (shortened), its chain and fit
-    notes, its dev score and a few failed dev examples, and the JSON wanted back."""
+    notes, its dev score and a few failed dev examples, and the JSON wanted back
+    (``ask``)."""
     task = ctx.task
     lines = [
         "You improve a Solver: a small language model plus how it is prompted.",
@@ -394,30 +432,58 @@ def mutator_prompt(parent: Node, ctx: MutationContext) -> str:
         for f in fails:
             lines.append(f"- input: {str(f.get('input'))[:200]} | expected: "
                          f"{str(f.get('reference'))[:60]} | got: {str(f.get('output'))[:60]}")
-    lines.append(
-        'Propose ONE change as JSON: {"rationale": "...", "instructions": "new instructions '
-        'or null", "prompt_format": "chat" or "completion" or null, "config": [{"method": '
-        '"base" or a method of the recipe, "field": "...", "value": ...}]}')
+    lines.append(ask)
     return "\n".join(lines)
 
 
-def self_modify(parent: Node, ctx: MutationContext, rng: random.Random) -> Child:
-    """The DGM step: the mutator LM reads the parent (Solver JSON, fit report, failed dev
-    examples) and proposes new instructions, a prompt format or config values."""
+def _ask_mutator(parent: Node, ctx: MutationContext, rng: random.Random, model: type[Any],
+                 ask: str) -> tuple[Any, dict[str, int], bool]:
+    """One structured mutator call: the parsed reply, its cost, whether it was constrained.
+
+    Raises:
+        InvalidChildError: the reply does not parse as ``model``.
+    """
     from metaskill.lm.structured import complete_structured
 
-    if ctx.mutator is None:
-        raise NotApplicable("no mutator LM")
-    request = Request(messages=(Message(role="user", content=mutator_prompt(parent, ctx)),),
+    request = Request(messages=(Message(role="user", content=mutator_prompt(parent, ctx, ask)),),
                       max_tokens=ctx.mutator_max_tokens, temperature=0.7,
                       seed=rng.randrange(2**31))
-    [reply] = complete_structured(ctx.mutator, [request], Proposal)
+    [reply] = complete_structured(ctx.mutator, [request], model)
     c = reply.completion
     cost = {"lm_calls": 1 + c.retries, "prompt_tokens": c.usage.prompt_tokens,
             "completion_tokens": c.usage.completion_tokens}
     if reply.value is None:
         raise InvalidChildError(f"the mutator's reply is not a proposal: {reply.error}", cost)
-    p = reply.value
+    return reply.value, cost, reply.constrained
+
+
+def _check_template(template: str, ctx: MutationContext, cost: dict[str, int]) -> None:
+    """Raise InvalidChildError for a template that does not check, or names a field that
+    the task's first train/dev example does not have."""
+    from metaskill.eval.custom import check_template
+
+    try:
+        fields = check_template(template)
+    except MetaskillError as e:
+        raise InvalidChildError(f"the proposed template is invalid: {e}", cost) from None
+    splits = getattr(ctx.task, "splits", None) or {}
+    sample = next((xs[0] for name in ("dev", "train") if (xs := splits.get(name))), None)
+    if sample is not None:
+        have = {"input", *(sample.input if isinstance(sample.input, dict) else {})}
+        if fields - have:
+            raise InvalidChildError(
+                f"the proposed template names field(s) {', '.join(sorted(fields - have))} "
+                f"the task's examples do not have (they have: {', '.join(sorted(have))})", cost)
+
+
+def self_modify(parent: Node, ctx: MutationContext, rng: random.Random) -> Child:
+    """The DGM step: the mutator LM reads the parent (Solver JSON, fit report, failed dev
+    examples) and proposes new instructions, a prompt template, a prompt format or config
+    values."""
+
+    if ctx.mutator is None:
+        raise NotApplicable("no mutator LM")
+    p, cost, constrained = _ask_mutator(parent, ctx, rng, Proposal, _ASK)
     recipe = parent.recipe.model_copy(deep=True)
     said: list[str] = []
     rebuild = False
@@ -440,14 +506,53 @@ def self_modify(parent: Node, ctx: MutationContext, rng: random.Random) -> Child
     if p.instructions is not None and p.instructions.strip():
         recipe.edits["instructions"] = p.instructions.strip()
         said.append(f"instructions {p.instructions.strip()[:60]!r}")
+    if p.template is not None and p.template.strip():
+        _check_template(p.template, ctx, cost)
+        recipe.custom["template"] = p.template
+        said.append(f"template {p.template[:60]!r}")
     if not said:
         raise InvalidChildError("the mutator proposed no change", cost)
     return Child("self_modify", "; ".join(said), recipe, rebuild=rebuild,
-                 notes={"rationale": p.rationale, "constrained": reply.constrained}, **cost)
+                 notes={"rationale": p.rationale, "constrained": constrained}, **cost)
+
+
+def self_modify_code(parent: Node, ctx: MutationContext, rng: random.Random) -> Child:
+    """The DGM step on code: the mutator LM reads the parent (its Solver JSON, current
+    template and code, fit report, failed dev examples) and writes new Python for the
+    Solver's ``render(input, prompt)`` and/or ``postprocess(output)``, run only in the
+    sandbox (refused, as an invalid child, where the sandbox cannot run)."""
+    from metaskill.eval.custom import check_code, sandbox_problem
+
+    if ctx.mutator is None:
+        raise NotApplicable("no mutator LM")
+    if problem := sandbox_problem():
+        raise InvalidChildError(f"code child refused: {problem}")
+    current = dict(parent.recipe.custom)
+    ask = _ASK_CODE
+    if current:
+        ask = "Current custom parts: " + json.dumps(current, ensure_ascii=False)[:2000] + \
+            "\n" + ask
+    p, cost, constrained = _ask_mutator(parent, ctx, rng, CodeProposal, ask)
+    recipe = parent.recipe.model_copy(deep=True)
+    said = []
+    for name in ("render", "postprocess"):
+        source = getattr(p, name)
+        if source is None or not source.strip():
+            continue
+        try:
+            check_code(name, source)
+        except MetaskillError as e:
+            raise InvalidChildError(f"the proposed code is invalid: {e}", cost) from None
+        recipe.custom[name] = source
+        said.append(f"{name} ({len(source.splitlines())} lines)")
+    if not said:
+        raise InvalidChildError("the mutator proposed no code", cost)
+    return Child("self_modify_code", "new " + ", ".join(said), recipe, rebuild=False,
+                 notes={"rationale": p.rationale, "constrained": constrained}, **cost)
 
 
 for _fn in (add_method, remove_method, replace_method, tweak_config, prompt_format, crossover,
-            self_modify):
+            self_modify, self_modify_code):
     MUTATIONS.register(_fn.__name__, _fn)
 
 
@@ -456,8 +561,8 @@ def default_mutations() -> dict[str, Mutation]:
     return {name: MUTATIONS.get(name) for name in MUTATIONS.names()}
 
 
-__all__ = ["MUTATIONS", "Child", "ConfigChange", "InvalidChildError", "Mutation",
+__all__ = ["MUTATIONS", "Child", "CodeProposal", "ConfigChange", "InvalidChildError", "Mutation",
            "MutationContext", "NotApplicable", "Proposal", "add_method", "bounds",
            "crossover", "default_mutations", "mutator_prompt", "new_value", "prompt_format",
-           "remove_method", "replace_method", "self_modify", "shorten", "tunable_fields",
-           "tweak_config"]
+           "remove_method", "replace_method", "self_modify", "self_modify_code", "shorten",
+           "tunable_fields", "tweak_config"]

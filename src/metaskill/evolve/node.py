@@ -10,7 +10,10 @@ that JSON was made from the Solver the search started from (the root):
 * ``chain`` -- the methods fitted on top, in order, with their options
   (:func:`metaskill.methods.compose.fit_chain`; parametric methods run first);
 * ``edits`` -- direct edits of the fitted Solver's JSON state (new instructions), applied
-  after the chain without refitting.
+  after the chain without refitting;
+* ``custom`` -- a prompt template and Python code (``render`` / ``postprocess`` sources),
+  wrapped around the result last as a ``custom`` Solver
+  (:class:`~metaskill.eval.custom.CustomSolver`: the code runs only in the sandbox).
 
 ``json_diff`` is a small RFC 6902-style diff (``add`` / ``remove`` / ``replace`` operations
 with JSON-pointer paths), written here instead of taking the ``jsonpatch`` dependency for
@@ -29,15 +32,19 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from metaskill.core.errors import MetaskillError
 from metaskill.core.hashing import stable_hash
 
-#: Schema version of a node (and its Recipe) as stored in the archive.
-NODE_SCHEMA_VERSION = 1
+#: Schema version of a node (and its Recipe) as stored in the archive. 2: ``Recipe.custom``
+#: (a version-1 node loads unchanged: no custom parts).
+NODE_SCHEMA_VERSION = 2
 
 NodeStatus = Literal["valid", "invalid", "pruned"]
+
+#: What ``Recipe.custom`` may hold (the parts of a ``custom`` Solver).
+CUSTOM_PARTS = ("template", "render", "postprocess")
 
 
 class Step(BaseModel):
@@ -64,10 +71,20 @@ class Recipe(BaseModel):
     base: dict[str, Any] = Field(default_factory=dict)
     chain: list[Step] = Field(default_factory=list)
     edits: dict[str, Any] = Field(default_factory=dict)
+    custom: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(CUSTOM_PARTS))
+        if unknown:
+            raise ValueError(f"unknown custom part(s) {unknown}; use {list(CUSTOM_PARTS)}")
+        return v
 
     def fingerprint(self) -> str:
         """A hash of the recipe: two nodes with the same one build the same Solver."""
-        return stable_hash(self.model_dump(mode="json", exclude={"schema_version"}))
+        exclude = {"schema_version"} | (set() if self.custom else {"custom"})
+        return stable_hash(self.model_dump(mode="json", exclude=exclude))
 
     def describe(self) -> str:
         """One short line: root changes, the chain with its options, the edits."""
@@ -78,6 +95,8 @@ class Recipe(BaseModel):
         parts += [f"{s.method}({kv(s.options)})" if s.options else s.method for s in self.chain]
         if self.edits:
             parts.append(f"edit({kv(self.edits)})")
+        if self.custom:
+            parts.append(f"custom({', '.join(sorted(self.custom))})")
         return " + ".join(parts)
 
 
@@ -244,5 +263,5 @@ def _set_everywhere(obj: Any, key: str, value: Any) -> bool:
     return found
 
 
-__all__ = ["NODE_SCHEMA_VERSION", "Node", "NodeStatus", "Recipe", "Score", "Step",
+__all__ = ["CUSTOM_PARTS", "NODE_SCHEMA_VERSION", "Node", "NodeStatus", "Recipe", "Score", "Step",
            "apply_edits", "json_diff"]
