@@ -30,7 +30,9 @@ multiple-choice tasks and ``full`` for generative ones.
 :data:`SOLVERS` knows every kind :func:`load_solver` can rebuild: the built-ins above, and
 the kinds the methods layer produces as lazy ``"module:Class"`` targets
 (:data:`METHOD_SOLVER_KINDS`), so the eval layer never imports a method until a saved
-Solver of that kind is loaded. A new kind registers with :func:`register_solver` (a method
+Solver of that kind is loaded; and ``custom`` (:mod:`metaskill.eval.custom`: a prompt
+template and sandboxed ``render`` / ``postprocess`` code around another Solver). A new
+kind registers with :func:`register_solver` (a method
 shipped with metaskill adds its target to :data:`METHOD_SOLVER_KINDS` instead, so its
 saved Solvers reload without importing it first).
 
