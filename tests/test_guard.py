@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import pytest
 
 from metaskill.core.guard import TestDataLeakError, active_guard, check_text, guard_fit
+from metaskill.core.settings import Settings
 from metaskill.core.types import Example, Request
 from metaskill.eval.harness import evaluate
 from metaskill.eval.solvers import ZeroShot
@@ -84,7 +85,8 @@ def resources(task: Task, tmp: Path) -> MethodResources:
         DifficultExample(example_id=e.id, question=e.text, output="?", missing=list(e.skills))
         for e in task.examples("dev")])
     return MethodResources(embedder=emb, skillbook=book, teacher=LeakWatchLM(),
-                           profile=profile, trainer=fake_trainer, work_dir=tmp / "work")
+                           profile=profile, trainer=fake_trainer, work_dir=tmp / "work",
+                           settings=Settings(home=tmp / "home"))  # memory's knowledge base
 
 
 #: Small settings so every method's fit is quick on the fake LM.

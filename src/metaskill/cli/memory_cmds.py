@@ -69,8 +69,7 @@ def ls_cmd(
     base = _open(kb)
     notes = base.notes(task=task, skill=skill, include_demoted=all_notes)
     info = base.summary()
-    t = Table(title=f"memory {base.path}: {info['notes']} notes, {info['demoted']} demoted "
-                    f"({info['lm']} by LM, {info['template']} by template)")
+    t = Table()
     for col, right in (("id", True), ("skill", False), ("task", False), ("source", False),
                        ("retrieved", True), ("helped", True), ("status", False),
                        ("date", False)):
@@ -81,8 +80,11 @@ def ls_cmd(
                   f"{n.helped} ({_rate(n)})", "demoted" if base.is_demoted(n) else "active",
                   _date(n.created), n.text)
     con = Console()
-    con.print(t)
-    if not notes:
+    con.print(f"{base.path}: {info['notes']} notes, {info['demoted']} demoted ({info['lm']} "
+              f"by LM, {info['template']} by template)", soft_wrap=True, highlight=False)
+    if notes:
+        con.print(t)
+    else:
         con.print("no notes" + (" (demoted ones are hidden: --all)" if info["demoted"] else ""))
 
 
