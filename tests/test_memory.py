@@ -263,6 +263,26 @@ def test_another_embedder_is_refused(tmp_path: Path) -> None:
         KnowledgeBase(tmp_path / "kb.sqlite", embedder=HashEmbedder(32)).search("q")
 
 
+# ---- memory across a stream of tasks --------------------------------------------------------
+def test_a_stream_carries_notes_from_one_task_to_the_next(tmp_path: Path) -> None:
+    from metaskill.evolve.memory import memory_stream
+
+    first = Task(name="sums_a", splits={"dev": sums(3), "test": sums(2, start=10)},
+                 verifier=Exact(), instructions="Add the numbers.")
+    second = Task(name="sums_b", splits={"dev": sums(3, start=20), "test": sums(3, start=30)},
+                  verifier=Exact(), instructions="Add the numbers.")
+    out = memory_stream([first, second], learner(), str(tmp_path / "kb.sqlite"),
+                        HashEmbedder(64), options={"min_similarity": 0.0, "batch_size": 1})
+    a, b = out.rows
+    assert (a.task, a.notes_before, a.without, a.with_memory, a.shown) == (
+        "sums_a", 0, 0.0, 0.0, 0.0)
+    assert a.notes_added == 1 and a.dev_accuracy == pytest.approx(2 / 3)
+    assert (b.task, b.notes_before, b.without, b.with_memory, b.shown) == (
+        "sums_b", 1, 0.0, 1.0, 1.0)
+    assert b.gain == 1.0 and b.low == 1.0
+    assert out.gain == pytest.approx(3 / 5)
+
+
 # ---- the real embedded model -----------------------------------------------------------------
 @pytest.mark.slow
 def test_real_model_writes_a_note_that_validates(local_lm) -> None:

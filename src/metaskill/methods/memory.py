@@ -386,16 +386,23 @@ class Memory(Method):
         """Answer dev in batches with the notes so far, count which notes helped, distil
         each attempt into a new note (see the module doc); return the retrieving Solver.
 
-        With no dev examples the notes are learnt from ``train``. Notes:
+        With no dev examples the notes are learnt from ``train``. An open
+        :class:`~metaskill.skills.knowledge.KnowledgeBase` in
+        ``resources.extra["knowledge_base"]`` is used instead of opening ``path`` (a
+        ``":memory:"`` one shared across fits, a stream of tasks). Notes:
         ``dev_accuracy`` (answers with the memory as it grew), ``notes_added``,
         ``lm_notes`` / ``template_notes`` (and ``template_reasons``), ``shown`` (attempts
         whose prompt held notes), ``demoted`` (notes the rule hides now), ``kb``.
         """
         cfg = self.config
-        rule = DemotionRule(after=cfg.demote_after, below=cfg.demote_below)
-        path = cfg.path or str(default_path(self.resources.settings))
         embedder = self.resources.get_embedder()
-        kb = KnowledgeBase(path, embedder=embedder, rule=rule)
+        kb = self.resources.extra.get("knowledge_base")
+        if kb is None:
+            rule = DemotionRule(after=cfg.demote_after, below=cfg.demote_below)
+            path = cfg.path or str(default_path(self.resources.settings))
+            kb = KnowledgeBase(path, embedder=embedder, rule=rule)
+        else:  # an open knowledge base, handed over (it keeps its own demotion rule)
+            rule, path = kb.rule, kb.path
         wrapped = MemorySolver(solver.lm, solver, path, getattr(embedder, "spec", "minilm"),
                                k=cfg.k, min_similarity=cfg.min_similarity,
                                skill_bonus=cfg.skill_bonus, scope=cfg.scope, rule=rule,
