@@ -66,6 +66,8 @@ _TARGETS = {
     "multi_critique": "metaskill.methods.multi_critique:MultiCritique",
     # experience memory (issue 21): notes in the knowledge base of skills/knowledge.py
     "memory": "metaskill.methods.memory:Memory",
+    # tools (issue 21): verified tool-call demos, a router learnt on dev per skill
+    "tool_use": "metaskill.methods.tool_use:ToolUse",
     # parametric methods (train LoRA adapters; a chain runs them first)
     "sft": "metaskill.methods.sft:SFT",
     "stat": "metaskill.methods.stat:STAT",

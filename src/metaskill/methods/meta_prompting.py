@@ -380,12 +380,17 @@ class MetaPromptingSolver(Solver):
         return self.python_with_isolation(code)[0]
 
     def python_with_isolation(self, code: str) -> tuple[str, list[str]]:
-        """:meth:`run_python`'s text and the sandbox layers that applied (for the trace)."""
+        """:meth:`run_python`'s text and the sandbox layers that applied (for the trace).
+        The code runs through the ``python`` tool (:mod:`metaskill.tools.python`) over the
+        sandbox, as in ``tool_use``."""
         from metaskill.tasks.sandbox import run_code
+        from metaskill.tools.base import call_tool
+        from metaskill.tools.python import python_tool
 
-        r = run_code(code, timeout_s=self.code_timeout_s)
-        text = r.stdout.strip() if r.ok else f"{r.summary()}\n{r.stderr.strip()[-400:]}"
-        return text[:1000] or "(no output)", r.isolation
+        tool = python_tool(lambda c, t: run_code(c, timeout_s=t), timeout_s=self.code_timeout_s)
+        call = call_tool(tool, {"code": code})
+        text = call.result if call.ok else (call.error or "").removeprefix("CodeFailedError: ")
+        return (text or "(no output)")[:1000], list(call.info.get("isolation", []))
 
     def postprocess(self, task: Any, text: str) -> str:
         """Strip; the first non-empty line for classification / multiple choice."""

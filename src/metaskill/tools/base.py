@@ -52,7 +52,8 @@ class Tool:
         name: what the model writes to call it (``[a-z_][a-z0-9_]*``, not ``answer``).
         description: one line the model is shown.
         args: the pydantic model of its argument (its JSON schema constrains the reply).
-        fn: ``fn(args) -> str``; may raise (recorded as the call's error).
+        fn: ``fn(args) -> str`` (or ``(str, info dict)``); may raise (recorded as the
+            call's error; an exception's ``info`` dict is kept in the call's ``info``).
         timeout_s: wall-time limit of one call (the call is abandoned, not killed, when a
             plain function overruns; tools that run code enforce their own limit too).
 
@@ -136,24 +137,27 @@ class ToolCall:
         return out
 
 
-def _run_with_timeout(fn: Callable[[], str], timeout_s: float) -> tuple[str | None, str | None]:
-    """Run ``fn`` in a daemon thread: (result, None), or (None, why it failed)."""
+def _run_with_timeout(fn: Callable[[], Any], timeout_s: float
+                      ) -> tuple[Any, str | None, dict[str, Any]]:
+    """Run ``fn`` in a daemon thread: (result, None, info), or (None, why it failed, info
+    from the exception's ``info`` attribute)."""
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
             box["result"] = fn()
         except BaseException as e:  # a tool's failure of any kind is a recorded error
-            box["error"] = f"{type(e).__name__}: {e}"[:300]
+            box["error"] = f"{type(e).__name__}: {e}"[:MAX_RESULT_CHARS]
+            box["info"] = getattr(e, "info", None)
 
     thread = threading.Thread(target=target, daemon=True, name="metaskill-tool")
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
-        return None, f"timed out after {timeout_s:g} s"
+        return None, f"timed out after {timeout_s:g} s", {}
     if "error" in box:
-        return None, box["error"]
-    return box.get("result"), None
+        return None, box["error"], dict(box.get("info") or {})
+    return box.get("result"), None, {}
 
 
 def call_tool(tool: Tool, raw_args: dict[str, Any] | str | None) -> ToolCall:
@@ -188,8 +192,7 @@ def call_tool(tool: Tool, raw_args: dict[str, Any] | str | None) -> ToolCall:
         loc = ".".join(str(x) for x in first.get("loc", ())) or "arguments"
         return ToolCall(tool.name, args_data,
                         error=f"malformed arguments: {loc}: {first.get('msg', 'invalid')}")
-    result, error = _run_with_timeout(lambda: tool.fn(args), tool.timeout_s)
-    info: dict[str, Any] = {}
+    result, error, info = _run_with_timeout(lambda: tool.fn(args), tool.timeout_s)
     if isinstance(result, tuple):  # (text, info) from tools that report extra facts
         result, info = result
     if error is None and not isinstance(result, str):

@@ -37,11 +37,19 @@ class PythonArgs(BaseModel):
     code: str = Field(max_length=600, description="a Python program that prints its result")
 
 
+class CodeFailedError(RuntimeError):
+    """The code did not exit 0 within its limits; ``info`` keeps the sandbox layers."""
+
+    def __init__(self, message: str, info: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.info = info
+
+
 def run_python(runner: CodeRunner, code: str, timeout_s: float) -> tuple[str, dict[str, Any]]:
     """Run ``code`` with ``runner``: (stdout, or the failure and the end of stderr; info).
 
-    A run that fails (non-zero exit, time or memory limit) raises ``RuntimeError`` with the
-    summary, so the call is recorded as an error.
+    A run that fails (non-zero exit, time or memory limit) raises :class:`CodeFailedError` with
+    the summary and the end of stderr, so the call is recorded as an error.
 
     Example:
         >>> from types import SimpleNamespace as NS
@@ -51,12 +59,14 @@ def run_python(runner: CodeRunner, code: str, timeout_s: float) -> tuple[str, di
         >>> run_python(bad, "print(x)", 1.0)
         Traceback (most recent call last):
         ...
-        RuntimeError: exit 1: NameError: x
+        metaskill.tools.python.CodeFailedError: exit 1: NameError: x
+        NameError: x
     """
     r = runner(code, timeout_s)
     info = {"isolation": list(getattr(r, "isolation", []) or [])}
     if not r.ok:
-        raise RuntimeError(r.summary())
+        tail = (getattr(r, "stderr", "") or "").strip()[-400:]
+        raise CodeFailedError(f"{r.summary()}\n{tail}".strip(), info)
     return (r.stdout.strip() or "(no output)"), info
 
 
