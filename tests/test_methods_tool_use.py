@@ -209,3 +209,15 @@ def test_real_model_writes_calculator_calls(local_lm) -> None:
     for a in out:
         assert a.meta["tool_trace"] and a.meta["tool_trace"][0]["tool"] == "calculator"
     assert sum(a.output == "91" for a in out) >= 2, [a.meta["tool_trace"] for a in out]
+
+
+def test_traces_are_kept_in_the_run_and_shown_in_the_report() -> None:
+    from metaskill.eval.harness import evaluate
+    from metaskill.eval.report import render_html
+
+    run = evaluate(solver_with(ScriptedLM(good_model)), task(), "tool_use", examples=TEST)
+    rec = run.records[0]
+    assert rec.meta["tool_trace"][0]["args"] == {"expression": "23 + 68"}
+    assert rec.meta["route"] == "calculator" and rec.score == 1.0
+    html = render_html([run])
+    assert "Tool calls" in html and "23 + 68" in html

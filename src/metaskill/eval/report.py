@@ -492,11 +492,39 @@ def failures_section(runs: Sequence[Run], per_run: int = 5) -> Section | None:
     return Section("failures", "Failed examples", "".join(parts))
 
 
+def tools_section(runs: Sequence[Run], per_run: int = 3) -> Section | None:
+    """A few examples of each run whose Solver called tools (``meta["tool_trace"]``):
+    each call, its arguments, its result or error, and the final answer."""
+    parts = []
+    for r in runs:
+        traced = [x for x in r.records if x.meta.get("tool_trace")][:per_run]
+        rows = []
+        for rec in traced:
+            calls = "".join(
+                f"<tr><td>{_esc(c.get('tool'))}</td><td>{_esc(c.get('args'))}</td>"
+                f"<td>{_esc(c.get('result'))}</td><td>{_esc(c.get('error') or '')}</td></tr>"
+                for c in rec.meta["tool_trace"])
+            rows.append(
+                f"<div><b>{_esc(rec.example_id)}</b> route {_esc(rec.meta.get('route'))}, "
+                f"answer {_esc(rec.output)}, score {rec.score:g}"
+                + (f", fallback: {_esc(rec.meta['fallback'])}" if rec.meta.get("fallback")
+                   else "")
+                + "<table><tr><th>tool</th><th>arguments</th><th>result</th><th>error</th>"
+                f"</tr>{calls}</table></div>")
+        if rows:
+            parts.append(f"<h3>{_esc(r.id)} <small>{_esc(r.task)} {_esc(r.label)}</small></h3>"
+                         + "".join(rows))
+    if not parts:
+        return None
+    return Section("tools", "Tool calls", "".join(parts))
+
+
 DEFAULT_SECTIONS: tuple[SectionBuilder, ...] = (
     overview_section,
     skills_section,
     tokens_section,
     failures_section,
+    tools_section,
 )
 """The built-in sections, in page order; pass an extended tuple to :func:`render_html`."""
 
