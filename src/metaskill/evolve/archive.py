@@ -116,7 +116,10 @@ class EvolveConfig(BaseModel):
             DGM's ``keep_better`` ablation).
         noise_leeway: the leeway of ``keep="better"`` (DGM: 0.1).
         mutations: mutation kinds to draw from (uniformly; one that does not apply to a
-            parent is skipped for another).
+            parent is skipped for another). The default is every registered kind, code
+            children (``self_modify_code``) included: where the sandbox cannot run, such a
+            draw is recorded as an invalid child with the sandbox's reason and costs no LM
+            call.
         methods: methods ``add_method`` / ``replace_method`` may put in a chain.
         stage_size: dev examples of the first evaluation stage (a seeded subset, the same
             for every node); the whole dev set when it has no more than this.
@@ -140,7 +143,8 @@ class EvolveConfig(BaseModel):
     keep: Literal["all", "better"] = "all"
     noise_leeway: float = Field(0.1, ge=0)
     mutations: tuple[str, ...] = ("add_method", "remove_method", "replace_method",
-                                  "tweak_config", "prompt_format", "crossover", "self_modify")
+                                  "tweak_config", "prompt_format", "crossover", "self_modify",
+                                  "self_modify_code")
     methods: tuple[str, ...] = DEFAULT_METHODS
     stage_size: int = Field(10, ge=1)
     margin: float = Field(0.1, ge=0)
