@@ -93,6 +93,13 @@ def test_invalid_note_falls_back_to_the_template_and_says_why(reply: str) -> Non
     assert len(d.text) <= 150
 
 
+def test_a_valid_but_degenerate_note_falls_back_to_the_template() -> None:
+    ex = sums(1)[0]
+    reply = json.dumps({"note": "The answer is 1. The answer is 1. The answer is 1."})
+    drafts, _ = distill_notes(learner(reply), [(ex, _attempt(ex, "2"), False, "add")], "sums")
+    assert drafts[0].source == "template" and drafts[0].error == "the note repeats itself"
+
+
 def test_template_only_distillation_calls_no_lm() -> None:
     ex = sums(1)[0]
     lm = learner()

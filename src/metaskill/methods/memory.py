@@ -21,7 +21,8 @@ persist across tasks and runs. ``fit`` walks the dev examples in batches, in ord
 3. Distil each attempt -- question, answer, verdict, the reference answer, and the tool
    calls where the attempt's ``meta`` has them (``tool_calls`` or ``trace``) -- into one
    short note by the LM in constrained JSON (:class:`NoteReply`, length-capped). A reply
-   that does not validate (or ``distill="template"``) gets a note built from the trace
+   that does not validate, or validates but repeats itself (:func:`note_problem`), or
+   ``distill="template"``, gets a note built from the trace
    by :func:`template_note` instead, stored with ``source="template"`` and the reason.
 4. Store the notes; the next batch can retrieve them.
 
@@ -133,6 +134,26 @@ def render_calls(calls: list[dict[str, Any]], max_chars: int = 200) -> str:
     return _cut("; ".join(parts), max_chars)
 
 
+def note_problem(text: str) -> str | None:
+    """Why a note that validates under the schema is still no note, or None.
+
+    A small model's constrained reply can be valid JSON and still degenerate: the 135M
+    model filled its notes with one phrase over and over ("The answer is 17. The answer
+    is 17. ..."). A note in which some four-word sequence occurs three times is refused.
+
+    Example:
+        >>> note_problem("The answer is 7. The answer is 7. The answer is 7.")
+        'the note repeats itself'
+        >>> note_problem("add the ones, carry, then add the tens") is None
+        True
+    """
+    words = text.lower().split()
+    grams = [" ".join(words[i : i + 4]) for i in range(len(words) - 3)]
+    if any(grams.count(g) >= 3 for g in set(grams)):
+        return "the note repeats itself"
+    return None
+
+
 def _cut(text: str, n: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[: max(0, n - 3)].rstrip() + "..."
@@ -210,11 +231,15 @@ def distill_notes(lm: Any, items: list[tuple[Example, Attempt, bool, str]], task
     for (ex, a, ok, skill), r in zip(items, replies, strict=True):
         common = {"skill": skill, "key": _cut(ex.text, 1000), "task": task_name,
                   "example_id": ex.id, "verified": ok}
+        problem = None
         if r is not None and r.value is not None:
-            drafts.append(NoteDraft(text=" ".join(r.value.note.split()), source="lm", **common))
-            continue
+            note = " ".join(r.value.note.split())
+            problem = note_problem(note)
+            if problem is None:
+                drafts.append(NoteDraft(text=note, source="lm", **common))
+                continue
         text = template_note(skill, ex.text, a.output, ok, ex.answer, tool_calls(a), max_chars)
-        why = "distill=template" if r is None else (r.error or "invalid reply")
+        why = "distill=template" if r is None else (problem or r.error or "invalid reply")
         drafts.append(NoteDraft(text=text, source="template", error=why, **common))
     return drafts, spent
 
