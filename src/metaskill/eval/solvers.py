@@ -88,7 +88,6 @@ METHOD_SOLVER_KINDS: dict[str, str] = {
     "adaptmi": "metaskill.methods.adaptmi:AdaptMISolver",
     "meta_prompting": "metaskill.methods.meta_prompting:MetaPromptingSolver",
     "multi_critique": "metaskill.methods.multi_critique:MultiCritiqueSolver",
-    "tool_use": "metaskill.methods.tool_use:ToolUseSolver",
     "memory": "metaskill.methods.memory:MemorySolver",
     "tool_use": "metaskill.methods.tool_use:ToolUseSolver",
 }
