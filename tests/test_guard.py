@@ -20,7 +20,7 @@ from metaskill.methods.base import FitReport, Method, MethodResources
 from metaskill.methods.compose import build_method, fit_chain
 from metaskill.skills.profile import DifficultExample, Profile
 from metaskill.tasks.base import Task
-from metaskill.tasks.verifiers import LabelVerifier
+from metaskill.tasks.verifiers import ExactVerifier, LabelVerifier
 
 WORDS = {"positive": ["good", "great"], "negative": ["bad", "dull"]}
 
@@ -42,8 +42,24 @@ def make_task() -> Task:
                 instructions="Answer positive or negative.")
 
 
+def make_sums() -> Task:
+    """For tool_use (its demonstrations need a task a tool can solve): '<a> plus <b>'."""
+    def split(name: str, start: int, n: int) -> list[Example]:
+        return [Example(id=f"{name}-{i}", input=f"What is {i} plus {i + 17}?",
+                        answer=str(2 * i + 17), skills=["addition"])
+                for i in range(start, start + n)]
+
+    return Task(name="sums", splits={"train": split("train", 10, 6), "dev": split("dev", 30, 3),
+                                     "test": split("test", 50, 3)},
+                template="Q: {input}\nA:", kind="generative", verifier=ExactVerifier())
+
+
 def answer(prompt: str, request: Request) -> str:
-    """Right about the last review in the prompt; critiques say CORRECT."""
+    """Right about the last review in the prompt; critiques say CORRECT; a tool call
+    adds the last question's two numbers."""
+    if request.json_schema and "calculator" in request.json_schema:
+        a, b = re.findall(r"\d+", prompt.rsplit("What is", 1)[-1])[:2]
+        return f'{{"tool": "calculator", "expression": "{a} + {b}"}}'
     if "VERDICT" in prompt or "critique" in prompt.lower():
         return "The answer is fine.\nVERDICT: CORRECT"
     last = prompt.rsplit("Review", 1)[-1]
@@ -78,7 +94,8 @@ def resources(task: Task, tmp: Path) -> MethodResources:
 
     emb = HashEmbedder(64)
     book = SkillBook(tmp / "skills.sqlite", embedder=emb)
-    book.add_skills([Skill(name=f"{n}_words", description=f"{n} words") for n in WORDS])
+    book.add_skills([Skill(name=f"{n}_words", description=f"{n} words") for n in WORDS]
+                    + [Skill(name="addition", description="adding two numbers")])
     book.add_examples(task.examples("train"))
     book.label_many({e.id: list(e.skills) for e in task.examples("train")})
     profile = Profile(task="reviews", difficult=[
@@ -99,7 +116,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_registered_method_fits_without_touching_test(name: str, tmp_path: Path) -> None:
-    task = make_task()
+    task = make_sums() if name == "tool_use" else make_task()
     lm = LeakWatchLM()
     res = resources(task, tmp_path)
     method = build_method(name, OPTIONS.get(name, {}), res)
