@@ -8,6 +8,10 @@ a model is actually loaded, so ``import metaskill`` stays cheap.
 * ``complete`` runs llama.cpp's sampler (temperature and top-p only: top-k, min-p and
   repetition penalties are off, as in the OpenAI API); sample ``i`` uses seed ``seed + i``.
   Each generated token carries its log-probability under the model (before temperature).
+* The samples of a batch are decoded as up to ``n_parallel`` parallel sequences of one
+  context (:mod:`metaskill.lm.llama_parallel`): samples of one prompt share its KV cache,
+  prompts sharing a long prefix evaluate it once. ``n_parallel=1`` decodes one sample at
+  a time, as before.
 * ``score`` returns real summed token log-likelihoods of each continuation, evaluating the
   prompt once and reusing its KV cache across continuations.
 * The cache identity is the SHA-256 of the GGUF file (and of the LoRA adapter, if any).
@@ -210,6 +214,15 @@ class LlamaLM(LM):
         extra_bufts: use llama.cpp's extra CPU buffer types (AMX kernels, weight repacking).
             None means "unless the CPU advertises AMX": ggml's AMX matmul crashes on
             some virtual machines (it did on the 2-core machine this was built on).
+        n_parallel: most sequences decoded together (default 8). A batch with more than
+            one sample is decoded as parallel sequences of one context, which multiplies
+            throughput since decoding one token reads all the weights whatever the number
+            of sequences; 1 decodes one sample after another. Greedy answers equal the
+            one-at-a-time ones except where two top logits are a near tie (batched kernels
+            round differently); an answer depends on its batch, never on earlier calls.
+        parallel_cells: KV cache cells (tokens) of the parallel context; None means
+            ``max(n_ctx, 768 * n_parallel)``. A batch whose worst case does not fit is
+            split; a request that alone does not fit is decoded on its own.
         cache: optional :class:`Cache`.
 
     Raises:
@@ -228,6 +241,8 @@ class LlamaLM(LM):
         n_threads: int | None = None,
         n_batch: int = 512,
         extra_bufts: bool | None = None,
+        n_parallel: int = 8,
+        parallel_cells: int | None = None,
         cache: Cache | None = None,
     ) -> None:
         super().__init__(cache=cache)
@@ -248,6 +263,15 @@ class LlamaLM(LM):
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_batch = int(n_batch)
         self.extra_bufts = (not _cpu_has_amx()) if extra_bufts is None else extra_bufts
+        if n_parallel < 1:
+            raise InvalidParameterError(f"n_parallel must be >= 1, got {n_parallel}.")
+        self.n_parallel = int(n_parallel)
+        self.parallel_cells = int(parallel_cells or max(self.context_window, 768 * n_parallel))
+        if self.parallel_cells < self.context_window:
+            raise InvalidParameterError(
+                f"parallel_cells must be >= n_ctx ({self.context_window}), got "
+                f"{self.parallel_cells}.")
+        self._decoder: Any = None
         self._chat_flag = chat
         self._llm: Any = None
         self._formatter: Any = None
@@ -272,7 +296,8 @@ class LlamaLM(LM):
         return LlamaLM(self.model_path, spec=spec, chat=self._chat_flag, lora_path=path,
                        lora_scale=self.lora_scale, n_ctx=self.context_window or 2048,
                        n_threads=self.n_threads, n_batch=self.n_batch,
-                       extra_bufts=self.extra_bufts, cache=self.cache)
+                       extra_bufts=self.extra_bufts, n_parallel=self.n_parallel,
+                       parallel_cells=self.parallel_cells, cache=self.cache)
 
     # ---- identity and loading ----------------------------------------------------------
     @property
@@ -334,6 +359,9 @@ class LlamaLM(LM):
     def close(self) -> None:
         """Free the model's memory."""
         with self._lock:
+            if self._decoder is not None:
+                self._decoder.close()
+                self._decoder = None
             if self._llm is not None:
                 self._llm.close()
                 self._llm = None
@@ -398,25 +426,67 @@ class LlamaLM(LM):
 
     # ---- generation --------------------------------------------------------------------
     def _complete(self, requests: list[Request]) -> list[Completion]:
-        out = []
-        for r in requests:
-            t0 = time.perf_counter()
-            toks = self.tokenize(self.prompt_of(r))
-            self._check_fits(len(toks))
-            samples = []
-            n_gen = 0
+        if self.n_parallel > 1 and sum(r.n for r in requests) > 1:
+            toks = []
+            for r in requests:
+                toks.append(self.tokenize(self.prompt_of(r)))
+                self._check_fits(len(toks[-1]))
             with self._lock:
-                for i in range(r.n):
-                    sample, n = self._generate(toks, r, seed=r.seed + i, fresh=i == 0)
-                    samples.append(sample)
-                    n_gen += n
-            out.append(
-                Completion(
-                    samples=samples,
-                    usage=Usage(prompt_tokens=len(toks), completion_tokens=n_gen),
-                    latency_s=time.perf_counter() - t0,
-                )
-            )
+                return self._complete_parallel(requests, toks)
+        return [self._complete_one(r) for r in requests]
+
+    def _complete_one(self, r: Request, toks: list[int] | None = None) -> Completion:
+        """One request, its samples decoded one after another."""
+        t0 = time.perf_counter()
+        if toks is None:
+            toks = self.tokenize(self.prompt_of(r))
+        self._check_fits(len(toks))
+        samples = []
+        n_gen = 0
+        with self._lock:
+            for i in range(r.n):
+                sample, n = self._generate(toks, r, seed=r.seed + i, fresh=i == 0)
+                samples.append(sample)
+                n_gen += n
+        return Completion(
+            samples=samples,
+            usage=Usage(prompt_tokens=len(toks), completion_tokens=n_gen),
+            latency_s=time.perf_counter() - t0,
+        )
+
+    def _complete_parallel(self, requests: list[Request],
+                           toks: list[list[int]]) -> list[Completion]:
+        """A batch decoded as parallel sequences (split where its worst case overflows the
+        parallel KV cache; a request that alone overflows it is decoded on its own).
+
+        Each Completion's ``latency_s`` is the batch's wall time shared evenly among its
+        requests, so latencies still add up to the time spent.
+        """
+        if self._decoder is None:
+            from metaskill.lm.llama_parallel import ParallelDecoder
+
+            lora = (self.llm._lora_adapter, self.lora_scale) if self.lora_path else None
+            self._decoder = ParallelDecoder(self.llm, n_parallel=self.n_parallel,
+                                            n_cells=self.parallel_cells,
+                                            n_threads=self.n_threads, lora=lora)
+        dec = self._decoder
+        budgets = [min(r.max_tokens, self.context_window - len(t))
+                   for r, t in zip(requests, toks, strict=True)]
+        t0 = time.perf_counter()
+        from metaskill.lm.llama_parallel import plan
+
+        jobs, holders = plan(toks, requests, budgets, n_parallel=self.n_parallel,
+                             n_holders=dec.n_seq - self.n_parallel)
+        if not dec.fits(jobs, holders):
+            if len(requests) == 1:
+                return [self._complete_one(requests[0], toks[0])]
+            half = len(requests) // 2
+            return (self._complete_parallel(requests[:half], toks[:half])
+                    + self._complete_parallel(requests[half:], toks[half:]))
+        dec.run(jobs, holders, self._grammar)
+        out = dec.completions(jobs, requests, t0)
+        for c in out:
+            c.latency_s = (time.perf_counter() - t0) / len(out)
         return out
 
     def _generate(
