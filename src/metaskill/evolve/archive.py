@@ -52,9 +52,12 @@ sandbox's one-line reason where the sandbox cannot run (nothing is run), and inv
 the first failure when any input fell back (a template that does not render, code that
 raises, times out or exceeds its memory) during its evaluation: never retried.
 
-Not yet (later steps):
+Around it: :mod:`metaskill.evolve.report` draws the archive page (``metaskill evolve show
+DIR --html``), ``metaskill run --evolve`` runs the search as a stage of the main job, and
+``benchmarks/evolve_archive.py`` compares it with the best single chain.
 
-* the HTML archive page, ``metaskill run --evolve``, ``benchmarks/results/evolve_archive.md``;
+Not yet:
+
 * a hard per-child timeout: ``child_timeout_s`` is a deadline parametric methods honour and
   a limit checked when a child is done (a slower child is recorded invalid), not a kill.
 
