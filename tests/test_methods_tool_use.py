@@ -80,6 +80,31 @@ def test_build_demos_keeps_only_verified_calls() -> None:
     assert d.metadata["tool_result"] == "41"
 
 
+def test_python_demos_run_the_sandbox_only_on_expressions_that_verify() -> None:
+    """A sandbox run per kept demo, not one per candidate: '6 * 7' is the 3rd candidate and
+    '9 - 2' the 2nd, and no run for an input none of whose expressions verifies."""
+    from types import SimpleNamespace
+
+    from metaskill.tools import builtin_tools
+    from metaskill.tools.calculator import calculate
+
+    ran: list[str] = []
+
+    def runner(code: str, timeout_s: float) -> SimpleNamespace:
+        ran.append(code)
+        out = calculate(code.removeprefix("print(").removesuffix(")"))
+        return SimpleNamespace(ok=True, stdout=out + "\n", stderr="",
+                               summary=lambda: "exited 0", isolation=["fake"])
+
+    train = [Example(id="m", input="What is 6 times 7?", answer="42"),
+             Example(id="s", input="What is 9 minus 2?", answer="7"),
+             Example(id="x", input="What is 3 and 4 in words?", answer="seven")]
+    demos = build_demos(task(), train, builtin_tools(["python"], runner=runner))
+    assert [json.loads(d.answer)["code"] for d in demos["python"]] == ["print(6 * 7)",
+                                                                        "print(9 - 2)"]
+    assert ran == ["print(6 * 7)", "print(9 - 2)"]
+
+
 def test_fit_learns_the_router_per_skill_and_round_trips() -> None:
     lm = ScriptedLM(good_model)
     method = ToolUse(ToolUseConfig(tools=["calculator"], k=2), resources=HASH)
