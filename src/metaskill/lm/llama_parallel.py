@@ -192,8 +192,14 @@ class ParallelDecoder:
         params.n_seq_max = self.n_seq
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = n_threads
+        from llama_cpp._utils import suppress_stdout_stderr
+
         try:
-            self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+            # llama.cpp notes that a unified cache's n_ctx_seq may exceed n_ctx_train:
+            # positions never do (a sequence stays within the backend's n_ctx)
+            with suppress_stdout_stderr(disable=False):
+                self.ctx = _internals.LlamaContext(model=llm._model, params=params,
+                                                   verbose=False)
         except ValueError as e:
             raise MetaskillError(f"llama.cpp could not create a context for {n_parallel} "
                                  f"parallel sequences and {n_cells} KV cells ({e})") from e
