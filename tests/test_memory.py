@@ -305,3 +305,23 @@ def _attempt(ex: Example, output: str, meta: dict | None = None):
     from metaskill.eval.solver import Attempt
 
     return Attempt(example_id=ex.id, prompt=ex.text, output=output, meta=meta or {})
+
+
+def test_a_tool_use_attempts_calls_reach_the_template_note() -> None:
+    """tool_use keeps its calls in meta['tool_trace'] (meta['tool_calls'] is their count):
+    the note distilled from its attempt names the call."""
+    from metaskill.methods.tool_use import Router, ToolUseSolver, build_demos
+    from metaskill.tools import calculator
+
+    dev = sums(3)
+    task = make_task(dev)
+    lm = ScriptedLM(lambda p, r: '{"tool": "calculator", "expression": "2 + 3"}'
+                    if r.json_schema else "?")
+    solver = ToolUseSolver(lm, ZeroShot(lm), tools=["calculator"],
+                           demos=build_demos(task, dev[:2], [calculator()]),
+                           router=Router(default="calculator"), embedder_spec="hash:64")
+    ex = dev[2]
+    a = solver.solve(task, [ex])[0]
+    assert a.meta["tool_calls"] == 1 and a.output == "5"
+    drafts, _ = distill_notes(lm, [(ex, a, True, "add")], "sums", use_lm=False)
+    assert "calling calculator(2 + 3) -> 5" in drafts[0].text, drafts[0].text

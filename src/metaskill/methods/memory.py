@@ -19,11 +19,11 @@ persist across tasks and runs. ``fit`` walks the dev examples in batches, in ord
    the answer verified (the demotion rule of :class:`~metaskill.skills.knowledge.
    DemotionRule` hides notes that stop helping).
 3. Distil each attempt -- question, answer, verdict, the reference answer, and the tool
-   calls where the attempt's ``meta`` has them (``tool_calls`` or ``trace``) -- into one
-   short note by the LM in constrained JSON (:class:`NoteReply`, length-capped). A reply
-   that does not validate, or validates but repeats itself (:func:`note_problem`), or
-   ``distill="template"``, gets a note built from the trace
-   by :func:`template_note` instead, stored with ``source="template"`` and the reason.
+   calls where the attempt's ``meta`` has them (``tool_trace``, ``tool_calls`` or
+   ``trace``) -- into one short note by the LM in constrained JSON (:class:`NoteReply`,
+   length-capped). A reply that does not validate, or validates but repeats itself
+   (:func:`note_problem`), or ``distill="template"``, gets a note built from the trace by
+   :func:`template_note` instead, stored with ``source="template"`` and the reason.
 4. Store the notes; the next batch can retrieve them.
 
 The returned :class:`MemorySolver` retrieves notes the same way for every input it
@@ -101,18 +101,21 @@ def note_model(max_chars: int) -> type[NoteReply]:
 
 
 def tool_calls(attempt: Attempt) -> list[dict[str, Any]]:
-    """The tool calls an attempt's ``meta`` records (``tool_calls``, else ``trace``), as
-    dicts with ``tool``, ``args`` and ``result`` or ``error``; [] when it has none.
+    """The tool calls an attempt's ``meta`` records (``tool_trace``, as ``tool_use``
+    writes it, else a ``tool_calls`` or ``trace`` list), as dicts with ``tool``, ``args``
+    and ``result`` or ``error``; [] when it has none.
 
     Example:
-        >>> a = Attempt(example_id="1", meta={"tool_calls": [
+        >>> a = Attempt(example_id="1", meta={"tool_calls": 1, "tool_trace": [
         ...     {"tool": "calculator", "args": {"expression": "12*34"}, "result": "408"}]})
         >>> tool_calls(a)[0]["tool"]
         'calculator'
     """
-    raw = attempt.meta.get("tool_calls") or attempt.meta.get("trace") or []
-    return [c for c in raw if isinstance(c, dict) and (c.get("tool") or c.get("name"))] \
-        if isinstance(raw, list) else []
+    for key in ("tool_trace", "tool_calls", "trace"):  # tool_use's tool_calls is a count
+        raw = attempt.meta.get(key)
+        if isinstance(raw, list) and raw:
+            return [c for c in raw if isinstance(c, dict) and (c.get("tool") or c.get("name"))]
+    return []
 
 
 def render_calls(calls: list[dict[str, Any]], max_chars: int = 200) -> str:
