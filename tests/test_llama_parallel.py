@@ -13,12 +13,13 @@ import pytest
 
 from metaskill.core.errors import InvalidParameterError
 from metaskill.core.types import Request
-from metaskill.lm.llama_parallel import plan, shared_prefixes
+from metaskill.lm.llama_parallel import Job, jobs_of, source_for
 
 NEAR_TIE = 0.5
 """Largest top-2 logit gap (of the one-at-a-time path) at which a greedy mismatch is allowed:
-batched kernels (and the changed batch split of the prompt) move this Q4 model's logits by
-up to a few tenths."""
+a prompt evaluated in other chunks moves this Q4 model's logits by up to a few tenths (with
+the unified KV cache, whose interleaved cells change attention's summation order, 35 of
+these 100 answers differed, all at gaps <= 0.3)."""
 
 SUBJECTS = ["cats", "the moon", "rain", "bread", "chess", "rivers", "music", "glass",
             "trains", "honey", "winter", "maps", "bees", "salt", "clocks", "paper", "wolves",
@@ -38,30 +39,32 @@ def hundred_prompts() -> list[Request]:
     return reqs
 
 
-# ---- planning (no model) -------------------------------------------------------------------
-def test_shared_prefixes_groups_runs_and_leaves_one_token_per_prompt():
-    header = list(range(100, 120))
-    prompts = [[*header, 1, 2], [*header, 3], [*header, 4, 5, 6], [7] * 30, [7] * 30 + [8]]
-    got = shared_prefixes(prompts, min_len=16)
-    assert header in got
-    assert [7] * 29 in got  # stops one short of the shortest prompt of its run
-    assert shared_prefixes([[1, 2, 3], [4, 5, 6]], min_len=2) == []
+# ---- scheduling (no model) -----------------------------------------------------------------
+def job(tokens: list[int], pos: int = 0, ids: list[int] | None = None) -> Job:
+    return Job(req=0, index=0, tokens=tokens, request=Request(prompt="x"), budget=8, pos=pos,
+               ids=ids or [])
 
 
-def test_plan_nests_holders_and_points_jobs_at_the_longest():
+def test_source_is_the_running_sequence_sharing_most_and_waits_for_a_prompt_in_flight():
     header = list(range(100, 120))
-    toks = [[*header, 1, 2, 3], [*header, 4], [*header, 5, 6]]
-    reqs = [Request(prompt="x", n=3), Request(prompt="y"), Request(prompt="z")]
-    jobs, holders = plan(toks, reqs, [4, 4, 4], n_parallel=8)
-    by_len = {len(h.tokens): h for h in holders}
-    assert sorted(by_len) == [20, 22]  # the shared header; request 0's prompt less a token
-    assert by_len[22].parent is by_len[20] and by_len[20].parent is None
-    assert [h.seq for h in holders] == [8, 9]
-    assert [j.holder is by_len[22] for j in jobs[:3]] == [True] * 3
-    assert jobs[3].holder is by_len[20] and jobs[4].holder is by_len[20]
-    assert [(j.req, j.index) for j in jobs] == [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0)]
-    _, none = plan(toks, reqs, [4, 4, 4], n_parallel=8, n_holders=0)
-    assert none == []
+    a = job([*header, 1, 2], pos=23, ids=[7, 8])  # prompt and its first token evaluated
+    b = job([*header, 1, 3, 4], pos=5)  # still evaluating its prompt
+    new = job([*header, 1, 3, 4, 5])
+    assert source_for(new, [a, b]) == (None, 0, True)  # b will share 23 > 21 tokens
+    b.pos = 23
+    src, shared, wait = source_for(new, [a, b])
+    assert (src is b, shared, wait) == (True, 23, False)
+    # evaluated tokens include generated ones; a short share counts as none
+    assert source_for(job([*header, 1, 2, 7, 9]), [a])[:2] == (a, 23)
+    assert source_for(job([*header[:10], 5, 6]), [a, b]) == (None, 0, False)
+    # a sample shares its whole prompt but its last token (evaluated for its logits)
+    assert source_for(job([*header, 1, 2]), [a])[1] == 21
+
+
+def test_jobs_are_samples_in_request_order():
+    jobs = jobs_of([[1, 2], [3, 4]], [Request(prompt="a", n=3), Request(prompt="b")], [5, 6])
+    assert [(j.req, j.index, j.budget) for j in jobs] == [(0, 0, 5), (0, 1, 5), (0, 2, 5),
+                                                          (1, 0, 6)]
 
 
 # ---- against the model ---------------------------------------------------------------------
@@ -141,15 +144,13 @@ def test_seeded_samples_reproducible_and_n_shares_the_prompt(lms, capsys):
                for x, y in zip(c.texts, d.texts, strict=True))
     with capsys.disabled():
         print(f"\n[parallel sampling] {same}/10 samples equal to the one-at-a-time path's")
-    assert same >= 5  # the same sampler chain and seeds; only logit rounding differs
+    assert same >= 8  # the same sampler chain and seeds; only logit rounding may differ
     for c in one:
         assert c.usage.completion_tokens == sum(len(s.logprobs or []) for s in c.samples)
 
 
 @pytest.mark.slow
-def test_grammar_stop_and_fallbacks_in_the_parallel_path(lms):
-    from metaskill.lm.llama import LlamaLM
-
+def test_grammar_stop_and_shared_samples_in_the_parallel_path(lms):
     seq, par = lms
     schema = {"type": "object", "properties": {"answer": {"type": "integer"}},
               "required": ["answer"]}
@@ -161,28 +162,21 @@ def test_grammar_stop_and_fallbacks_in_the_parallel_path(lms):
         assert isinstance(json.loads(c.text)["answer"], int)
     assert out[3].finish_reason == "stop" and " 7" not in out[3].text and "6" in out[3].text
     assert [c.text for c in out] == [c.text for c in seq.complete(reqs, cache=False)]
-    # a parallel cache too small for the batch's worst case: split, then one by one
-    tiny = LlamaLM(par.model_path, n_ctx=128, n_parallel=4, parallel_cells=128, n_threads=1)
-    try:
-        small = [Request(prompt=f"Q: What are {s} made of?\nA:", max_tokens=60)
-                 for s in SUBJECTS[:3]]
-        small.append(small[0].model_copy(update={"n": 3}))  # alone too big: one by one
-        got = tiny.complete(small, cache=False)
-        alone = [tiny.complete([r], cache=False)[0] for r in small]
-        assert [c.texts for c in got] == [c.texts for c in alone]
-        assert len(alone[3].texts) == 3 and alone[3].texts[0] == alone[0].text
-        assert all(c.text for c in got)
-    finally:
-        tiny.close()
+    # samples of one prompt start from a copy of the first one's KV stream
+    shared = Request(prompt="Q: Name three colours of the rainbow, one per line.\nA:",
+                     max_tokens=10, n=4)
+    got = par.complete([shared, reqs[3]], cache=False)
+    assert got[0].texts == [got[0].text] * 4  # greedy: four identical samples
+    assert got[0].text == seq.complete([shared.model_copy(update={"n": 1})],
+                                       cache=False)[0].text
 
 
-def test_n_parallel_and_cells_are_validated(tmp_path):
+def test_n_parallel_is_validated(tmp_path):
     from metaskill.lm.llama import LlamaLM
 
     f = tmp_path / "m.gguf"
     f.write_bytes(b"x")
     with pytest.raises(InvalidParameterError, match="n_parallel"):
         LlamaLM(f, n_parallel=0)
-    with pytest.raises(InvalidParameterError, match="parallel_cells"):
-        LlamaLM(f, n_ctx=1024, parallel_cells=512)
     assert LlamaLM(f).n_parallel == 8
+    assert LlamaLM(f, n_parallel=3).with_adapter(None).n_parallel == 3

@@ -9,9 +9,10 @@ a model is actually loaded, so ``import metaskill`` stays cheap.
   repetition penalties are off, as in the OpenAI API); sample ``i`` uses seed ``seed + i``.
   Each generated token carries its log-probability under the model (before temperature).
 * The samples of a batch are decoded as up to ``n_parallel`` parallel sequences of one
-  context (:mod:`metaskill.lm.llama_parallel`): samples of one prompt share its KV cache,
-  prompts sharing a long prefix evaluate it once. ``n_parallel=1`` decodes one sample at
-  a time, as before.
+  context (:mod:`metaskill.lm.llama_parallel`): a sample whose prompt shares a long prefix
+  with a running sequence (another sample of the same prompt, a k-shot prompt with the
+  same demonstrations) starts from a copy of its KV cache. ``n_parallel=1`` decodes one
+  sample at a time, as before.
 * ``score`` returns real summed token log-likelihoods of each continuation, evaluating the
   prompt once and reusing its KV cache across continuations.
 * The cache identity is the SHA-256 of the GGUF file (and of the LoRA adapter, if any).
@@ -217,12 +218,12 @@ class LlamaLM(LM):
         n_parallel: most sequences decoded together (default 8). A batch with more than
             one sample is decoded as parallel sequences of one context, which multiplies
             throughput since decoding one token reads all the weights whatever the number
-            of sequences; 1 decodes one sample after another. Greedy answers equal the
-            one-at-a-time ones except where two top logits are a near tie (batched kernels
-            round differently); an answer depends on its batch, never on earlier calls.
-        parallel_cells: KV cache cells (tokens) of the parallel context; None means
-            ``max(n_ctx, 768 * n_parallel)``. A batch whose worst case does not fit is
-            split; a request that alone does not fit is decoded on its own.
+            of sequences; 1 decodes one sample after another. The parallel context holds
+            ``n_parallel`` KV streams of ``n_ctx`` tokens (SmolLM2-135M: 23 KB a token,
+            47 MB a stream at n_ctx 2048), allocated on the first batch. Greedy answers
+            equal the one-at-a-time ones except where the top two logits are a near tie
+            (batched kernels round differently); an answer depends on its batch, never
+            on earlier calls.
         cache: optional :class:`Cache`.
 
     Raises:
@@ -242,7 +243,6 @@ class LlamaLM(LM):
         n_batch: int = 512,
         extra_bufts: bool | None = None,
         n_parallel: int = 8,
-        parallel_cells: int | None = None,
         cache: Cache | None = None,
     ) -> None:
         super().__init__(cache=cache)
@@ -266,11 +266,6 @@ class LlamaLM(LM):
         if n_parallel < 1:
             raise InvalidParameterError(f"n_parallel must be >= 1, got {n_parallel}.")
         self.n_parallel = int(n_parallel)
-        self.parallel_cells = int(parallel_cells or max(self.context_window, 768 * n_parallel))
-        if self.parallel_cells < self.context_window:
-            raise InvalidParameterError(
-                f"parallel_cells must be >= n_ctx ({self.context_window}), got "
-                f"{self.parallel_cells}.")
         self._decoder: Any = None
         self._chat_flag = chat
         self._llm: Any = None
@@ -297,7 +292,7 @@ class LlamaLM(LM):
                        lora_scale=self.lora_scale, n_ctx=self.context_window or 2048,
                        n_threads=self.n_threads, n_batch=self.n_batch,
                        extra_bufts=self.extra_bufts, n_parallel=self.n_parallel,
-                       parallel_cells=self.parallel_cells, cache=self.cache)
+                       cache=self.cache)
 
     # ---- identity and loading ----------------------------------------------------------
     @property
@@ -456,38 +451,17 @@ class LlamaLM(LM):
 
     def _complete_parallel(self, requests: list[Request],
                            toks: list[list[int]]) -> list[Completion]:
-        """A batch decoded as parallel sequences (split where its worst case overflows the
-        parallel KV cache; a request that alone overflows it is decoded on its own).
+        """A batch decoded as parallel sequences (see :mod:`metaskill.lm.llama_parallel`)."""
+        from metaskill.lm.llama_parallel import ParallelDecoder, decode_batch
 
-        Each Completion's ``latency_s`` is the batch's wall time shared evenly among its
-        requests, so latencies still add up to the time spent.
-        """
         if self._decoder is None:
-            from metaskill.lm.llama_parallel import ParallelDecoder
-
             lora = (self.llm._lora_adapter, self.lora_scale) if self.lora_path else None
             self._decoder = ParallelDecoder(self.llm, n_parallel=self.n_parallel,
-                                            n_cells=self.parallel_cells,
+                                            n_ctx=self.context_window,
                                             n_threads=self.n_threads, lora=lora)
-        dec = self._decoder
         budgets = [min(r.max_tokens, self.context_window - len(t))
                    for r, t in zip(requests, toks, strict=True)]
-        t0 = time.perf_counter()
-        from metaskill.lm.llama_parallel import plan
-
-        jobs, holders = plan(toks, requests, budgets, n_parallel=self.n_parallel,
-                             n_holders=dec.n_seq - self.n_parallel)
-        if not dec.fits(jobs, holders):
-            if len(requests) == 1:
-                return [self._complete_one(requests[0], toks[0])]
-            half = len(requests) // 2
-            return (self._complete_parallel(requests[:half], toks[:half])
-                    + self._complete_parallel(requests[half:], toks[half:]))
-        dec.run(jobs, holders, self._grammar)
-        out = dec.completions(jobs, requests, t0)
-        for c in out:
-            c.latency_s = (time.perf_counter() - t0) / len(out)
-        return out
+        return decode_batch(self._decoder, toks, requests, budgets, self._grammar)
 
     def _generate(
         self, toks: list[int], r: Request, seed: int, fresh: bool
