@@ -179,6 +179,10 @@ def write(args: argparse.Namespace, rates: dict[int, float], made: dict[int, int
         f"## Generation ({args.prompts} chat prompts, up to {args.tokens} new tokens each, "
         "one `complete` call)",
         "",
+        "Rate = generated tokens over the call's wall time, prompt processing included "
+        "(the prompts share the chat template's system header, which parallel sequences "
+        "copy from a running sequence instead of evaluating it again).",
+        "",
         "| n_parallel | generated tokens | tokens/s | ratio to the loop |",
         "| ---: | ---: | ---: | ---: |",
     ]
