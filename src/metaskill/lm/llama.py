@@ -64,6 +64,10 @@ _GEMMA3_PARTS = (
 )
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
+PARALLEL_KV_BYTES = 1 << 30
+"""Most memory the KV streams of parallel sequences may take (estimated from the model's
+shape): a large model with a long context gets fewer streams than ``n_parallel``."""
+
 # Serialises the (brief) construction-time override of llama.cpp's model defaults.
 _LOAD_LOCK = threading.Lock()
 
@@ -220,7 +224,9 @@ class LlamaLM(LM):
             throughput since decoding one token reads all the weights whatever the number
             of sequences; 1 decodes one sample after another. The parallel context holds
             ``n_parallel`` KV streams of ``n_ctx`` tokens (SmolLM2-135M: 23 KB a token,
-            47 MB a stream at n_ctx 2048), allocated on the first batch. Greedy answers
+            47 MB a stream at n_ctx 2048), allocated on the first batch; fewer streams
+            where they would pass :data:`PARALLEL_KV_BYTES` (see
+            :meth:`parallel_streams`). Greedy answers
             equal the one-at-a-time ones except where the top two logits are a near tie
             (batched kernels round differently); an answer depends on its batch, never
             on earlier calls.
@@ -420,8 +426,27 @@ class LlamaLM(LM):
             )
 
     # ---- generation --------------------------------------------------------------------
+    def parallel_streams(self) -> int:
+        """Sequences decoded together: ``n_parallel``, or fewer where their KV streams
+        (``n_ctx`` tokens each, f16 keys and values) would pass :data:`PARALLEL_KV_BYTES`.
+
+        Example:
+            >>> LlamaLM(builtin_model_path("local")).parallel_streams()  # doctest: +SKIP
+            8
+        """
+        import llama_cpp
+
+        model = self.llm._model.model
+        n_head = max(1, llama_cpp.llama_model_n_head(model))
+        head_dim = llama_cpp.llama_model_n_embd(model) // n_head
+        per_token = (2 * 2 * llama_cpp.llama_model_n_layer(model)
+                     * llama_cpp.llama_model_n_head_kv(model) * head_dim)
+        fit = PARALLEL_KV_BYTES // max(1, per_token * self.context_window)
+        return max(1, min(self.n_parallel, fit))
+
     def _complete(self, requests: list[Request]) -> list[Completion]:
-        if self.n_parallel > 1 and sum(r.n for r in requests) > 1:
+        if self.n_parallel > 1 and sum(r.n for r in requests) > 1 and \
+                self.parallel_streams() > 1:
             toks = []
             for r in requests:
                 toks.append(self.tokenize(self.prompt_of(r)))
@@ -456,7 +481,7 @@ class LlamaLM(LM):
 
         if self._decoder is None:
             lora = (self.llm._lora_adapter, self.lora_scale) if self.lora_path else None
-            self._decoder = ParallelDecoder(self.llm, n_parallel=self.n_parallel,
+            self._decoder = ParallelDecoder(self.llm, n_parallel=self.parallel_streams(),
                                             n_ctx=self.context_window,
                                             n_threads=self.n_threads, lora=lora)
         budgets = [min(r.max_tokens, self.context_window - len(t))
