@@ -20,7 +20,7 @@ $(VENV)/.run-deps: $(PY) pyproject.toml
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.run-deps pyproject.toml
-	$(PIP) install -q -e '.[local,embed,tasks,report,serve,train,hf,structured,dev]'
+	$(PIP) install -q -e '.[local,embed,tasks,report,serve,train,rl,hf,structured,dev]'
 	touch $@
 
 run: $(VENV)/.run-deps

@@ -110,6 +110,7 @@ def resources(task: Task, tmp: Path) -> MethodResources:
 OPTIONS: dict[str, dict[str, Any]] = {
     "sft": {"steps": 2, "eval_every": 1, "curve_n": 2},
     "stat": {"steps": 2, "eval_every": 1, "curve_n": 2},
+    "grpo": {"steps": 2, "eval_every": 1, "curve_n": 2},
     "self_evolve": {"rounds": 1, "samples": 2, "n_train": 4, "steps": 1},
 }
 

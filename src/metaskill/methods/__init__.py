@@ -72,6 +72,8 @@ _TARGETS = {
     "sft": "metaskill.methods.sft:SFT",
     "stat": "metaskill.methods.stat:STAT",
     "self_evolve": "metaskill.methods.self_evolve:SelfEvolve",
+    # reinforcement learning from the Verifier (issue 22): GRPO on TRL, MASA gates
+    "grpo": "metaskill.methods.grpo:GRPO",
 }
 for _name, _target in _TARGETS.items():
     METHODS.register(_name, _target)

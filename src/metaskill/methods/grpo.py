@@ -1,0 +1,553 @@
+"""GRPO: reinforcement learning from the Task's Verifier, on a LoRA adapter (TRL's GRPOTrainer).
+
+Algorithm (Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in
+Open Language Models", section 4.1, Group Relative Policy Optimization):
+
+1. For each prompt q, sample a group of G answers o_1..o_G from the current policy.
+2. Score each answer with the reward: the Task's Verifier (score in [0, 1]) and, optionally,
+   an LM judge (:class:`~metaskill.tasks.verifiers.JudgeVerifier`), summed with weights.
+3. The advantage of o_i is its reward relative to its group:
+   ``A_i = (r_i - mean(r)) / (std(r) + eps)`` (:func:`group_advantages`); a group whose answers
+   all score the same carries no signal (all advantages 0).
+4. Maximise the clipped policy-gradient objective with these advantages minus
+   ``beta * KL(policy || reference)``; the reference is the base model (the adapter
+   switched off), so no second copy of the weights is held.
+
+The loop is TRL's ``GRPOTrainer`` (``rl`` extra) with PEFT LoRA on CPU, the model loaded by
+the hf backend from the same weights the Solver runs (the embedded GGUF is dequantized once).
+Checkpoints go to ``WORK/grpo_checkpoints`` every ``save_every`` steps, and a rerun with the
+same inputs resumes from the last one. Each step's loss, mean reward, reward spread, KL,
+share of zero-signal groups and wall time are kept (``report.notes["grpo_log"]``), with a
+learning curve on dev like SFT's. The adapter is saved and exported to GGUF by the same path
+as SFT (:func:`~metaskill.methods.sft.train_solver`), so the trained Solver's JSON carries it.
+
+MASA options (Zhang et al. 2025, "Meta-Awareness Enhances Reasoning Models: Self-Alignment
+Reinforcement Learning"), each switchable so the ablation is one flag:
+
+* ``masa_meta``: before a prompt's group is sampled, the policy is asked (by prompt; no
+  extra head) to predict its own pass rate over the group and the answer's length
+  (:func:`meta_prompt`, :func:`parse_meta`); the prediction is scored against the group's
+  actual pass rate and lengths (:func:`meta_reward`) and logged per step.
+* ``masa_gate_prompts``: skip a prompt predicted all-pass or all-fail (its group would have
+  zero advantage) without sampling it (:func:`gate_prompt`).
+* ``masa_gate_rollouts``: cut rollouts at ``masa_length_margin`` times the predicted length
+  (MASA's early cut of rollouts predicted to fail: over-long answers mostly fail); a cut
+  rollout is judged on what it wrote (:func:`cut_length`).
+
+What we changed: GRPO's math is TRL's (``loss_type="grpo"``, group-scaled advantages); we use
+LoRA instead of full fine-tuning and the Verifier as the reward. In MASA the meta-predictions
+are themselves trained by a second GRPO stream; here they are produced by the same policy
+from a prompt and scored (their reward is logged), but not trained, and the gates use the
+prediction of the step at hand.
+
+Example:
+    >>> GRPOConfig(group_size=4, steps=10).group_size
+    4
+    >>> group_advantages([1.0, 0.0, 1.0, 1.0, 0.5, 0.5], group_size=2)
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from metaskill.core.errors import MethodError
+from metaskill.core.types import Example
+from metaskill.eval.solver import Solver, answer_max_tokens
+from metaskill.methods.base import Method, MethodConfig
+from metaskill.methods.sft import (
+    DEFAULT_TARGETS,
+    ChatPair,
+    StepInfo,
+    TrainingError,
+    TrainResult,
+    check_trainable,
+    peak_rss_mb,
+    save_adapter_atomically,
+    train_solver,
+)
+from metaskill.tasks.base import Task
+
+#: The ``rl`` extra's library; named in the error when it is missing.
+TRL_HINT = "GRPO needs TRL: pip install 'metaskill[rl]'"
+
+
+class GRPOConfig(MethodConfig):
+    """GRPO settings.
+
+    Attributes:
+        group_size: answers sampled per prompt (G >= 2: the advantage compares them).
+        prompts_per_step: prompts (groups) per optimizer update.
+        steps: optimizer updates.
+        beta: KL coefficient against the base model (0: no KL term, no reference pass).
+        learning_rate: AdamW learning rate of the LoRA weights.
+        temperature: sampling temperature of the rollouts (> 0).
+        top_p: nucleus sampling of the rollouts.
+        max_new_tokens: rollout length limit; None: the task's answer budget.
+        scale_rewards: ``group`` divides by the group's std (GRPO); ``none`` does not
+            (Dr. GRPO).
+        verifier_weight: weight of the Task's Verifier score in the reward (0: off).
+        judge_weight: weight of an LM judge's score (0: off); the judge is
+            ``resources.teacher``, else the Solver's own LM.
+        judge_rubric: what the judge rewards.
+        rank: LoRA rank.
+        alpha: LoRA alpha.
+        dropout: LoRA dropout.
+        target_modules: linear layers that get adapters.
+        seed: seeds sampling, data order and LoRA initialisation.
+        threads: torch CPU threads (None: the settings' value, else torch's default).
+        n_examples: train on the first this many answered training examples (None: all).
+        save_every: write a resumable checkpoint every this many steps.
+        eval_every: score ``curve_n`` dev examples every this many steps and after the
+            last (the learning curve); None: no curve.
+        curve_n: dev examples scored at each point of the curve.
+        masa_meta: MASA meta-prediction (pass rate, length) by prompt before each group,
+            scored against the group (its reward is logged).
+        masa_gate_prompts: skip prompts predicted all-pass or all-fail (needs masa_meta).
+        masa_gate_rollouts: cut rollouts at ``masa_length_margin`` x the predicted length
+            (needs masa_meta).
+        masa_length_margin: the rollout cut's margin over the predicted length (>= 1).
+        masa_gate_after: the gates act only from this step on (predictions start poor).
+    """
+
+    group_size: int = 4
+    prompts_per_step: int = Field(2, ge=1)
+    steps: int = Field(20, ge=1)
+    beta: float = Field(0.04, ge=0)
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1.0)
+    max_new_tokens: int | None = Field(None, ge=1)
+    scale_rewards: Literal["group", "none"] = "group"
+    verifier_weight: float = Field(1.0, ge=0)
+    judge_weight: float = Field(0.0, ge=0)
+    judge_rubric: str = "The response answers the question correctly and completely."
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)
+    n_examples: int | None = Field(None, ge=1)
+    save_every: int = Field(10, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    curve_n: int = Field(20, ge=1)
+    masa_meta: bool = False
+    masa_gate_prompts: bool = False
+    masa_gate_rollouts: bool = False
+    masa_length_margin: float = Field(1.5, ge=1.0)
+    masa_gate_after: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> GRPOConfig:
+        if self.group_size < 2:
+            raise ValueError(f"group_size is {self.group_size}; GRPO needs at least 2 answers "
+                             "per prompt, since each answer is scored against its group")
+        if self.verifier_weight == 0 and self.judge_weight == 0:
+            raise ValueError("no reward: set verifier_weight > 0 (the Task's Verifier) or "
+                             "judge_weight > 0 (an LM judge)")
+        if (self.masa_gate_prompts or self.masa_gate_rollouts) and not self.masa_meta:
+            raise ValueError("the MASA gates act on meta-predictions: set masa_meta=true too")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one linear layer")
+        return self
+
+
+# ---- rewards and advantages ---------------------------------------------------------------
+def group_advantages(rewards: Sequence[float], group_size: int, *,
+                     scale: bool = True, eps: float = 1e-4) -> list[float]:
+    """GRPO's advantages: each reward minus its group's mean, over the group's std + eps.
+
+    ``rewards`` holds consecutive groups of ``group_size`` (as TRL lays them out); the std
+    is the sample std (n - 1), as in TRL. A group with equal rewards gets all zeros.
+
+    Example:
+        >>> [round(a, 3) for a in group_advantages([1, 0, 0, 0], group_size=4)]
+        [1.5, -0.5, -0.5, -0.5]
+        >>> group_advantages([2.0, 0.0], group_size=2, scale=False)
+        [1.0, -1.0]
+    """
+    if group_size < 2 or len(rewards) % group_size:
+        raise ValueError(f"{len(rewards)} rewards do not split into groups of {group_size} "
+                         "(group_size >= 2)")
+    out: list[float] = []
+    for i in range(0, len(rewards), group_size):
+        g = [float(r) for r in rewards[i:i + group_size]]
+        mean = sum(g) / len(g)
+        std = math.sqrt(sum((r - mean) ** 2 for r in g) / (len(g) - 1))
+        out += [(r - mean) / (std + eps) if scale else r - mean for r in g]
+    return out
+
+
+def zero_signal_share(rewards: Sequence[float], group_size: int) -> float:
+    """The share of groups whose rewards are all equal (no gradient from them).
+
+    Example:
+        >>> zero_signal_share([1, 1, 0, 1, 0, 0], group_size=2)
+        0.6666666666666666
+    """
+    groups = [rewards[i:i + group_size] for i in range(0, len(rewards), group_size)]
+    return sum(1 for g in groups if max(g) == min(g)) / max(1, len(groups))
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one TRL completion (a string, or chat messages).
+
+    Example:
+        >>> completion_text([{"role": "assistant", "content": "42"}])
+        '42'
+    """
+    if isinstance(completion, str):
+        return completion
+    return "".join(str(m.get("content", "")) for m in completion)
+
+
+@dataclass
+class RewardSource:
+    """One reward function for TRL: ``fn(completions, example_id) -> scores``, a weight."""
+
+    name: str
+    fn: Callable[[list[str], list[str]], list[float]]
+    weight: float = 1.0
+
+    def __call__(self, prompts: list[Any], completions: list[Any],
+                 example_id: list[str], **_: Any) -> list[float]:
+        """TRL's reward-function signature (dataset columns arrive as keyword lists)."""
+        return self.fn([completion_text(c) for c in completions], list(example_id))
+
+
+def verifier_scores(verifier: Any, examples: dict[str, Example]) -> Callable[..., list[float]]:
+    """``(texts, example_ids) -> scores``: the Verifier's score of each text (errors: 0).
+
+    Example:
+        >>> from metaskill.tasks.verifiers import ExactVerifier
+        >>> f = verifier_scores(ExactVerifier(), {"a": Example(id="a", input="1+1", answer="2")})
+        >>> f(["2", "3"], ["a", "a"])
+        [1.0, 0.0]
+    """
+    from metaskill.tasks.verifiers import safe_verify_batch
+
+    def score(texts: list[str], ids: list[str]) -> list[float]:
+        verdicts = safe_verify_batch(verifier, texts, [examples[i] for i in ids])
+        return [float(v.score) for v in verdicts]
+
+    return score
+
+
+def reward_sources(task: Task, examples: Sequence[Example], config: GRPOConfig,
+                   judge_lm: Any = None) -> list[RewardSource]:
+    """The weighted rewards of ``config``: the Task's Verifier and/or an LM judge.
+
+    Raises:
+        MethodError: a judge reward without a judge LM.
+    """
+    from metaskill.tasks.verifiers import JudgeVerifier
+
+    by_id = {e.id: e for e in examples}
+    out = []
+    if config.verifier_weight > 0:
+        out.append(RewardSource("verifier", verifier_scores(task.verifier, by_id),
+                                config.verifier_weight))
+    if config.judge_weight > 0:
+        if judge_lm is None:
+            raise MethodError("grpo: judge_weight > 0 needs a judge LM (resources.teacher or "
+                              "the Solver's LM).")
+        judge = JudgeVerifier(lm=judge_lm, rubric=config.judge_rubric, max_tokens=64)
+        out.append(RewardSource("judge", verifier_scores(judge, by_id), config.judge_weight))
+    return out
+
+
+# ---- training ------------------------------------------------------------------------------
+@dataclass
+class GRPOResult(TrainResult):
+    """:class:`~metaskill.methods.sft.TrainResult` plus GRPO's per-step log."""
+
+    log: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: str | None = None
+
+
+def _trl_args(config: GRPOConfig, out: Path, max_new: int, progress: bool,
+              weights: list[float]) -> Any:
+    try:
+        from trl import GRPOConfig as TRLConfig
+    except ImportError as e:
+        raise MethodError(f"{TRL_HINT} ({e}).") from None
+    return TRLConfig(
+        output_dir=str(out), max_steps=config.steps, learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.group_size, num_generations=config.group_size,
+        gradient_accumulation_steps=config.prompts_per_step,
+        max_completion_length=max_new, temperature=config.temperature, top_p=config.top_p,
+        beta=config.beta, loss_type="grpo", scale_rewards=config.scale_rewards,
+        reward_weights=weights, seed=config.seed, data_seed=config.seed, use_cpu=True,
+        bf16=False, fp16=False, gradient_checkpointing=False, logging_steps=1,
+        save_strategy="steps", save_steps=config.save_every, save_total_limit=2,
+        report_to="none", disable_tqdm=not progress, remove_unused_columns=False,
+        dataloader_num_workers=0, log_completions=False, warmup_steps=0,
+        lr_scheduler_type="constant",
+    )
+
+
+def _step_hook(on_step: Callable[[StepInfo], bool | None] | None, total: int,
+               clock: dict[str, float]) -> Any:
+    """A TrainerCallback that stamps wall time into each step's log and calls ``on_step``."""
+    from transformers import TrainerCallback
+
+    class StepHook(TrainerCallback):  # type: ignore[misc]
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
+                   model: Any = None, **kw: Any) -> Any:
+            if not logs or "loss" not in logs or not state.log_history:
+                return control
+            now, cpu = time.perf_counter(), time.process_time()
+            wall = clock["offset"] + now - clock["t0"] - clock["paused"]
+            state.log_history[-1]["wall_s"] = round(wall, 2)
+            if on_step is not None:
+                model.eval()
+                stop = on_step(StepInfo(state.global_step, total, float(logs["loss"]), wall,
+                                        model, cpu - clock["c0"] - clock["cpu_paused"]))
+                model.train()
+                clock["paused"] += time.perf_counter() - now
+                clock["cpu_paused"] += time.process_time() - cpu
+                if stop:  # the deadline: keep a checkpoint to resume from
+                    control.should_training_stop = True
+                    control.should_save = True
+            return control
+
+    return StepHook()
+
+
+STEP_KEYS = {"loss": "loss", "reward": "reward", "reward_std": "reward_std", "kl": "kl",
+             "frac_reward_zero_std": "zero_signal", "completions/mean_length": "mean_length",
+             "wall_s": "wall_s"}
+
+
+def step_log(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per training step from TRL's ``log_history`` (names shortened).
+
+    Example:
+        >>> step_log([{"step": 1, "loss": 0.1, "reward": 0.5, "wall_s": 3.0},
+        ...           {"train_runtime": 9.0}])
+        [{'step': 1, 'loss': 0.1, 'reward': 0.5, 'wall_s': 3.0}]
+    """
+    out = []
+    for h in history:
+        if "loss" not in h or "step" not in h:
+            continue
+        row: dict[str, Any] = {"step": h["step"]}
+        row.update({short: h[k] for k, short in STEP_KEYS.items() if k in h})
+        row.update({k.split("/")[1]: h[k] for k in h
+                    if k.startswith("rewards/") and k.endswith("/mean")})
+        out.append(row)
+    return out
+
+
+def train_grpo(model: Any, tokenizer: Any, pairs: Sequence[ChatPair],
+               rewards: Sequence[RewardSource], config: GRPOConfig, out_dir: str | Path, *,
+               max_new_tokens: int = 64, checkpoint_dir: str | Path | None = None,
+               on_step: Callable[[StepInfo], bool | None] | None = None,
+               progress: bool = True, meta: dict[str, Any] | None = None) -> GRPOResult:
+    """Train a LoRA adapter by GRPO on ``pairs``' prompts and save it atomically to ``out_dir``.
+
+    Resumes from the last checkpoint in ``checkpoint_dir`` (default: ``grpo_checkpoints``
+    beside ``out_dir``) when there is one.
+
+    Args:
+        model: an HF causal LM (wrapped with PEFT LoRA by TRL).
+        tokenizer: its tokenizer (padding is set to the left, as TRL needs).
+        pairs: the prompts (their ``id`` keys the reward's Example).
+        rewards: the reward functions and weights.
+        config: the :class:`GRPOConfig`.
+        out_dir: where the PEFT adapter goes.
+        max_new_tokens: rollout length limit.
+        checkpoint_dir: TRL's output folder (checkpoints).
+        on_step: called after each step with a :class:`~metaskill.methods.sft.StepInfo`;
+            its time is not counted, and returning True stops after that step.
+        progress: TRL's progress bar.
+        meta: extra JSON for ``metaskill_train.json``.
+
+    Raises:
+        TrainingError: no prompts, no reward, or a non-finite loss.
+
+    Example:
+        >>> train_grpo(lm.model, lm.tokenizer, pairs, rewards, GRPOConfig(steps=3),
+        ...            "adapter")  # doctest: +SKIP
+    """
+    import torch
+    from peft import LoraConfig
+
+    try:
+        from datasets import Dataset
+        from transformers import PrinterCallback
+        from transformers.trainer_utils import get_last_checkpoint
+        from trl import GRPOTrainer
+    except ImportError as e:
+        raise MethodError(f"{TRL_HINT} ({e}).") from None
+    if not pairs:
+        raise TrainingError("grpo: no prompts to train on; nothing was trained.")
+    if not rewards:
+        raise TrainingError("grpo: no reward function; nothing was trained.")
+    out = Path(out_dir)
+    ck = Path(checkpoint_dir) if checkpoint_dir else out.parent / "grpo_checkpoints"
+    ck.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    data = Dataset.from_list([{"prompt": [{"role": m.role, "content": m.content}
+                                          for m in p.messages], "example_id": p.id}
+                              for p in pairs])
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(config.target_modules), bias="none",
+                      task_type="CAUSAL_LM")
+    funcs = [_named(r) for r in rewards]
+    last = get_last_checkpoint(str(ck)) if any(ck.iterdir()) else None
+    clock = {"t0": time.perf_counter(), "c0": time.process_time(), "paused": 0.0,
+             "cpu_paused": 0.0, "offset": _last_wall(last)}
+    with warnings.catch_warnings():
+        # transformers 5 renamed gradient checkpointing; TRL and PEFT still use the old name
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*",
+                                category=FutureWarning)
+        args = _trl_args(config, ck, max_new_tokens, progress, [r.weight for r in rewards])
+        trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=data,
+                              processing_class=tokenizer, peft_config=lora,
+                              callbacks=[_step_hook(on_step, config.steps, clock)])
+        if not progress:  # the Trainer prints every log dict when its bar is off
+            trainer.remove_callback(PrinterCallback)
+        trainer.train(resume_from_checkpoint=last)
+    peft_model = trainer.model
+    peft_model.eval()
+    log = step_log(trainer.state.log_history)
+    losses = [float(r["loss"]) for r in log]
+    if any(not math.isfinite(x) for x in losses):
+        raise TrainingError(f"grpo: the loss became non-finite ({losses}); lower the learning "
+                            "rate. Nothing was saved and the previous adapter is unchanged.")
+    seconds = clock["offset"] + time.perf_counter() - clock["t0"] - clock["paused"]
+    cpu_seconds = time.process_time() - clock["c0"] - clock["cpu_paused"]
+    steps = int(trainer.state.global_step)
+    info = {"method": "grpo", "config": config.model_dump(mode="json"), "steps": steps,
+            "losses": losses, "log": log, "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "n_examples": len(pairs), "resumed_from": last, **(meta or {})}
+    save_adapter_atomically(peft_model, out, info)
+    return GRPOResult(adapter_dir=out, steps=steps, losses=losses, seconds=seconds,
+                      seconds_per_step=seconds / max(1, steps), peak_rss_mb=peak_rss_mb(),
+                      cpu_seconds=cpu_seconds, n_examples=len(pairs), model=peft_model,
+                      log=log, resumed_from=last)
+
+
+def _named(source: RewardSource) -> Callable[..., list[float]]:
+    """TRL names a reward function by its ``__name__``; a plain function carrying it."""
+
+    def reward(prompts: list[Any], completions: list[Any], **kw: Any) -> list[float]:
+        return source(prompts, completions, **kw)
+
+    reward.__name__ = source.name
+    return reward
+
+
+def _last_wall(checkpoint: str | None) -> float:
+    """The wall time already spent when ``checkpoint`` was written (0 for a fresh run)."""
+    import json
+
+    if not checkpoint:
+        return 0.0
+    p = Path(checkpoint) / "trainer_state.json"
+    if not p.exists():
+        return 0.0
+    hist = json.loads(p.read_text()).get("log_history", [])
+    walls = [h["wall_s"] for h in hist if "wall_s" in h]
+    return float(walls[-1]) if walls else 0.0
+
+
+def train_grpo_for_lm(lm: Any, pairs: list[ChatPair], config: GRPOConfig, out_dir: str | Path,
+                      *, rewards: Sequence[RewardSource], max_new_tokens: int = 64,
+                      settings: Any = None, init_adapter: str | Path | None = None,
+                      progress: bool = True, on_step: Any = None,
+                      log: Callable[[str], None] | None = None) -> GRPOResult:
+    """GRPO for the model behind ``lm`` (its local weights, loaded with transformers); the
+    adapter is exported to GGUF when the base is a GGUF file (as SFT's
+    :func:`~metaskill.methods.sft.train_for_lm`). Its signature is a
+    :data:`~metaskill.methods.sft.Trainer`'s, with the rewards bound first.
+
+    Example:
+        >>> train_grpo_for_lm(load_lm("local"), pairs, GRPOConfig(steps=3), "out",
+        ...                   rewards=rewards)  # doctest: +SKIP
+    """
+    from metaskill.lm.adapters import base_model_path, export_gguf
+    from metaskill.lm.hf import load_hf_model
+
+    if init_adapter is not None:
+        raise MethodError("grpo: continuing an existing adapter is not supported; it starts "
+                          "a fresh LoRA (resume comes from its own checkpoints).")
+    model, tok, info = load_hf_model(base_model_path(lm), settings=settings, log=log)
+    meta = {"base": {"source": info["source"], "hash": info["hash"], "kind": info["kind"],
+                     "model_type": getattr(model.config, "model_type", None)}}
+    res = train_grpo(model, tok, pairs, rewards, config, out_dir, max_new_tokens=max_new_tokens,
+                     on_step=on_step, progress=progress, meta=meta)
+    if info["kind"] == "gguf":
+        export_gguf(res.adapter_dir, base_gguf=info["source"])
+    return res
+
+
+# ---- the Method -----------------------------------------------------------------------------
+class GRPO(Method):
+    """GRPO on a LoRA adapter with the Task's Verifier as reward (MASA gates optional).
+
+    The returned Solver is the input Solver on base + the trained adapter, as SFT's.
+
+    Example:
+        >>> GRPO(GRPOConfig(steps=3)).stage
+        'parametric'
+    """
+
+    name: ClassVar[str] = "grpo"
+    stage: ClassVar[str] = "parametric"
+    Config: ClassVar[type[MethodConfig]] = GRPOConfig
+
+    config: GRPOConfig
+
+    def fit(self, solver: Solver, task: Task, train: list[Example],
+            dev: list[Example] | None = None) -> Solver:
+        """Train an adapter by GRPO on ``train``'s prompts; a new Solver that uses it."""
+        check_trainable(solver.lm, self.resources)
+        cfg = self.config
+        need_answer = cfg.verifier_weight > 0
+        data = [e for e in train if e.answer is not None or not need_answer]
+        if not data:
+            raise TrainingError("grpo: no training examples with answers for the Verifier.")
+        if cfg.n_examples is not None:
+            data = data[: cfg.n_examples]
+        judge = (self.resources.teacher or solver.lm) if cfg.judge_weight > 0 else None
+        rewards = reward_sources(task, data, cfg, judge)
+        max_new = answer_max_tokens(task, cfg.max_new_tokens)
+        base_trainer = self.resources.trainer or functools.partial(
+            train_grpo_for_lm, rewards=rewards, max_new_tokens=max_new,
+            settings=self.resources.settings)
+        results: list[Any] = []
+
+        def trainer(*args: Any, **kw: Any) -> Any:  # keeps the result for the step log
+            results.append(base_trainer(*args, **kw))
+            return results[-1]
+
+        self.report.notes.update({
+            "method": "grpo", "rewards": {r.name: r.weight for r in rewards},
+            "data": f"GRPO on {len(data)} training prompts, groups of {cfg.group_size}",
+            "max_new_tokens": max_new,
+        })
+        out = train_solver(self, solver, task, data, dev, cfg,
+                           dataclasses.replace(self.resources, trainer=trainer))
+        log = getattr(results[0], "log", []) if results else []
+        self.report.notes["grpo_log"] = log
+        self.report.notes["rewards_per_step"] = [r.get("reward") for r in log]
+        self.report.notes["resumed_from"] = getattr(results[0], "resumed_from", None)
+        return out
