@@ -7,7 +7,8 @@ name that is already registered is refused, never shadowed.
 Built-ins: ``sst2``, ``trec``, ``ag_news`` (shipped), ``gsm8k``, ``math``, ``math500``
 (from a path or ``METASKILL_DATA``), ``bigbench`` (any task.json path),
 ``reasoning_gym`` (any dataset by name), ``word_reversal`` (a reasoning-gym string skill
-for LoRA), ``file`` (the user's JSONL/CSV/HF files).
+for LoRA), ``compose`` (string skills and their compositions, see
+:mod:`metaskill.tasks.compose`), ``file`` (the user's JSONL/CSV/HF files).
 
 Example:
     >>> t = get_task("trec", n_test=50)
@@ -100,6 +101,10 @@ def make_registry() -> Registry[TaskLoader]:
     r.register("word_reversal", TaskLoader("metaskill.tasks.rgym:load_word_reversal",
                                            "reverse a list of 3-8 words (reasoning-gym); a "
                                            "skill learnt by LoRA", kind="generative"))
+    r.register("compose", TaskLoader("metaskill.tasks.compose:load_compose",
+                                     "string-transformation skills and their compositions "
+                                     "f(g(x)), depth 1-4, held-out pairs",
+                                     kind="generative"))
     r.register("file", TaskLoader("metaskill.tasks.registry:load_file",
                                   "your JSONL/CSV/HF-datasets file(s) with a field mapping",
                                   needs="path=FILE"))
