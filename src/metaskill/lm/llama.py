@@ -225,11 +225,10 @@ class LlamaLM(LM):
             of sequences; 1 decodes one sample after another. The parallel context holds
             ``n_parallel`` KV streams of ``n_ctx`` tokens (SmolLM2-135M: 23 KB a token,
             47 MB a stream at n_ctx 2048), allocated on the first batch; fewer streams
-            where they would pass :data:`PARALLEL_KV_BYTES` (see
-            :meth:`parallel_streams`). Greedy answers
-            equal the one-at-a-time ones except where the top two logits are a near tie
-            (batched kernels round differently); an answer depends on its batch, never
-            on earlier calls.
+            where they would pass :data:`PARALLEL_KV_BYTES` (:meth:`parallel_streams`).
+            Greedy answers equal the one-at-a-time ones except where the top two logits
+            are a near tie (batched kernels round differently); an answer depends on its
+            batch, never on earlier calls.
         cache: optional :class:`Cache`.
 
     Raises:
@@ -455,11 +454,10 @@ class LlamaLM(LM):
                 return self._complete_parallel(requests, toks)
         return [self._complete_one(r) for r in requests]
 
-    def _complete_one(self, r: Request, toks: list[int] | None = None) -> Completion:
+    def _complete_one(self, r: Request) -> Completion:
         """One request, its samples decoded one after another."""
         t0 = time.perf_counter()
-        if toks is None:
-            toks = self.tokenize(self.prompt_of(r))
+        toks = self.tokenize(self.prompt_of(r))
         self._check_fits(len(toks))
         samples = []
         n_gen = 0
