@@ -206,3 +206,81 @@ def test_three_steps_with_the_embedded_model_write_an_adapter(tmp_path: Path) ->
     assert "+adapter:" in solver.lm.spec
     run = evaluate(solver, task, "dev", progress=False)
     assert len(run.records) == 2
+
+
+# ---- MASA ---------------------------------------------------------------------------------
+def test_meta_prediction_parse_and_reward() -> None:
+    from metaskill.methods.grpo import MetaPrediction, meta_prompt, meta_reward, parse_meta
+
+    assert "PASS 2/4 LENGTH" in meta_prompt("Word: cat", 4) and "Word: cat" in meta_prompt(
+        "Word: cat", 4)
+    assert parse_meta("Sure! PASS: 1 / 4, LENGTH: 7 words") == MetaPrediction(0.25, 7)
+    assert parse_meta("PASS 9/4 LENGTH 1") == MetaPrediction(1.0, 1)
+    assert parse_meta("PASS 1/0 LENGTH 1") is None and parse_meta("no idea") is None
+    # predicted 1/4 pass and 8 words; actual 3/4 pass and 4 words: 0.5*(1-0.5) + 0.5*(4/8)
+    assert meta_reward(MetaPrediction(0.25, 8), 0.75, 4.0) == pytest.approx(0.5)
+    assert meta_reward(MetaPrediction(0.75, 4), 0.75, 4.0) == 1.0
+    assert meta_reward(MetaPrediction(0.5, 0), 0.5, 0.0) == 1.0
+
+
+def test_gates_on_fixed_predictions() -> None:
+    from metaskill.methods.grpo import MetaPrediction as P
+    from metaskill.methods.grpo import cut_length, gate_prompt
+
+    preds = [P(1.0, 3), P(0.0, 3), P(0.5, 3), None]
+    assert [gate_prompt(p) for p in preds] == ["all_pass", "all_fail", None, None]
+    # actual groups behind them: all pass, all fail, mixed -> the gates skip exactly the
+    # groups whose advantages are all zero
+    actual = [[1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 1]]
+    for p, rewards in zip(preds, actual, strict=False):
+        zero = all(a == 0 for a in group_advantages(rewards, 4))
+        assert (gate_prompt(p) is not None) == zero
+    # the rollout cut: 1.5 x the longest predicted length, 2 tokens a word, capped
+    assert cut_length([P(0.5, 3), P(0.5, 5)], 64, 1.5) == 15
+    assert cut_length([P(0.5, 100)], 64, 1.5) == 64
+    assert cut_length([P(0.5, 0)], 64, 1.0) == 2
+    assert cut_length([P(0.5, 3), None], 64, 1.5) == 64 and cut_length([], 64, 1.5) == 64
+
+
+def test_gated_sampler_skips_and_never_stalls() -> None:
+    from types import SimpleNamespace
+
+    from metaskill.methods.grpo import _GatedSampler
+
+    base = SimpleNamespace(num_samples=4, batch_size=2, repeat_count=1, mini_repeat_count=2,
+                           shuffle=False, generator=None)
+    assert list(_GatedSampler(base, lambda i: i != 1)) == [0, 0, 2, 2]
+    # every prompt gated: the epoch trains on them anyway
+    assert list(_GatedSampler(base, lambda i: False)) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_masa_gates_in_a_tiny_run(tok, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fixed meta-predictions: 'cat' predicted all-pass is never sampled; the others are
+    cut at 1.5 x 2 tokens x 1 word = 3 tokens."""
+    import metaskill.methods.grpo as grpo
+    from metaskill.methods.grpo import MetaPrediction, train_grpo
+    from test_sft import tiny_model
+
+    def fixed(model, tk, prompt, g):
+        return MetaPrediction(1.0 if "cat" in prompt[-1]["content"] else 0.5, 1)
+
+    monkeypatch.setattr(grpo, "_predict_meta", fixed)
+    words = ["cat", "dog", "sun", "map"]
+    pairs = [ChatPair(id=w, messages=[Message(role="user", content=f"Say {w}")], answer=w)
+             for w in words]
+    scored: list[str] = []
+
+    def reward(texts, ids):
+        scored.extend(ids)
+        return [float(len(t) % 2) for t in texts]
+
+    cfg = GRPOConfig(steps=2, group_size=2, prompts_per_step=1, rank=2, alpha=4,
+                     masa_meta=True, masa_gate_prompts=True, masa_gate_rollouts=True)
+    res = train_grpo(tiny_model(tok), tok, pairs, [RewardSource("v", reward)], cfg,
+                     tmp_path / "adapter", max_new_tokens=8, progress=False)
+    assert "cat" not in scored and len(scored) == 4
+    assert all(r["mean_length"] <= 3 for r in res.log)
+    m = res.masa
+    assert m["skipped"]["all_pass"] >= 1 and m["cut_batches"] == 2
+    assert m["token_budget_saved"] == 2 * 2 * (8 - 3) and m["meta_reward_mean"] is not None
+    assert all("meta_reward" in r for r in res.log)

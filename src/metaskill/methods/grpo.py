@@ -21,30 +21,38 @@ share of zero-signal groups and wall time are kept (``report.notes["grpo_log"]``
 learning curve on dev like SFT's. The adapter is saved and exported to GGUF by the same path
 as SFT (:func:`~metaskill.methods.sft.train_solver`), so the trained Solver's JSON carries it.
 
-MASA options (Zhang et al. 2025, "Meta-Awareness Enhances Reasoning Models: Self-Alignment
-Reinforcement Learning"), each switchable so the ablation is one flag:
+MASA options ("Meta-Awareness Enhances Reasoning Models: Self-Alignment Reinforcement
+Learning", 2025), each switchable so the ablation is one flag:
 
 * ``masa_meta``: before a prompt's group is sampled, the policy is asked (by prompt; no
-  extra head) to predict its own pass rate over the group and the answer's length
-  (:func:`meta_prompt`, :func:`parse_meta`); the prediction is scored against the group's
-  actual pass rate and lengths (:func:`meta_reward`) and logged per step.
-* ``masa_gate_prompts``: skip a prompt predicted all-pass or all-fail (its group would have
-  zero advantage) without sampling it (:func:`gate_prompt`).
-* ``masa_gate_rollouts``: cut rollouts at ``masa_length_margin`` times the predicted length
-  (MASA's early cut of rollouts predicted to fail: over-long answers mostly fail); a cut
-  rollout is judged on what it wrote (:func:`cut_length`).
+  extra head) to predict its own pass rate over the group and the answer's length in words
+  (:func:`meta_prompt`, :func:`parse_meta`); after the group is scored the prediction gets
+  its reward against the group's actual pass rate and lengths (:func:`meta_reward`), logged
+  per step (``meta_reward``) and summed up in ``report.notes["masa"]``.
+* ``masa_gate_prompts``: a prompt predicted all-pass or all-fail (its group would have zero
+  advantage) is not drawn at all (:func:`gate_prompt`, in TRL's sampler); an epoch that
+  would keep none keeps them all.
+* ``masa_gate_rollouts``: rollouts are cut at ``masa_length_margin`` times the predicted
+  length (MASA's early cut: rollouts running far past the expected length mostly fail); a
+  cut rollout is judged on what it wrote (:func:`cut_length`).
 
-What we changed: GRPO's math is TRL's (``loss_type="grpo"``, group-scaled advantages); we use
-LoRA instead of full fine-tuning and the Verifier as the reward. In MASA the meta-predictions
-are themselves trained by a second GRPO stream; here they are produced by the same policy
-from a prompt and scored (their reward is logged), but not trained, and the gates use the
-prediction of the step at hand.
+Both gates act from step ``masa_gate_after`` on; the shares of prompts and token budget they
+saved are in ``report.notes["masa"]``.
+
+What we changed: GRPO's math is TRL's (``loss_type="grpo"``, group-scaled advantages, KL to
+the base model); we train LoRA instead of all weights and use the Verifier as the reward.
+In MASA the meta-predictions are themselves trained by a second GRPO stream; here they are
+produced by the same policy from a prompt and rewarded (the reward is logged), but not
+trained. The rollout cut is one limit per generation batch (TRL samples a batch with one
+``max_new_tokens``): the longest prediction among its prompts, at ``TOKENS_PER_WORD`` tokens a
+word, rather than one limit per rollout. On resume, the sampler's replay of the batches
+already seen asks their meta-predictions again.
 
 Example:
     >>> GRPOConfig(group_size=4, steps=10).group_size
     4
-    >>> group_advantages([1.0, 0.0, 1.0, 1.0, 0.5, 0.5], group_size=2)
-    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    >>> group_advantages([1.0, 1.0, 0.5, 0.5], group_size=2)
+    [0.0, 0.0, 0.0, 0.0]
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -267,6 +276,125 @@ def reward_sources(task: Task, examples: Sequence[Example], config: GRPOConfig,
     return out
 
 
+# ---- MASA: meta-prediction by prompt, its reward, the two gates ---------------------------
+#: Tokens per predicted word when a length in words becomes a token limit (the rollout cut).
+TOKENS_PER_WORD = 2.0
+
+META_PROMPT = ("Before answering, estimate: if you answered the request below {g} times, how "
+               "many of your answers would be correct, and how many words would a correct answer "
+               "have? Reply with one line exactly like: PASS 2/{g} LENGTH 5\n\n{question}")
+_META = re.compile(r"PASS\s*:?\s*(\d+)\s*/\s*(\d+).*?LENGTH\s*:?\s*(\d+)", re.I | re.S)
+
+
+@dataclass(frozen=True)
+class MetaPrediction:
+    """The policy's guess about its own group: pass rate in [0, 1] and answer length (words)."""
+
+    pass_rate: float
+    length: int
+
+
+def meta_prompt(question: str, group_size: int) -> str:
+    """The meta question asked before a prompt's group is sampled (MASA's meta-path).
+
+    Example:
+        >>> meta_prompt("Word: cat", 4).splitlines()[0][:26]
+        'Before answering, estimate'
+    """
+    return META_PROMPT.format(g=group_size, question=question)
+
+
+def parse_meta(text: str) -> MetaPrediction | None:
+    """The prediction in a reply like ``PASS 3/4 LENGTH 12`` (None if there is none).
+
+    Example:
+        >>> parse_meta("PASS 3/4 LENGTH 12")
+        MetaPrediction(pass_rate=0.75, length=12)
+        >>> parse_meta("I think it is easy") is None
+        True
+    """
+    m = _META.search(text)
+    if not m or int(m.group(2)) <= 0:
+        return None
+    k, n = int(m.group(1)), int(m.group(2))
+    return MetaPrediction(pass_rate=min(1.0, k / n), length=int(m.group(3)))
+
+
+def meta_reward(pred: MetaPrediction | None, pass_rate: float, length: float) -> float:
+    """How well a prediction matched its group: half for the pass rate (1 - |error|), half
+    for the length (shorter over longer); 0 for no prediction.
+
+    Example:
+        >>> meta_reward(MetaPrediction(0.5, 10), pass_rate=0.5, length=5.0)
+        0.75
+        >>> meta_reward(None, 1.0, 3.0)
+        0.0
+    """
+    if pred is None:
+        return 0.0
+    lo, hi = sorted((float(pred.length), float(length)))
+    return 0.5 * (1 - abs(pred.pass_rate - pass_rate)) + 0.5 * (lo / hi if hi > 0 else 1.0)
+
+
+def gate_prompt(pred: MetaPrediction | None) -> str | None:
+    """MASA's prompt gate: ``"all_pass"`` or ``"all_fail"`` when the whole group is
+    predicted to score the same (zero advantage: sampling it teaches nothing), else None.
+
+    Example:
+        >>> gate_prompt(MetaPrediction(1.0, 3)), gate_prompt(MetaPrediction(0.0, 3))
+        ('all_pass', 'all_fail')
+        >>> gate_prompt(MetaPrediction(0.5, 3)) is None and gate_prompt(None) is None
+        True
+    """
+    if pred is None:
+        return None
+    if pred.pass_rate >= 1.0:
+        return "all_pass"
+    if pred.pass_rate <= 0.0:
+        return "all_fail"
+    return None
+
+
+def cut_length(preds: Sequence[MetaPrediction | None], max_new: int, margin: float) -> int:
+    """MASA's rollout cut: the token limit of a generation batch, ``margin`` times the
+    longest predicted length (in tokens, ``TOKENS_PER_WORD`` a word), at most ``max_new``;
+    ``max_new`` when a prompt of the batch has no prediction.
+
+    Example:
+        >>> cut_length([MetaPrediction(0.5, 4), MetaPrediction(0.5, 2)], 64, 1.5)
+        12
+        >>> cut_length([MetaPrediction(0.5, 4), None], 64, 1.5)
+        64
+    """
+    if not preds or any(p is None for p in preds):
+        return max_new
+    words = max(p.length for p in preds if p is not None)
+    return max(1, min(max_new, math.ceil(margin * TOKENS_PER_WORD * max(1, words))))
+
+
+@dataclass
+class MasaStats:
+    """What the MASA options did over a run (counts and the meta-rewards)."""
+
+    predicted: int = 0
+    unparsed: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: {"all_pass": 0, "all_fail": 0})
+    drawn: int = 0
+    cut_batches: int = 0
+    tokens_saved: int = 0
+    meta_rewards: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON for the fit report."""
+        n = max(1, self.drawn)
+        return {"predicted": self.predicted, "unparsed": self.unparsed,
+                "skipped": dict(self.skipped), "prompts_drawn": self.drawn,
+                "prompt_share_saved": round(sum(self.skipped.values()) / n, 3),
+                "cut_batches": self.cut_batches, "token_budget_saved": self.tokens_saved,
+                "meta_reward_mean": (round(sum(self.meta_rewards) / len(self.meta_rewards), 3)
+                                     if self.meta_rewards else None)}
+
+
 # ---- training ------------------------------------------------------------------------------
 @dataclass
 class GRPOResult(TrainResult):
@@ -274,6 +402,7 @@ class GRPOResult(TrainResult):
 
     log: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: str | None = None
+    masa: dict[str, Any] | None = None
 
 
 def _trl_args(config: GRPOConfig, out: Path, max_new: int, progress: bool,
@@ -327,7 +456,7 @@ def _step_hook(on_step: Callable[[StepInfo], bool | None] | None, total: int,
 
 STEP_KEYS = {"loss": "loss", "reward": "reward", "reward_std": "reward_std", "kl": "kl",
              "frac_reward_zero_std": "zero_signal", "completions/mean_length": "mean_length",
-             "wall_s": "wall_s"}
+             "masa_meta_reward": "meta_reward", "wall_s": "wall_s"}
 
 
 def step_log(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -348,6 +477,134 @@ def step_log(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     if k.startswith("rewards/") and k.endswith("/mean")})
         out.append(row)
     return out
+
+
+def _predict_meta(model: Any, tok: Any, prompt: list[dict[str, str]],
+                  group_size: int) -> MetaPrediction | None:
+    """Ask the policy (greedy, 16 tokens) the meta question about ``prompt``'s last turn."""
+    import torch
+
+    q = meta_prompt(str(prompt[-1]["content"]), group_size)
+    text = (tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                    add_generation_prompt=True)
+            if getattr(tok, "chat_template", None) else q)
+    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        seq = model.generate(**enc, max_new_tokens=16, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+    return parse_meta(tok.decode(seq[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+
+
+class _GatedSampler:
+    """TRL's RepeatSampler with MASA's prompt gate: a prompt whose ``keep(index)`` is False
+    is not drawn (decided lazily, with the policy of the moment); an epoch that would keep
+    none keeps them all."""
+
+    def __init__(self, base: Any, keep: Callable[[int], bool]) -> None:
+        self.base, self.keep = base, keep
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self) -> Any:
+        import torch
+
+        b = self.base
+        order = (torch.randperm(b.num_samples, generator=b.generator).tolist() if b.shuffle
+                 else list(range(b.num_samples)))
+        kept, skipped, n_yielded = [], [], 0
+        for idx in order:
+            (kept if self.keep(idx) else skipped).append(idx)
+            if len(kept) == b.batch_size:
+                yield from self._layout(kept)
+                n_yielded, kept = n_yielded + 1, []
+        if not n_yielded:  # everything gated: train on them anyway rather than stall
+            rest = kept + skipped
+            for i in range(0, len(rest) - b.batch_size + 1, b.batch_size):
+                yield from self._layout(rest[i:i + b.batch_size])
+
+    def _layout(self, chunk: list[int]) -> Any:
+        for _ in range(self.base.repeat_count):
+            for index in chunk:
+                yield from [index] * self.base.mini_repeat_count
+
+
+def _masa_trainer(base_cls: Any, config: GRPOConfig, stats: MasaStats,
+                  actual: dict[str, list[tuple[float, int]]]) -> Any:
+    """A GRPOTrainer subclass with MASA's meta-prediction and gates (see the module doc)."""
+
+    drawn_preds: dict[str, MetaPrediction | None] = {}  # the gate's, reused for the group
+
+    class MasaGRPOTrainer(base_cls):  # type: ignore[misc, valid-type]
+        def _predict(self, prompt: list[dict[str, str]]) -> MetaPrediction | None:
+            model = self.accelerator.unwrap_model(self.model)
+            pred = _predict_meta(model, self.processing_class, prompt, config.group_size)
+            stats.predicted += 1
+            stats.unparsed += pred is None
+            return pred
+
+        def _gates_on(self) -> bool:
+            return int(self.state.global_step) >= config.masa_gate_after
+
+        def _get_train_sampler(self, dataset: Any = None) -> Any:
+            base = super()._get_train_sampler(dataset)
+            if not config.masa_gate_prompts:
+                return base
+            rows = dataset if dataset is not None else self.train_dataset
+
+            def keep(idx: int) -> bool:
+                row = rows[idx]
+                stats.drawn += 1
+                pred = self._predict(row["prompt"])
+                drawn_preds[row["example_id"]] = pred
+                why = gate_prompt(pred) if self._gates_on() else None
+                if why:
+                    stats.skipped[why] += 1
+                return why is None
+
+            return _GatedSampler(base, keep)
+
+        def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> Any:
+            firsts = {x["example_id"]: x for x in inputs}
+            preds = {i: (drawn_preds.pop(i) if i in drawn_preds else self._predict(x["prompt"]))
+                     for i, x in firsts.items()}
+            if not config.masa_gate_prompts:
+                stats.drawn += len(firsts)
+            full = self.max_completion_length
+            cut = (cut_length(list(preds.values()), full, config.masa_length_margin)
+                   if config.masa_gate_rollouts and self._gates_on() else full)
+            if cut < full:
+                stats.cut_batches += 1
+                stats.tokens_saved += (full - cut) * len(inputs)
+            self.max_completion_length = self.generation_config.max_new_tokens = cut
+            try:
+                out = super()._generate_and_score_completions(inputs)
+            finally:
+                self.max_completion_length = self.generation_config.max_new_tokens = full
+            for i, pred in preds.items():
+                got = actual.pop(i, [])
+                if got:
+                    rate = sum(sc >= 0.5 for sc, _ in got) / len(got)
+                    words = sum(n for _, n in got) / len(got)
+                    stats.meta_rewards.append(meta_reward(pred, rate, words))
+                    # logged with the step's metrics (TRL flushed its pending ones already)
+                    self._metrics["train"]["masa_meta_reward"].append(stats.meta_rewards[-1])
+            return out
+
+    return MasaGRPOTrainer
+
+
+def _recording(source: RewardSource, actual: dict[str, list[tuple[float, int]]]
+               ) -> RewardSource:
+    """``source`` that also keeps each scored completion's (score, words) by example id."""
+
+    def fn(texts: list[str], ids: list[str]) -> list[float]:
+        scores = source.fn(texts, ids)
+        for t, i, sc in zip(texts, ids, scores, strict=True):
+            actual.setdefault(i, []).append((float(sc), len(t.split())))
+        return scores
+
+    return RewardSource(source.name, fn, source.weight)
 
 
 def train_grpo(model: Any, tokenizer: Any, pairs: Sequence[ChatPair],
@@ -410,6 +667,11 @@ def train_grpo(model: Any, tokenizer: Any, pairs: Sequence[ChatPair],
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules), bias="none",
                       task_type="CAUSAL_LM")
+    stats, actual = MasaStats(), {}
+    trainer_cls = GRPOTrainer
+    if config.masa_meta:
+        rewards = [_recording(rewards[0], actual), *rewards[1:]]
+        trainer_cls = _masa_trainer(GRPOTrainer, config, stats, actual)
     funcs = [_named(r) for r in rewards]
     last = get_last_checkpoint(str(ck)) if any(ck.iterdir()) else None
     clock = {"t0": time.perf_counter(), "c0": time.process_time(), "paused": 0.0,
@@ -418,8 +680,12 @@ def train_grpo(model: Any, tokenizer: Any, pairs: Sequence[ChatPair],
         # transformers 5 renamed gradient checkpointing; TRL and PEFT still use the old name
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*",
                                 category=FutureWarning)
+        # TRL's checkpoints save the adapter with PEFT's vocabulary check, which cannot find
+        # the config of a model dequantized from a GGUF file (the vocabulary is unchanged)
+        warnings.filterwarnings("ignore", message="Could not find a config file",
+                                category=UserWarning)
         args = _trl_args(config, ck, max_new_tokens, progress, [r.weight for r in rewards])
-        trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=data,
+        trainer = trainer_cls(model=model, reward_funcs=funcs, args=args, train_dataset=data,
                               processing_class=tokenizer, peft_config=lora,
                               callbacks=[_step_hook(on_step, config.steps, clock)])
         if not progress:  # the Trainer prints every log dict when its bar is off
@@ -437,12 +703,14 @@ def train_grpo(model: Any, tokenizer: Any, pairs: Sequence[ChatPair],
     steps = int(trainer.state.global_step)
     info = {"method": "grpo", "config": config.model_dump(mode="json"), "steps": steps,
             "losses": losses, "log": log, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "n_examples": len(pairs), "resumed_from": last, **(meta or {})}
+            "n_examples": len(pairs), "resumed_from": last,
+            "masa": stats.summary() if config.masa_meta else None, **(meta or {})}
     save_adapter_atomically(peft_model, out, info)
     return GRPOResult(adapter_dir=out, steps=steps, losses=losses, seconds=seconds,
                       seconds_per_step=seconds / max(1, steps), peak_rss_mb=peak_rss_mb(),
                       cpu_seconds=cpu_seconds, n_examples=len(pairs), model=peft_model,
-                      log=log, resumed_from=last)
+                      log=log, resumed_from=last,
+                      masa=stats.summary() if config.masa_meta else None)
 
 
 def _named(source: RewardSource) -> Callable[..., list[float]]:
@@ -550,4 +818,5 @@ class GRPO(Method):
         self.report.notes["grpo_log"] = log
         self.report.notes["rewards_per_step"] = [r.get("reward") for r in log]
         self.report.notes["resumed_from"] = getattr(results[0], "resumed_from", None)
+        self.report.notes["masa"] = getattr(results[0], "masa", None)
         return out
