@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Example
@@ -157,11 +157,16 @@ class GRPOConfig(MethodConfig):
     masa_length_margin: float = Field(1.5, ge=1.0)
     masa_gate_after: int = Field(0, ge=0)
 
+    @field_validator("group_size")
+    @classmethod
+    def _two_or_more(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError(f"group_size is {v}; GRPO needs at least 2 answers per prompt, "
+                             "since each answer is scored against its group")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:
-        if self.group_size < 2:
-            raise ValueError(f"group_size is {self.group_size}; GRPO needs at least 2 answers "
-                             "per prompt, since each answer is scored against its group")
         if self.verifier_weight == 0 and self.judge_weight == 0:
             raise ValueError("no reward: set verifier_weight > 0 (the Task's Verifier) or "
                              "judge_weight > 0 (an LM judge)")
