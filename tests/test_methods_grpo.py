@@ -141,6 +141,12 @@ def test_fit_with_a_fake_trainer_reports_the_log(tmp_path: Path) -> None:
     assert notes["rewards_per_step"] == [0.25, 0.75] and notes["rewards"] == {"verifier": 1.0}
     assert notes["losses"] == [0.1, 0.2] and notes["max_new_tokens"] == 8
     assert solver.lm is not None
+    pytest.importorskip("matplotlib")
+    from metaskill.methods.grpo import reward_svg
+
+    assert "mean reward" in reward_svg(notes)
+    with pytest.raises(MethodError, match="no per-step log"):
+        reward_svg({"curve": []})
 
 
 # ---- TRL on a tiny random model -----------------------------------------------------------

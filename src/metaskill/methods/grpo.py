@@ -825,3 +825,45 @@ class GRPO(Method):
         self.report.notes["resumed_from"] = getattr(results[0], "resumed_from", None)
         self.report.notes["masa"] = getattr(results[0], "masa", None)
         return out
+
+
+def reward_svg(notes: dict[str, Any], title: str = "grpo") -> str:
+    """A GRPO fit's per-step mean reward and dev accuracy against training wall time, as an
+    inline ``<svg>`` (matplotlib, the ``report`` extra).
+
+    Args:
+        notes: a grpo fit report's ``notes`` (``grpo_log``; ``curve`` when dev was scored).
+        title: the plot's title.
+
+    Raises:
+        MethodError: the notes hold no step log.
+
+    Example:
+        >>> notes = {"grpo_log": [{"step": 1, "reward": 0.2, "wall_s": 3.0},
+        ...                       {"step": 2, "reward": 0.5, "wall_s": 6.0}],
+        ...          "curve": [{"step": 0, "accuracy": 0.3, "train_s": 0.0},
+        ...                    {"step": 2, "accuracy": 0.4, "train_s": 6.0}]}
+        >>> reward_svg(notes).startswith("<svg")
+        True
+    """
+    from metaskill.eval.report import figure_svg
+
+    log = [r for r in notes.get("grpo_log") or [] if r.get("reward") is not None]
+    if not log:
+        raise MethodError("grpo: this fit report has no per-step log (notes['grpo_log']); "
+                          "was it written by grpo?")
+    curve = notes.get("curve") or []
+
+    def draw(fig: Any) -> None:
+        ax = fig.add_subplot()
+        ax.plot([r.get("wall_s", r["step"]) for r in log], [r["reward"] for r in log], "o-",
+                label="mean reward (train groups)")
+        if curve:
+            ax.plot([c["train_s"] for c in curve], [c["accuracy"] for c in curve], "s--",
+                    label="dev accuracy")
+        ax.set_xlabel("training wall time (s)")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(title)
+        ax.legend(loc="best")
+
+    return figure_svg(draw, (6.0, 3.2), salt="grpo")
