@@ -5,6 +5,16 @@ APIs. Requests run asynchronously (httpx) with bounded concurrency; 429, 5xx and
 are retried with exponential backoff and jitter. ``complete`` stays a plain synchronous
 call: it runs its own event loop, in a worker thread when the caller already has one.
 
+A pool of servers holding the same model (``openai:MODEL@URL1,URL2``, or a list of base
+URLs) shares the work: each attempt goes to the server with the fewest requests in flight
+(ties: the one picked least recently), up to ``concurrency`` per server. Least-outstanding
+rather than round-robin, because it gives a faster (or less loaded) server more of the work
+and routes around a slow one. A failed attempt (connection error, timeout, 429, 5xx) moves
+the request to a server it has not tried yet; once it has tried them all it backs off as a
+single server would. A server failing ``down_after`` times in a row is skipped for
+``down_s`` seconds. The answer never depends on which server gave it: the cache identity
+names the first URL only, and results come back in request order.
+
 The API key is read from the environment (``OPENAI_API_KEY``, or the variable named by
 ``api_key_env``). It is sent in the Authorization header and nowhere else: it is not part
 of the cache identity, not in ``repr`` and not in any error message.
@@ -33,7 +43,8 @@ import json
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -79,6 +90,81 @@ def normalize_base_url(url: str) -> str:
     return url
 
 
+def split_base_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
+    """Comma-separated base URLs (or a list of them) -> normalized, distinct URLs, in order.
+
+    Example:
+        >>> split_base_urls("http://a:8000, http://b:8000/v1")
+        ('http://a:8000/v1', 'http://b:8000/v1')
+        >>> split_base_urls("http://a:8000,,http://b:8000")
+        Traceback (most recent call last):
+        ...
+        metaskill.core.errors.InvalidParameterError: base URL list 'http://a:8000,,http://b:8000' has an empty entry.
+    """  # noqa: E501
+    parts = urls.split(",") if isinstance(urls, str) else list(urls)
+    shown = urls if isinstance(urls, str) else ",".join(urls)
+    if any(not str(u).strip() for u in parts):
+        raise InvalidParameterError(f"base URL list {shown!r} has an empty entry.")
+    out = tuple(normalize_base_url(str(u)) for u in parts)
+    if len(set(out)) != len(out):
+        raise InvalidParameterError(f"base URL list {shown!r} names a server twice.")
+    return out
+
+
+@dataclass
+class _Server:
+    """One server of the pool; its state lasts across calls."""
+
+    url: str
+    schema_style: str = "json_schema"  # this server's response_format form
+    failures: int = 0  # consecutive failed attempts
+    down_until: float = 0.0  # time.monotonic() before which it is skipped
+
+
+class _Dispatch:
+    """Per-call (per event loop) slot accounting: least-outstanding choice of a server."""
+
+    def __init__(self, servers: list[_Server], per_server: int) -> None:
+        self.servers = servers
+        self.per_server = per_server
+        self.outstanding = [0] * len(servers)
+        self.last_pick = [0] * len(servers)
+        self.ticks = 0
+        self.cond = asyncio.Condition()
+
+    def _up(self) -> list[int]:
+        """Servers not marked down; all of them when every one is."""
+        now = time.monotonic()
+        up = [i for i, s in enumerate(self.servers) if s.down_until <= now]
+        return up or list(range(len(self.servers)))
+
+    def has_untried(self, tried: set[int]) -> bool:
+        """Whether a server that is up remains outside ``tried``."""
+        return any(i not in tried for i in self._up())
+
+    def _choose(self, avoid: set[int]) -> int | None:
+        up = self._up()
+        tier = [i for i in up if i not in avoid] or up
+        free = [i for i in tier if self.outstanding[i] < self.per_server]
+        if not free:
+            return None  # wait for a slot in the preferred tier
+        return min(free, key=lambda i: (self.outstanding[i], self.last_pick[i]))
+
+    async def acquire(self, avoid: set[int]) -> int:
+        async with self.cond:
+            while (i := self._choose(avoid)) is None:
+                await self.cond.wait()
+            self.outstanding[i] += 1
+            self.ticks += 1
+            self.last_pick[i] = self.ticks
+            return i
+
+    async def release(self, i: int) -> None:
+        async with self.cond:
+            self.outstanding[i] -= 1
+            self.cond.notify_all()
+
+
 def _run_sync(fn: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine function to completion from sync code, even inside a running loop."""
     try:
@@ -94,14 +180,15 @@ class OpenAICompatLM(LM):
 
     Args:
         model: the model name the server knows (``gpt-4o-mini``, ``qwen2.5:0.5b`` ...).
-        base_url: e.g. ``http://127.0.0.1:8000/v1``; default ``$OPENAI_BASE_URL`` or
-            the OpenAI API.
+        base_url: e.g. ``http://127.0.0.1:8000/v1``; several (a list, or one string
+            separated by commas) make a pool of servers holding the same model; default
+            ``$OPENAI_BASE_URL`` or the OpenAI API.
         api_key_env: the environment variable holding the API key (may be unset for
             local servers).
         api_key: the key itself, for programmatic use; kept only in memory.
-        concurrency: most requests in flight at once (default 8).
+        concurrency: most requests in flight at once per server (default 8).
         max_retries: retries after the first attempt on 429, 5xx, timeouts and
-            connection errors.
+            connection errors; a pool adds one attempt per extra server.
         backoff_s: first retry delay; doubles each retry (with jitter), capped at
             ``max_backoff_s``.
         max_backoff_s: the cap on one retry delay.
@@ -110,12 +197,16 @@ class OpenAICompatLM(LM):
         context_window: the model's context size, if you know it (used for messages).
         grammar: the server accepts llama.cpp's ``grammar`` field (llama.cpp servers do;
             OpenAI's API does not), so GBNF-constrained requests may be sent.
+        down_after: consecutive failed attempts (connection error, timeout, 5xx) after
+            which a server of a pool is skipped ...
+        down_s: ... for this many seconds (unless every server is down).
         cache: optional :class:`Cache`.
         spec: the spec string that loads this LM again.
 
     JSON-schema requests go out with ``response_format`` of type ``json_schema`` (OpenAI,
     vLLM, the llama.cpp server); a server that refuses that type (``llama_cpp.server``
-    takes ``{"type": "json_object", "schema": ...}``) gets the second form from then on.
+    takes ``{"type": "json_object", "schema": ...}``) gets the second form from then on
+    (decided per server of a pool).
     Whatever comes back is validated by :meth:`LM.complete`.
     """
 
@@ -134,6 +225,8 @@ class OpenAICompatLM(LM):
         logprobs: bool = False,
         context_window: int | None = None,
         grammar: bool = False,
+        down_after: int = 3,
+        down_s: float = 30.0,
         cache: Cache | None = None,
         spec: str | None = None,
     ) -> None:
@@ -146,11 +239,14 @@ class OpenAICompatLM(LM):
             raise InvalidParameterError(
                 "max_retries and backoff_s must be >= 0 and timeout_s > 0."
             )
+        if down_after < 1 or down_s < 0:
+            raise InvalidParameterError("down_after must be >= 1 and down_s >= 0.")
         self.model = model
-        self.base_url = normalize_base_url(
+        self.base_urls = split_base_urls(
             base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         )
-        self.spec = spec or f"openai:{model}@{self.base_url}"
+        self.base_url = self.base_urls[0]  # names the pool in the cache identity
+        self.spec = spec or f"openai:{model}@{','.join(self.base_urls)}"
         self.concurrency = int(concurrency)
         self.max_retries = int(max_retries)
         self.backoff_s = float(backoff_s)
@@ -162,14 +258,22 @@ class OpenAICompatLM(LM):
         self.__key = api_key if api_key is not None else os.environ.get(api_key_env)
         self._rng = random.Random()
         self.constraints = frozenset({"json_schema", "grammar"} if grammar else {"json_schema"})
-        self._schema_style = "json_schema"
+        self.down_after = int(down_after)
+        self.down_s = float(down_s)
+        self._servers = [_Server(u) for u in self.base_urls]
 
     def __repr__(self) -> str:
+        if len(self.base_urls) > 1:
+            return f"OpenAICompatLM(model={self.model!r}, base_urls={list(self.base_urls)!r})"
         return f"OpenAICompatLM(model={self.model!r}, base_url={self.base_url!r})"
 
     @property
     def identity(self) -> dict[str, Any]:
-        """Backend, model name and server URL (never the API key)."""
+        """Backend, model name and server URL (never the API key).
+
+        A pool is named by its first URL alone: its servers hold the same model, so which
+        one answered (or how many there are) does not change the answer.
+        """
         return {"backend": "openai", "model": self.model, "base_url": self.base_url}
 
     # ---- HTTP ----------------------------------------------------------------------------
@@ -180,59 +284,110 @@ class OpenAICompatLM(LM):
         return httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
-            limits=httpx.Limits(max_connections=self.concurrency,
-                                max_keepalive_connections=self.concurrency),
+            limits=httpx.Limits(max_connections=self.concurrency * len(self._servers),
+                                max_keepalive_connections=self.concurrency
+                                * len(self._servers)),
         )
+
+    def _dispatch(self) -> _Dispatch:
+        return _Dispatch(self._servers, self.concurrency)
+
+    def _note(self, server: _Server, failed: bool) -> None:
+        """Count a server's consecutive failures; mark it down after ``down_after``."""
+        if not failed:
+            server.failures, server.down_until = 0, 0.0
+            return
+        server.failures += 1
+        if server.failures >= self.down_after and len(self._servers) > 1:
+            server.down_until = time.monotonic() + self.down_s
 
     async def _post(
         self,
         client: httpx.AsyncClient,
-        path: str,
-        payload: dict[str, Any],
+        slots: _Dispatch,
+        make: Callable[[_Server], tuple[str, dict[str, Any]]],
         *,
         retry_if: Callable[[httpx.Response], bool] | None = None,
-    ) -> dict[str, Any]:
-        """POST with retries; returns the JSON body or raises a one-line MetaskillError."""
-        url = f"{self.base_url}{path}"
+        on_error: Callable[[_Server, httpx.Response], bool] | None = None,
+    ) -> tuple[dict[str, Any], float]:
+        """POST with retries over the pool; returns (JSON body, start time of the first
+        attempt) or raises a one-line MetaskillError.
+
+        ``make(server)`` builds (path, payload) for a server; ``on_error(server, resp)``
+        may adapt the server's state to an error answer and return True to resend at once.
+        """
         last: httpx.Response | Exception | None = None
-        attempts = self.max_retries + 1
+        last_url = self.base_url
+        attempts = self.max_retries + len(self._servers)
+        tried: set[int] = set()
+        backoffs = 0
+        t_start: float | None = None
         for attempt in range(attempts):
+            i = await slots.acquire(tried)
+            server = self._servers[i]
+            tried.add(i)
+            t_start = time.perf_counter() if t_start is None else t_start
             retry_after = 0.0
             try:
-                resp = await client.post(url, json=payload)
+                resp = await self._send(client, server, make, on_error)
             except (httpx.TimeoutException, httpx.TransportError) as e:
-                last = e
+                self._note(server, failed=True)
+                last, last_url = e, server.url
             else:
                 code = resp.status_code
+                self._note(server, failed=code >= 500)
                 retryable = code == 429 or code >= 500
                 if retryable and retry_if is not None and not retry_if(resp):
                     retryable = False
+                url = resp.request.url
                 if code < 400:
                     try:
-                        return dict(resp.json())
+                        return dict(resp.json()), t_start
                     except ValueError as e:
                         raise ServerError(f"{url} answered with invalid JSON") from e
                 if not retryable:
-                    raise self._http_error(url, resp)
-                last = resp
+                    raise self._http_error(str(url), resp)
+                last, last_url = resp, server.url
                 try:
                     retry_after = float(resp.headers.get("retry-after", 0) or 0)
                 except ValueError:
                     retry_after = 0.0
-            if attempt + 1 < attempts:
-                delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+            finally:
+                await slots.release(i)
+            if attempt + 1 < attempts and not slots.has_untried(tried):
+                # every server has had a go: back off, then start over away from this one
+                delay = min(self.max_backoff_s, self.backoff_s * 2**backoffs)
                 delay = delay / 2 + self._rng.uniform(0, delay / 2)  # "equal jitter"
                 await asyncio.sleep(max(delay, min(retry_after, self.max_backoff_s)))
+                backoffs += 1
+                tried = {i}
         if isinstance(last, httpx.Response):
             raise ServerError(
-                f"{url} answered HTTP {last.status_code} after {attempts} attempts: "
-                f"{self._error_text(last)}"
+                f"{last.request.url} answered HTTP {last.status_code} after {attempts} "
+                f"attempts: {self._error_text(last)}"
             )
         kind = "timed out" if isinstance(last, httpx.TimeoutException) else "unreachable"
+        where = (f"server {last_url}" if len(self._servers) == 1
+                 else f"servers {', '.join(self.base_urls)}")
         raise ServerUnreachableError(
-            f"server {self.base_url} {kind} after {attempts} attempts "
+            f"{where} {kind} after {attempts} attempts "
             f"({type(last).__name__}); is it running, and is the URL right?"
         )
+
+    @staticmethod
+    async def _send(
+        client: httpx.AsyncClient,
+        server: _Server,
+        make: Callable[[_Server], tuple[str, dict[str, Any]]],
+        on_error: Callable[[_Server, httpx.Response], bool] | None,
+    ) -> httpx.Response:
+        """One attempt on one server (sent twice if ``on_error`` adapts to the error)."""
+        path, body = make(server)
+        resp = await client.post(f"{server.url}{path}", json=body)
+        if resp.status_code >= 400 and on_error is not None and on_error(server, resp):
+            path, body = make(server)
+            resp = await client.post(f"{server.url}{path}", json=body)
+        return resp
 
     @staticmethod
     def _error_text(resp: httpx.Response) -> str:
@@ -263,7 +418,8 @@ class OpenAICompatLM(LM):
         return ServerError(f"{url} answered HTTP {resp.status_code}: {text}")
 
     # ---- complete --------------------------------------------------------------------------
-    def _payload(self, r: Request, seed: int) -> tuple[str, dict[str, Any]]:
+    def _payload(self, r: Request, seed: int,
+                 schema_style: str = "json_schema") -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": r.max_tokens,
@@ -281,7 +437,7 @@ class OpenAICompatLM(LM):
             body["response_format"] = (
                 {"type": "json_schema",
                  "json_schema": {"name": "reply", "schema": schema, "strict": True}}
-                if self._schema_style == "json_schema"
+                if schema_style == "json_schema"
                 else {"type": "json_object", "schema": schema})
         if r.messages is not None:
             body["messages"] = [m.model_dump() for m in r.messages]
@@ -320,14 +476,12 @@ class OpenAICompatLM(LM):
         return _run_sync(lambda: self._acomplete(requests))
 
     async def _acomplete(self, requests: list[Request]) -> list[Completion]:
-        sem = asyncio.Semaphore(self.concurrency)
+        slots = self._dispatch()
         async with self._client() as client:
 
             async def one(r: Request, i: int) -> tuple[Sample, Usage, float, float]:
-                async with sem:
-                    t0 = time.perf_counter()
-                    data = await self._post_request(client, r, r.seed + i)
-                    t1 = time.perf_counter()
+                data, t0 = await self._post_request(client, slots, r, r.seed + i)
+                t1 = time.perf_counter()
                 sample, usage = self._parse(data, chat=r.messages is not None)
                 return sample, usage, t0, t1
 
@@ -350,21 +504,22 @@ class OpenAICompatLM(LM):
             )
         return out
 
-    async def _post_request(self, client: httpx.AsyncClient, r: Request,
-                            seed: int) -> dict[str, Any]:
+    async def _post_request(self, client: httpx.AsyncClient, slots: _Dispatch, r: Request,
+                            seed: int) -> tuple[dict[str, Any], float]:
         """POST one request; a server that refuses ``json_schema`` response formats gets
         the ``json_object`` + ``schema`` form (llama_cpp.server's) from then on."""
-        path, body = self._payload(r, seed)
-        try:
-            return await self._post(client, path, body)
-        except ServerError as e:
-            said = str(e).lower()
-            if (r.json_schema is None or self._schema_style != "json_schema"
+
+        def refused_schema(server: _Server, resp: httpx.Response) -> bool:
+            said = self._error_text(resp).lower()
+            if (r.json_schema is None or server.schema_style != "json_schema"
                     or not ("response_format" in said or "json_schema" in said)):
-                raise
-        self._schema_style = "json_object"
-        path, body = self._payload(r, seed)
-        return await self._post(client, path, body)
+                return False
+            server.schema_style = "json_object"
+            return True
+
+        return await self._post(
+            client, slots, lambda server: self._payload(r, seed, server.schema_style),
+            on_error=refused_schema)
 
     # ---- score -------------------------------------------------------------------------------
     def _score(self, prompt: str, continuations: list[str]) -> list[float]:
@@ -378,7 +533,7 @@ class OpenAICompatLM(LM):
         )
 
     async def _ascore(self, prompt: str, continuations: list[str]) -> list[float]:
-        sem = asyncio.Semaphore(self.concurrency)
+        slots = self._dispatch()
 
         def retry_if(resp: httpx.Response) -> bool:  # "logprobs unsupported" won't heal
             text = resp.text.lower()
@@ -390,12 +545,11 @@ class OpenAICompatLM(LM):
                 full = prompt + cont
                 body = {"model": self.model, "prompt": full, "max_tokens": 1, "echo": True,
                         "logprobs": 0, "temperature": 0.0}
-                async with sem:
-                    try:
-                        data = await self._post(client, "/completions", body,
-                                                retry_if=retry_if)
-                    except ServerError as e:
-                        raise self._no_score(str(e)) from e
+                try:
+                    data, _ = await self._post(client, slots, lambda _s: ("/completions", body),
+                                               retry_if=retry_if)
+                except ServerError as e:
+                    raise self._no_score(str(e)) from e
                 try:
                     lp = data["choices"][0]["logprobs"]
                     offsets = [int(x) for x in lp["text_offset"]]

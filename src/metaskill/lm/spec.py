@@ -7,6 +7,8 @@ Spec forms:
 * ``gguf:PATH`` -- any GGUF file.
 * ``openai:MODEL@BASE_URL`` (or ``openai:MODEL`` with ``$OPENAI_BASE_URL``) -- any
   OpenAI-compatible server: vLLM, Ollama, llama.cpp server, hosted APIs.
+  ``openai:MODEL@URL1,URL2,...`` -- a pool of servers holding the same model; requests
+  are spread over them (base URLs are separated by commas and contain none themselves).
 * ``hf:PATH`` -- HF transformers (a model folder, a GGUF file, or ``local``); used for
   training and needs the ``train`` extra (see :mod:`metaskill.lm.hf`).
 * ``fake`` -- the scripted fake LM (tests).
@@ -40,7 +42,7 @@ SPEC_FORMS = (
     "local",
     "local:gemma3-270m",
     "gguf:PATH",
-    "openai:MODEL@BASE_URL",
+    "openai:MODEL@BASE_URL[,BASE_URL...]",
     "hf:PATH",
     "fake",
     "(local/gguf/hf specs may end in +adapter:PATH)",
@@ -108,6 +110,28 @@ def _split_openai(rest: str) -> tuple[str, str | None]:
     return rest, None
 
 
+def _split_pool(spec: str, urls: str | None) -> list[str] | None:
+    """``URL1,URL2`` -> [URL1, URL2] (stripped); an empty or repeated entry is an error.
+
+    Example:
+        >>> _split_pool("openai:m@http://a,http://b", "http://a, http://b")
+        ['http://a', 'http://b']
+        >>> _split_pool("openai:m@http://a,", "http://a,")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        metaskill.core.errors.UnknownSpecError: unknown model spec 'openai:m@http://a,' (empty base URL in the list 'http://a,'). Valid forms: ...
+    """  # noqa: E501
+    if urls is None:
+        return None
+    parts = [u.strip() for u in urls.split(",")]
+    if not all(parts):
+        raise _unknown(spec, f"empty base URL in the list {urls!r}")
+    seen = [u.rstrip("/").removesuffix("/v1") for u in parts]
+    if len(set(seen)) != len(seen):
+        raise _unknown(spec, f"a base URL appears twice in {urls!r}")
+    return parts
+
+
 def load_lm(
     spec: str = "local",
     *,
@@ -135,6 +159,9 @@ def load_lm(
     Example:
         >>> load_lm("openai:llama@http://127.0.0.1:8000", cache=False).base_url
         'http://127.0.0.1:8000/v1'
+        >>> load_lm("openai:llama@http://10.0.0.1:8000,http://10.0.0.2:8000",
+        ...         cache=False).base_urls
+        ('http://10.0.0.1:8000/v1', 'http://10.0.0.2:8000/v1')
     """
     if not isinstance(spec, str) or not spec.strip():
         raise _unknown(str(spec), "empty")
@@ -175,9 +202,10 @@ def load_lm(
         model, url = _split_openai(base[len("openai:") :])
         if not model:
             raise _unknown(spec, "no model name")
+        urls = _split_pool(spec, url)
         from metaskill.lm.openai_compat import OpenAICompatLM
 
-        return OpenAICompatLM(model, url, cache=cache_obj, spec=spec, **kwargs)
+        return OpenAICompatLM(model, urls, cache=cache_obj, spec=spec, **kwargs)
 
     if base in ("local", "local:smollm2-135m") or base.startswith(("local:", "gguf:")):
         from metaskill.lm.llama import LlamaLM, builtin_model_path
