@@ -6,6 +6,7 @@ Registered by :mod:`metaskill.cli.train_cmds` under the ``evolve`` verb group, n
     metaskill evolve archive --task sst2 --model local --budget-calls 2000 --out runs/arch
     metaskill evolve archive --out runs/arch --budget-calls 4000   # resume, larger budget
     metaskill evolve show runs/arch --html runs/arch/archive.html
+    metaskill evolve judge runs/mpo/judge --full   # an evolving judge's rubric versions
 
 ``evolve archive`` also writes the archive page (:mod:`metaskill.evolve.report`: the tree,
 best dev score against LM calls, each mutation kind's valid and improving shares) to
@@ -286,4 +287,15 @@ def show_cmd(
                   highlight=False, markup=False, soft_wrap=True)
 
 
-__all__ = ["archive_cmd", "show_cmd"]
+def judge_cmd(
+    folder: Annotated[Path, typer.Argument(help="Folder of an evolving judge (rubrics.jsonl).")],
+    full: Annotated[bool, typer.Option("--full", help="Also print each version's rubric.")
+                    ] = False,
+) -> None:
+    """List an evolving judge's rubric versions (MPO) and why each changed."""
+    from metaskill.evolve.judge import show
+
+    Console().print(show(folder, full=full), highlight=False, markup=False, soft_wrap=True)
+
+
+__all__ = ["archive_cmd", "judge_cmd", "show_cmd"]

@@ -220,12 +220,13 @@ class _EvolveGroup(typer.core.TyperGroup):
 def register(app: typer.Typer) -> None:
     """Add ``train`` and the ``evolve`` group (``self`` when SELF is available,
     ``archive``, ``show``) to the command line."""
-    from metaskill.cli.evolve_cmds import archive_cmd, show_cmd
+    from metaskill.cli.evolve_cmds import archive_cmd, judge_cmd, show_cmd
 
     app.command("train")(train_cmd)
     group = typer.Typer(cls=_EvolveGroup, no_args_is_help=True,
                         help="Self-improvement searches: SELF rounds (self), an archive of "
-                        "Solvers in the manner of the Darwin Gödel Machine (archive, show).")
+                        "Solvers in the manner of the Darwin Gödel Machine (archive, show), an "
+                        "evolving judge's rubric versions (judge).")
     try:
         from metaskill.methods import self_evolve  # noqa: F401
     except ImportError:
@@ -234,6 +235,7 @@ def register(app: typer.Typer) -> None:
         group.command("self")(evolve_cmd)
     group.command("archive")(archive_cmd)
     group.command("show")(show_cmd)
+    group.command("judge")(judge_cmd)
     app.add_typer(group, name="evolve")
 
 

@@ -107,7 +107,10 @@ class GRPOConfig(MethodConfig):
             (Dr. GRPO).
         verifier_weight: weight of the Task's Verifier score in the reward (0: off).
         judge_weight: weight of an LM judge's score (0: off); the judge is
-            ``resources.teacher``, else the Solver's own LM.
+            ``resources.extra["judge"]`` when given (any Verifier, e.g. the evolving judge
+            of :mod:`metaskill.evolve.judge`; its ``on_step(step)``, if it has one, is
+            called after each step), else a JudgeVerifier on ``resources.teacher``, else on
+            the Solver's own LM.
         judge_rubric: what the judge rewards.
         rank: LoRA rank.
         alpha: LoRA alpha.
@@ -259,8 +262,9 @@ def verifier_scores(verifier: Any, examples: dict[str, Example]) -> Callable[...
 
 
 def reward_sources(task: Task, examples: Sequence[Example], config: GRPOConfig,
-                   judge_lm: Any = None) -> list[RewardSource]:
-    """The weighted rewards of ``config``: the Task's Verifier and/or an LM judge.
+                   judge_lm: Any = None, judge: Any = None) -> list[RewardSource]:
+    """The weighted rewards of ``config``: the Task's Verifier and/or an LM judge
+    (``judge``, a ready Verifier, when given; else a JudgeVerifier on ``judge_lm``).
 
     Raises:
         MethodError: a judge reward without a judge LM.
@@ -273,10 +277,11 @@ def reward_sources(task: Task, examples: Sequence[Example], config: GRPOConfig,
         out.append(RewardSource("verifier", verifier_scores(task.verifier, by_id),
                                 config.verifier_weight))
     if config.judge_weight > 0:
-        if judge_lm is None:
+        if judge is None and judge_lm is None:
             raise MethodError("grpo: judge_weight > 0 needs a judge LM (resources.teacher or "
                               "the Solver's LM).")
-        judge = JudgeVerifier(lm=judge_lm, rubric=config.judge_rubric, max_tokens=64)
+        if judge is None:
+            judge = JudgeVerifier(lm=judge_lm, rubric=config.judge_rubric, max_tokens=64)
         out.append(RewardSource("judge", verifier_scores(judge, by_id), config.judge_weight))
     return out
 
@@ -801,7 +806,8 @@ class GRPO(Method):
         if cfg.n_examples is not None:
             data = data[: cfg.n_examples]
         judge = (self.resources.teacher or solver.lm) if cfg.judge_weight > 0 else None
-        rewards = reward_sources(task, data, cfg, judge)
+        ready_judge = self.resources.extra.get("judge") if cfg.judge_weight > 0 else None
+        rewards = reward_sources(task, data, cfg, judge, ready_judge)
         max_new = answer_max_tokens(task, cfg.max_new_tokens)
         base_trainer = self.resources.trainer or functools.partial(
             train_grpo_for_lm, rewards=rewards, max_new_tokens=max_new,
@@ -809,6 +815,14 @@ class GRPO(Method):
         results: list[Any] = []
 
         def trainer(*args: Any, **kw: Any) -> Any:  # keeps the result for the step log
+            hook, inner = getattr(ready_judge, "on_step", None), kw.get("on_step")
+            if callable(hook):  # an evolving judge's meta-reward step, after each step
+
+                def on_step(st: StepInfo) -> bool | None:
+                    hook(st.step)
+                    return inner(st) if inner is not None else None
+
+                kw["on_step"] = on_step
             results.append(base_trainer(*args, **kw))
             return results[-1]
 
