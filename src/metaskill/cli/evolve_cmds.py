@@ -85,7 +85,8 @@ def archive_cmd(
     keep: Annotated[str | None, typer.Option(
         "--keep", help="all (default: every valid child may be a parent) or better.")] = None,
     mutations: Annotated[str | None, typer.Option(
-        "--mutations", help="Mutation kinds, comma-separated (default: every registered one).")] = None,
+        "--mutations", help="Mutation kinds, comma-separated (default: every registered "
+        "one).")] = None,
     methods: Annotated[str | None, typer.Option(
         "--methods", help="Methods a chain may hold, comma-separated (default: knn_demos, "
         "raml, dynaicl, self_consistency, self_refine).")] = None,
