@@ -68,6 +68,8 @@ def models() -> None:
                   "", escape("for training (LoRA); pip install 'metaskill[train]'"))
     table.add_row("openai:MODEL@BASE_URL", "any OpenAI-compatible server", "httpx", "",
                   "vLLM, Ollama, llama.cpp server, hosted APIs; key from $OPENAI_API_KEY")
+    table.add_row("openai:MODEL@URL1,URL2", "a pool of servers, same model", "httpx", "",
+                  "requests go to the least busy server; a failing one is skipped a while")
     Console().print(table)
 
 

@@ -1,7 +1,8 @@
 """LM backends behind one interface: ``complete(requests)`` and ``score(context, conts)``.
 
 Load one with :func:`load_lm` from a spec string: ``local``, ``local:gemma3-270m``,
-``gguf:PATH``, ``openai:MODEL@BASE_URL``, ``fake``.
+``gguf:PATH``, ``openai:MODEL@BASE_URL``, ``fake``; ``openai:MODEL@URL1,URL2`` spreads requests
+over a pool of servers holding the same model.
 """
 
 from metaskill.lm.base import LM
