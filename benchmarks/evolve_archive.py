@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cells import acc_cell, gain_cell, pct
 from multiple_choice import cpu_model
 from multiple_choice import load as load_mc
 
@@ -180,24 +181,6 @@ def run_task(name: str, lm: Any, args: Any) -> dict:
 
 
 # ---- the report ------------------------------------------------------------------------
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-def acc_cell(scores: list[float]) -> str:
-    from metaskill.eval.stats import wilson
-
-    lo, hi = wilson(sum(scores), len(scores))
-    return f"{pct(sum(scores) / len(scores))} [{pct(lo)}, {pct(hi)}]"
-
-
-def gain_cell(after: list[float], before: list[float]) -> str:
-    from metaskill.eval.stats import paired_gain
-
-    d, lo, hi = paired_gain(after, before)
-    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
 def main_table(results: dict[str, dict]) -> list[str]:
     lines = ["| task | n test | best chain (dev / test) | archive DGM (dev / test) | "
              "archive greedy (dev / test) | DGM - chain | DGM - greedy | budget (LM calls) |",
@@ -340,7 +323,8 @@ def main() -> None:
     from metaskill.lm.llama import builtin_model_path
 
     work = Path(args.work)
-    lm = load_lm("local", cache=Cache(work / "lm_cache.sqlite"), n_threads=args.threads)
+    lm = None if args.stored_only else load_lm("local", cache=Cache(work / "lm_cache.sqlite"),
+                                                n_threads=args.threads)
     results: dict[str, dict] = {}
     for name in args.tasks.split(","):
         stored = work / name.replace(":", "_") / "result.json"

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cells import acc_cell, gain_cell, mean, pct
 from multiple_choice import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,28 +246,6 @@ def run_stream(lm: Any, args: Any) -> dict[str, Any]:
 
 
 # ---- the report ------------------------------------------------------------------------
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-def mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else 0.0
-
-
-def acc_cell(scores: list[float]) -> str:
-    from metaskill.eval.stats import wilson
-
-    lo, hi = wilson(sum(scores), len(scores))
-    return f"{pct(mean(scores))} [{pct(lo)}, {pct(hi)}]"
-
-
-def gain_cell(after: list[float], before: list[float]) -> str:
-    from metaskill.eval.stats import paired_gain
-
-    d, lo, hi = paired_gain(after, before)
-    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
 def accuracy_table(results: dict[str, dict]) -> list[str]:
     lines = ["| task | n test | zero-shot | knn_demos | tool_use | tool_use - zero-shot | "
              "tool_use - knn_demos |", "| --- | --- | --- | --- | --- | --- | --- |"]
