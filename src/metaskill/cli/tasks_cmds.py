@@ -180,4 +180,7 @@ def register(app: typer.Typer) -> None:
     """Add the ``tasks`` verb group to the root app, and register the user's task files
     (``$METASKILL_HOME/tasks/*.yaml``) so every verb (``eval --task NAME`` too) sees them."""
     app.add_typer(tasks_app, name="tasks")
-    _registry()
+    try:
+        _registry()
+    except MetaskillError:
+        pass  # a bad METASKILL_* setting: the command that reads it reports it in one line

@@ -146,7 +146,8 @@ def load_lm(
         cache: True for the default cache at ``settings.cache_path``, a :class:`Cache`
             to share one, or False/None for no caching.
         settings: where state lives (default: from the environment, ``METASKILL_HOME``).
-        **kwargs: passed to the backend (``n_ctx``, ``n_threads`` for llama.cpp;
+        **kwargs: passed to the backend (``n_ctx``, ``n_threads``, ``n_parallel`` for llama.cpp,
+            the last two defaulting to ``settings.threads`` and ``settings.parallel``;
             ``concurrency``, ``max_retries``, ``api_key_env`` for openai; ``script`` for fake).
 
     Returns:
@@ -179,6 +180,8 @@ def load_lm(
     if settings.threads is not None and spec.startswith(("local", "gguf:", "hf:")):
         kwargs.setdefault("threads" if spec.startswith("hf:") else "n_threads",
                           settings.threads)
+    if settings.parallel is not None and spec.startswith(("local", "gguf:")):
+        kwargs.setdefault("n_parallel", settings.parallel)
     base, adapter = split_adapter(spec)
     if spec.endswith(ADAPTER_SEP):
         raise _unknown(spec, "+adapter: needs a path")
