@@ -3,6 +3,7 @@
 Examples::
 
     metaskill eval --task sst2 --model local --solver k-shot --k 4 --limit 50
+    metaskill eval --task compose -T depth=1 --model local  # a task loader option
     metaskill eval --resume 20261128-015905-1d19          # finish a killed run
     metaskill runs ls
     metaskill runs show 20261128-015905-1d19 --failures 5
@@ -13,11 +14,13 @@ Examples::
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from metaskill.core.errors import MetaskillError
 
@@ -38,12 +41,15 @@ def _store(path: Path | None) -> Any:
     return RunStore(path) if path is not None else RunStore.default()
 
 
-def _load_task(name: str) -> Any:
+def _load_task(name: str, options: list[str] | None = None) -> Any:
+    from metaskill.cli.tasks_cmds import _parse_options
+
+    parsed = _parse_options(options)  # a malformed option fails before anything loads
     try:
         from metaskill.tasks import get_task
     except ImportError as e:  # the task layer is not installed in this tree
         raise MetaskillError(f"cannot load tasks: {e}.") from e
-    return get_task(name)
+    return get_task(name, **parsed)
 
 
 def _load_lm(spec: str, cache: bool = True, threads: int | None = None) -> Any:
@@ -102,6 +108,10 @@ def _build_solver(
 def eval_cmd(
     task: Annotated[str | None, typer.Option(
         "--task", "-t", help="Task name (see `metaskill tasks ls`).")] = None,
+    task_option: Annotated[list[str] | None, typer.Option(
+        "--task-option", "-T", help="Task loader option KEY=VALUE (repeatable), e.g. -T "
+        "depth=1; --resume needs the same ones again (a run stores only the task name).")
+                           ] = None,
     model: Annotated[str | None, typer.Option(
         "--model", "-m", help="Model spec: local, local:gemma3-270m, gguf:PATH, "
         "openai:MODEL@URL, fake.")] = None,
@@ -158,7 +168,7 @@ def eval_cmd(
         prev = store.get(resume, records=False)
         if task is not None and task != prev.task:
             raise MetaskillError(f"run {prev.id} evaluated task '{prev.task}', not '{task}'.")
-        task_obj = _load_task(prev.task)
+        task_obj = _load_task(prev.task, task_option)
         spec = model or prev.model
         if not spec:
             raise MetaskillError(f"run {prev.id} names no model; pass --model.")
@@ -170,14 +180,15 @@ def eval_cmd(
     else:
         if task is None or model is None:
             raise MetaskillError("eval needs --task and --model (or --resume RUN).")
-        task_obj = _load_task(task)
+        task_obj = _load_task(task, task_option)
         task_obj.examples(split)  # a missing or empty split fails before the model loads
         lm = ready_lm(_load_lm(model, cache=not no_cache, threads=threads))
         solver_obj = _build_solver(solver, lm, task_obj, k,
                                    seed if demo_seed is None else demo_seed, fmt)
         run_id = new_run_id()
+        again = "".join(f" -T {shlex.quote(o)}" for o in task_option or [])
         out.print(f"run [bold]{run_id}[/]  (if stopped, finish it with: metaskill eval "
-                  f"--resume {run_id})", highlight=False, soft_wrap=True)
+                  f"--resume {run_id}{escape(again)})", highlight=False, soft_wrap=True)
     if save_solver_to is not None:
         save_solver(solver_obj, save_solver_to)
     try:

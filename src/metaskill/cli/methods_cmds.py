@@ -171,6 +171,9 @@ def adapt_cmd(
                     ] = None,
     option: Annotated[list[str] | None, typer.Option(
         "--option", "-o", help="METHOD.FIELD=VALUE (repeatable); see `methods show`.")] = None,
+    task_option: Annotated[list[str] | None, typer.Option(
+        "--task-option", "-T", help="Task loader option KEY=VALUE (repeatable), e.g. -T "
+        "depth=1.")] = None,
     fmt: Annotated[str, typer.Option(
         "--format", help="Prompt format of the base Solver: auto, chat or completion "
         "(knn_demos and raml choose theirs on dev unless -o METHOD.format_candidates=null).")
@@ -210,6 +213,7 @@ def adapt_cmd(
         "$METASKILL_THREADS, else all cores).")] = None,
 ) -> None:
     """Fit methods on a task's train split (selecting on dev) and save the adapted Solver."""
+    from metaskill.cli.tasks_cmds import _parse_options as task_options
     from metaskill.eval.solvers import ZeroShot, save_solver
     from metaskill.lm import load_lm
     from metaskill.methods.compose import fit_chain, parse_method_list
@@ -217,6 +221,7 @@ def adapt_cmd(
 
     names = parse_method_list(method)
     per_method = _parse_options(option or [], names)
+    task_opts = task_options(task_option)
     for name, value in (("--k", k), ("--limit-train", limit_train), ("--limit-dev", limit_dev)):
         if value is not None and value < (0 if name == "--k" else 1):
             raise MetaskillError(f"{name} must be >= {0 if name == '--k' else 1}, got {value}.")
@@ -226,7 +231,7 @@ def adapt_cmd(
         raise MetaskillError(f"--format must be auto, chat or completion, got '{fmt}'.")
     if out.exists() and out.is_dir():
         raise MetaskillError(f"--out {out} is a folder; give a file path like solver.json.")
-    task_obj = get_task(task)
+    task_obj = get_task(task, **task_opts)
     train = list(task_obj.examples(train_split))[:limit_train]
     dev = list(task_obj.examples(dev_split))[:limit_dev]
     if budget_tokens is not None and "dynaicl" not in names:

@@ -48,9 +48,9 @@ task also then needs no optional dependency); the single-skill reasoning-gym dat
 stay available as the ``reasoning_gym`` task.
 
 Options reach the loader as for every parametrized task: ``get_task("compose", depth=2)``,
-``metaskill tasks show compose -o depth=2 -o test_depths=[3,4]``, and for verbs without
-``-o`` (``eval``, ``adapt``) a task file: ``name: compose_d2`` with
-``source: {loader: compose, options: {depth: 2}}``.
+``metaskill tasks show compose -o depth=2 -o test_depths=[3,4]``,
+``metaskill eval --task compose -T depth=2`` (``adapt`` too), or a task file:
+``name: compose_d2`` with ``source: {loader: compose, options: {depth: 2}}``.
 
 Example:
     >>> t = load_compose(n_train=20, n_dev=4, n_test=9)
