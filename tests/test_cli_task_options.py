@@ -69,6 +69,10 @@ def test_eval_passes_task_options_and_resume_takes_them_again(home) -> None:
     db.execute("UPDATE runs SET status='running' WHERE id=?", (rid,))
     db.commit()
     db.close()
+    # without the options the task is another version (its version names its options):
+    # refused in one line, nothing mixed
+    res = cli("eval", "--resume", rid, "--no-progress", home=home, check=False)
+    one_line_error(res, "resume it with the same task")
     res = cli("eval", "--resume", rid, *DEV_D1, "--no-progress", home=home)
     assert f"resuming run {rid} (2/6 done)" in res.stdout and "status done" in res.stdout
     data = json.loads(cli("runs", "show", rid, "--json", home=home).stdout)

@@ -73,6 +73,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from metaskill.core.errors import TaskError
+from metaskill.core.hashing import stable_hash
 from metaskill.core.types import Example
 from metaskill.tasks.base import Task
 from metaskill.tasks.verifiers import ExactVerifier
@@ -598,8 +599,11 @@ def load_compose(
                "test_pairs": test_pairs, "skills": list(names), "n_train": n_train,
                "n_dev": n_dev, "n_test": n_test, "min_words": min_words,
                "max_words": max_words, "show_examples": show_examples, "seed": seed}
+    # The version names the generation options: the same example ids (test-d2-0 ...) mean
+    # different examples under other options, so a run resumed with other options is
+    # refused by the harness's task-version check instead of mixing records.
     return Task(
-        name="compose", version="1",
+        name="compose", version=f"1+{stable_hash(options)[:8]}",
         description="string-transformation skills and their compositions (depth 1-4) with "
                     "held-out pairs",
         splits=splits, template="{input}\nOutput:",
