@@ -56,7 +56,7 @@ def _parse_options(options: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in options or []:
         if "=" not in item:
-            raise MetaskillError(f"option '{item}' must look like KEY=VALUE (e.g. -o n_test=50).")
+            raise MetaskillError(f"option '{item}' must look like KEY=VALUE (e.g. n_test=50).")
         key, value = item.split("=", 1)
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
