@@ -26,7 +26,7 @@ app = typer.Typer(
 
 # Verb modules; each defines ``register(app)``. A module that does not exist yet is skipped.
 _MODULES = ("lm_cmds", "tasks_cmds", "eval_cmds", "skills_cmds", "methods_cmds",
-            "train_cmds", "run_cmds", "serve_cmds", "memory_cmds")
+            "train_cmds", "run_cmds", "serve_cmds", "memory_cmds", "metatrain_cmds", "metarl_cmds")
 
 
 def _version(value: bool) -> None:
