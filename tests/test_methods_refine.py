@@ -162,3 +162,25 @@ def test_real_model_critiques_always_parse_on_sst2(local_lm) -> None:
     verdicts = [a.meta["rounds"][0]["verdict"] for a in attempts]
     assert all(v in ("correct", "wrong") for v in verdicts), verdicts
     assert sum(bool(a.meta["fallback"]) for a in attempts) == 0
+
+
+def test_refined_answers_are_held_to_the_labels_on_a_grammar_backend() -> None:
+    """A classification task's refine request carries a grammar of the example's choices
+    (its labels), so a refined answer cannot be free text; ``refine_choices=False`` and a
+    backend without grammars leave the request free."""
+    ex = Example(id="r", input="great film", answer="positive")
+    t = Task(name="sent", splits={"dev": [ex]}, template="Review: {input}\nSentiment:",
+             kind="classification", labels=["positive", "negative"], verifier=ExactVerifier())
+    lm = ScriptedLM(default="negative")
+    held = SelfRefineSolver(lm, ZeroShot(lm)).refine_request(t, ex, "negative", "wrong")
+    assert held.grammar is not None and '"positive"' in held.grammar
+    assert '"negative"' in held.grammar
+    free = SelfRefineSolver(lm, ZeroShot(lm), refine_choices=False)
+    assert free.refine_request(t, ex, "negative", "wrong").grammar is None
+    assert SelfRefineSolver(free_text_lm(None), ZeroShot(lm)).refine_request(
+        t, ex, "negative", "wrong").grammar is None
+    gen = task()
+    assert SelfRefineSolver(lm, ZeroShot(lm)).refine_request(
+        gen, gen.splits["dev"][0], "Paris", "ok").grammar is None
+    again = load_solver(SelfRefineSolver(lm, ZeroShot(lm)).to_json(), lm=lm)
+    assert again.refine_choices is True

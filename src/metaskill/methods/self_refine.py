@@ -31,6 +31,11 @@ reminder retry (and, on a schema backend, of the fallback). Nothing falls back t
 trace marks these verdicts (``"verdict_by": "choice"``). The default, ``"parse"``, is the
 retry-then-fallback rule.
 
+Refined answers are constrained replies too (``refine_choices=True``, the default): on a
+classification or multiple-choice task, on a backend that enforces grammars, the refined
+answer must be one of the example's choices (its own, else the task's labels). Without it,
+the 135M model's refined ag_news answers named no label 7% of the time (structured_outputs.md).
+
 Algorithm (what :class:`SelfRefineSolver` does for a batch):
 
 1. answer_0 <- the inner Solver's answer.
@@ -63,7 +68,8 @@ from pydantic import BaseModel, Field, create_model
 from metaskill.core.errors import MethodError
 from metaskill.core.types import Completion, Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver, answer_max_tokens
-from metaskill.lm.structured import complete_structured, text_chars
+from metaskill.eval.solvers import example_choices
+from metaskill.lm.structured import choice_grammar, complete_structured, text_chars
 from metaskill.methods.base import Method, MethodConfig
 from metaskill.methods.demos import run_solver
 from metaskill.tasks.base import Task
@@ -139,12 +145,15 @@ class SelfRefineSolver(Solver):
         verdict: ``"parse"`` (a critique without a verdict line is retried once, then the
             input falls back) or ``"choose"`` (the likelier verdict line after the
             critique counts; see the module doc).
+        refine_choices: hold a refined answer to the example's choices (classification
+            and multiple choice, on a backend that enforces grammars).
     """
 
     kind: ClassVar[str] = "self_refine"
 
     def __init__(self, lm: Any, inner: Solver, rounds: int = 2, feedback_max_tokens: int = 160,
-                 refine_max_tokens: int | None = None, verdict: str = "parse") -> None:
+                 refine_max_tokens: int | None = None, verdict: str = "parse",
+                 refine_choices: bool = True) -> None:
         super().__init__(lm)
         if rounds < 1:
             raise MethodError(f"self_refine: rounds must be >= 1, got {rounds}.")
@@ -156,6 +165,7 @@ class SelfRefineSolver(Solver):
         self.rounds = rounds
         self.feedback_max_tokens = feedback_max_tokens
         self.refine_max_tokens = refine_max_tokens
+        self.refine_choices = refine_choices
 
     # ---- prompts -------------------------------------------------------------------
     def _request(self, text: str, max_tokens: int) -> Request:
@@ -205,7 +215,23 @@ class SelfRefineSolver(Solver):
         text = REFINE_PROMPT.format(instructions=self._instructions(task),
                                     question=task.render(example), answer=answer,
                                     feedback=_VERDICT.sub("", feedback).strip())
-        return self._request(text, answer_max_tokens(task, self.refine_max_tokens))
+        req = self._request(text, answer_max_tokens(task, self.refine_max_tokens))
+        return self._hold_to_choices(task, example, req)
+
+    def _hold_to_choices(self, task: Any, example: Example, req: Request) -> Request:
+        """``req`` constrained by a grammar to the example's choices, where that applies."""
+        choices = example_choices(task, example)
+        if (not self.refine_choices or not choices
+                or getattr(task, "kind", "generative") not in ("classification",
+                                                               "multiple_choice")
+                or "grammar" not in getattr(self.lm, "constraints", frozenset())):
+            return req
+        # the plain-completion prompt ends with "Reply:", so the answer follows a space
+        need = max(len((" " + c).encode("utf-8")) for c in choices) + 4
+        fields = dict(req)
+        fields["grammar"] = choice_grammar(choices, prefix="" if req.messages else " ")
+        fields["max_tokens"] = max(req.max_tokens, need)
+        return Request(**fields)
 
     @staticmethod
     def _extract(task: Any, text: str) -> str:
@@ -326,7 +352,8 @@ class SelfRefineSolver(Solver):
     def state(self) -> dict[str, Any]:
         return {"inner": self.inner.to_json(), "rounds": self.rounds,
                 "feedback_max_tokens": self.feedback_max_tokens,
-                "refine_max_tokens": self.refine_max_tokens, "verdict": self.verdict}
+                "refine_max_tokens": self.refine_max_tokens, "verdict": self.verdict,
+                "refine_choices": self.refine_choices}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], lm: Any) -> SelfRefineSolver:
@@ -335,7 +362,8 @@ class SelfRefineSolver(Solver):
         return cls(lm, load_solver(state["inner"], lm=lm), rounds=state.get("rounds", 2),
                    feedback_max_tokens=state.get("feedback_max_tokens", 160),
                    refine_max_tokens=state.get("refine_max_tokens"),
-                   verdict=state.get("verdict", "parse"))
+                   verdict=state.get("verdict", "parse"),
+                   refine_choices=state.get("refine_choices", False))
 
 
 class SelfRefineConfig(MethodConfig):
@@ -349,6 +377,10 @@ class SelfRefineConfig(MethodConfig):
     verdict: Verdict = Field(
         "parse", description="'parse': a critique without a verdict line is retried once, "
         "then falls back; 'choose': the likelier verdict line after the critique counts"
+    )
+    refine_choices: bool = Field(
+        True, description="hold refined answers to the example's choices (labels) by a "
+        "grammar, on classification and multiple-choice tasks"
     )
     max_dev: int | None = Field(
         None, ge=1, description="score at most this many dev examples (cheaper report)"
@@ -375,7 +407,7 @@ class SelfRefine(Method):
         wrapped = SelfRefineSolver(solver.lm, solver, rounds=cfg.rounds,
                                    feedback_max_tokens=cfg.feedback_max_tokens,
                                    refine_max_tokens=cfg.refine_max_tokens,
-                                   verdict=cfg.verdict)
+                                   verdict=cfg.verdict, refine_choices=cfg.refine_choices)
         dev_set = list(dev or [])[: cfg.max_dev]
         if dev_set:
             attempts, scores = run_solver(wrapped, task, dev_set, self.report,
