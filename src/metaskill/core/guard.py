@@ -144,6 +144,27 @@ def active_guard() -> FitGuard | None:
     return _ACTIVE.get()
 
 
+@contextmanager
+def use_guard(guard: FitGuard | None) -> Iterator[FitGuard | None]:
+    """Run under ``guard`` (from another process's :func:`active_guard`, e.g. a Ray worker
+    solving batches for a guarded fit); None leaves the guard as it is.
+
+    Example:
+        >>> g = make_guard("m", [])
+        >>> with use_guard(g):
+        ...     active_guard() is g
+        True
+    """
+    if guard is None:
+        yield _ACTIVE.get()
+        return
+    token = _ACTIVE.set(guard)
+    try:
+        yield guard
+    finally:
+        _ACTIVE.reset(token)
+
+
 def _bounded(text: str, needle: str) -> bool:
     """Whether ``needle`` occurs in ``text`` not inside a longer word."""
     start = text.find(needle)

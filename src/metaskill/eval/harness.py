@@ -35,8 +35,8 @@ from __future__ import annotations
 import random
 import time
 import traceback
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from metaskill.core.errors import (
     MetaskillError,
@@ -163,6 +163,33 @@ def _records(
     return out
 
 
+class Executor(Protocol):
+    """Where a run's batches are solved and verified (the default: here, one by one).
+
+    ``map_batches`` yields ``(batch, records)`` for every batch, in any order, each batch
+    exactly once; the harness commits each to the store as it arrives. Closing the
+    iterator early (a stopped run) cancels what is still in flight.
+    :class:`metaskill.distributed.RayExecutor` solves them on Ray workers.
+    """
+
+    def map_batches(self, solver: Solver, task: Any, batches: list[list[Example]],
+                    index: dict[str, int]) -> Iterator[tuple[list[Example], list[Record]]]:
+        """Solve and verify ``batches``; ``index`` maps example id -> record index."""
+        ...
+
+
+def solve_batch(solver: Solver, task: Any, batch: list[Example],
+                index: dict[str, int]) -> list[Record]:
+    """The records of one batch: solve it, verify the outputs (what a worker runs)."""
+    return _records(task, batch, _solve(solver, task, batch), index)
+
+
+def _local(solver: Solver, task: Any, batches: list[list[Example]],
+           index: dict[str, int]) -> Iterator[tuple[list[Example], list[Record]]]:
+    for batch in batches:
+        yield batch, solve_batch(solver, task, batch, index)
+
+
 class _Progress:
     """A rich progress bar with ETA and running accuracy (or nothing)."""
 
@@ -221,6 +248,7 @@ def evaluate(
     max_new: int | None = None,
     examples: Sequence[Example] | None = None,
     label: str | None = None,
+    executor: Executor | None = None,
 ) -> Run:
     """Evaluate ``solver`` on ``task``'s ``split`` and return the :class:`Run`.
 
@@ -246,6 +274,9 @@ def evaluate(
             ``"given"`` when left at ``"test"``).
         label: what the progress bar names (default ``TASK/SPLIT SOLVER_KIND``); name the
             candidate, e.g. a trained model whose Solver kind is still ``zero-shot``.
+        executor: where batches are solved (None: here, in order); e.g. a
+            :class:`metaskill.distributed.RayExecutor` fans them over workers, while the
+            records are still committed here, through ``store``, batch by batch.
 
     Returns:
         The Run with all its records (those of a resumed run included).
@@ -320,19 +351,20 @@ def evaluate(
     bar = _Progress(progress, label or f"{task.name}/{split} {solver.kind}", len(selection),
                     len(selection) - len(todo))
     n_done = len(selection) - len(todo)
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    stream = (_local if executor is None else executor.map_batches)(
+        solver, task, batches, index)
+    first = True
     try:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            t0 = time.perf_counter()
-            attempts = _solve(solver, task, batch)
-            recs = _records(task, batch, attempts, index)
+        t0 = time.perf_counter()
+        for batch, recs in stream:
             totals = totals.add(recs, wall_s=time.perf_counter() - t0)
             if store is not None:
                 store.save_batch(run.id, recs, totals)
             records += recs
             n_done += len(batch)
             bar.update(n_done, totals)
-            if start == 0 and len(recs) > 1 and _systematic(recs):
+            if first and len(recs) > 1 and _systematic(recs):
                 note = f"every example of the first batch failed: {recs[0].error}"
                 run.status, run.note = "failed", note
                 if store is not None:
@@ -349,6 +381,8 @@ def evaluate(
                     f"run {run.id} {note}. {totals.n} records kept; fix the cause and "
                     f"resume with --resume {run.id}."
                 )
+            first = False
+            t0 = time.perf_counter()
     except KeyboardInterrupt:
         run.status = "interrupted"
         if store is not None:
@@ -361,6 +395,9 @@ def evaluate(
             store.set_status(run.id, "failed", _error_text(e))
         raise
     finally:
+        close = getattr(stream, "close", None)
+        if callable(close):
+            close()  # an executor cancels the batches still in flight
         bar.close()
 
     run.status, run.note = ("done", "") if remaining == 0 else (
@@ -399,12 +436,13 @@ def _check_resumable(run: Run, task: Any, split: str, solver_json: dict[str, Any
         )
 
 
-__all__ = ["FATAL_ERRORS", "EvaluationError", "evaluate", "select"]
+__all__ = ["FATAL_ERRORS", "EvaluationError", "Executor", "evaluate", "select", "solve_batch"]
 
 
 def evaluate_stored(solver: Solver, task: Any, split: str, *, store: RunStore, name: str,
                     limit: int | None = None, seed: int = 0, progress: bool = True,
-                    deadline: float | None = None, batch_size: int = 16) -> Run:
+                    deadline: float | None = None, batch_size: int = 16,
+                    executor: Executor | None = None) -> Run:
     """The stored run of ``solver`` on ``split`` if it is done; else resume it or start it.
 
     The run id is ``name`` plus a hash of everything the result depends on (the Solver's
@@ -412,6 +450,7 @@ def evaluate_stored(solver: Solver, task: Any, split: str, *, store: RunStore, n
     starts a new run instead of reusing a stale one, and a killed job loses at most one
     batch. With ``deadline`` (a ``time.monotonic()`` value) it works batch by batch and
     returns the run ``interrupted`` once the deadline has passed (resume it later).
+    ``executor`` is passed to :func:`evaluate` (e.g. Ray workers).
 
     Example:
         >>> run = evaluate_stored(solver, task, "dev", store=store,
@@ -435,7 +474,7 @@ def evaluate_stored(solver: Solver, task: Any, split: str, *, store: RunStore, n
     while True:
         run = evaluate(solver, task, split, limit=limit, seed=seed, store=store,
                        progress=progress, batch_size=batch_size, max_new=step, label=name,
-                       **args)
+                       executor=executor, **args)
         if run.status != "interrupted" or deadline is None or time.monotonic() >= deadline:
             return run
         args = {"resume": run_id}

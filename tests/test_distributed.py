@@ -1,0 +1,198 @@
+"""metaskill.distributed: a Run fanned over Ray workers equals the Run made in one process;
+a worker killed mid-run is replaced and its batches re-queued; a killed driver resumes from
+the store; nothing is counted twice. A local Ray cluster on loopback, started by the tests."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metaskill.core.errors import MetaskillError
+from metaskill.core.types import Example
+from metaskill.eval.harness import evaluate
+from metaskill.eval.solvers import ZeroShot
+from metaskill.eval.store import RunStore
+from metaskill.lm.fake import ScriptedLM
+from metaskill.tasks.base import Task
+from metaskill.tasks.verifiers import ExactVerifier
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed "
+                                        "(pip install 'metaskill[ray]')")
+
+from metaskill.distributed.executor import (  # noqa: E402
+    RayExecutor,
+    WorkerConfig,
+    WorkersLostError,
+    make_executor,
+)
+
+SCRIPT = {"good": "positive", "bad": "negative", "fine": "positive"}
+
+
+def make_task(n: int = 40) -> Task:
+    words = ["good", "bad", "fine", "odd"]
+    exs = [Example(id=f"e{i}", input=f"a {words[i % 4]} film number {i}",
+                   answer="negative" if i % 4 == 1 else "positive") for i in range(n)]
+    return Task(name="toy_sentiment", splits={"test": exs}, template="Review: {input}",
+                kind="classification", labels=["positive", "negative"],
+                verifier=ExactVerifier())
+
+
+def fake_lm() -> functools.partial[ScriptedLM]:
+    """An LM factory the workers can unpickle (ScriptedLM is importable there)."""
+    return functools.partial(ScriptedLM, SCRIPT, default="unsure")
+
+
+def same(rec: Any) -> dict[str, Any]:
+    """A record without what may differ between two identical runs (timing)."""
+    return rec.model_dump(exclude={"latency_s"})
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    ray.init(num_cpus=2, include_dashboard=False, address="local",
+             _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_make_executor_one_worker_is_none_and_no_ray_is_one_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert make_executor(1, lm="fake") is None
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    with pytest.raises(MetaskillError) as e:
+        make_executor(2, lm="fake")
+    assert "pip install 'metaskill[ray]'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_one_and_two_workers_give_the_local_run(cluster: Any, tmp_path: Path) -> None:
+    task = make_task()
+    solver = ZeroShot(ScriptedLM(SCRIPT, default="unsure"))
+    local = evaluate(solver, task, progress=False, batch_size=4)
+    assert 0 < local.accuracy < 1  # the script gets some right, some wrong
+    store = RunStore(tmp_path / "runs.sqlite")
+    for workers in (1, 2):
+        with RayExecutor(WorkerConfig(workers=workers, lm="fake"),
+                         lm_factory=fake_lm()) as ex:
+            run = evaluate(solver, task, progress=False, batch_size=4, store=store,
+                           executor=ex)
+            assert len({w["pid"] for w in ex.started}) == workers
+        assert [same(r) for r in run.records] == [same(r) for r in local.records]
+        stored = store.get(run.id)
+        assert stored.status == "done" and stored.totals.n == 40
+        assert stored.totals.score == local.totals.score
+        assert store.recount(run.id).score == stored.totals.score
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_nothing_counted_twice(
+        cluster: Any, tmp_path: Path) -> None:
+    task = make_task()
+    solver = ZeroShot(ScriptedLM(SCRIPT, default="unsure"))
+    local = evaluate(solver, task, progress=False, batch_size=4)
+    store = RunStore(tmp_path / "runs.sqlite")
+    lines: list[str] = []
+    cfg = WorkerConfig(workers=2, lm="fake", fault={0: 3})  # worker 0 dies on batch 3
+    with RayExecutor(cfg, lm_factory=fake_lm(), log=lines.append) as ex:
+        run = evaluate(solver, task, progress=False, batch_size=4, store=store, executor=ex)
+        assert ex.replaced == 1 and len(ex.started) == 3
+    assert any("worker 0 died" in line for line in lines)
+    stored = store.get(run.id)
+    assert stored.status == "done"
+    assert [same(r) for r in stored.records] == [same(r) for r in local.records]
+    assert stored.totals.n == 40 == len({r.example_id for r in stored.records})
+    assert stored.totals.score == local.totals.score == store.recount(run.id).score
+
+
+def test_workers_that_keep_dying_stop_the_run_with_its_records_kept(
+        cluster: Any, tmp_path: Path) -> None:
+    task = make_task()
+    solver = ZeroShot(ScriptedLM(SCRIPT, default="unsure"))
+    store = RunStore(tmp_path / "runs.sqlite")
+    cfg = WorkerConfig(workers=1, lm="fake", fault={0: 2}, max_replacements=0)
+    with RayExecutor(cfg, lm_factory=fake_lm()) as ex, pytest.raises(WorkersLostError):
+        evaluate(solver, task, progress=False, batch_size=4, store=store, executor=ex,
+                 run_id="r-lost")
+    run = store.get("r-lost")
+    assert run.status == "failed" and 1 <= run.totals.n < 40
+    assert run.totals.n == len(run.records)
+
+
+DRIVER = textwrap.dedent("""
+    import functools, os, sys
+    sys.path.insert(0, {tests!r})
+    from test_distributed import SCRIPT, make_task
+    from metaskill.distributed.executor import RayExecutor, WorkerConfig
+    from metaskill.eval.harness import evaluate
+    from metaskill.eval.solvers import ZeroShot
+    from metaskill.eval.store import RunStore
+    from metaskill.lm.fake import ScriptedLM
+
+    class DyingStore(RunStore):
+        saves = 0
+        def save_batch(self, *a, **k):
+            super().save_batch(*a, **k)
+            DyingStore.saves += 1
+            if DyingStore.saves == 3:
+                os._exit(9)  # the driver is killed right after its third commit
+
+    lm = functools.partial(ScriptedLM, SCRIPT, default="unsure")
+    with RayExecutor(WorkerConfig(workers=2, lm="fake"), lm_factory=lm) as ex:
+        evaluate(ZeroShot(lm()), make_task(), progress=False, batch_size=4,
+                 store=DyingStore({store!r}), executor=ex, run_id="r-killed")
+""")
+
+
+def test_a_killed_driver_resumes_from_the_store(cluster: Any, tmp_path: Path) -> None:
+    db = tmp_path / "runs.sqlite"
+    code = DRIVER.format(tests=str(Path(__file__).parent), store=str(db))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr.decode()[-2000:]
+    store = RunStore(db)
+    killed = store.get("r-killed")
+    assert killed.status == "interrupted"  # its owner process is gone
+    assert killed.totals.n == 12 == len(killed.records)
+    task = make_task()
+    solver = ZeroShot(ScriptedLM(SCRIPT, default="unsure"))
+    with RayExecutor(WorkerConfig(workers=2, lm="fake"), lm_factory=fake_lm()) as ex:
+        run = evaluate(solver, task, progress=False, batch_size=4, store=store,
+                       resume="r-killed", executor=ex)
+    local = evaluate(solver, task, progress=False, batch_size=4)
+    stored = store.get("r-killed")
+    assert run.status == stored.status == "done"
+    assert [same(r) for r in stored.records] == [same(r) for r in local.records]
+    assert stored.totals.n == 40 and stored.totals.score == local.totals.score
+
+
+def test_the_fit_guard_reaches_the_workers(cluster: Any) -> None:
+    from metaskill.core.guard import TestDataLeakError, guard_fit
+
+    task = make_task(8)
+    solver = ZeroShot(ScriptedLM(SCRIPT, default="unsure"))
+    secret = task.splits["test"][0]
+    dev = [Example(id="d1", input=secret.text, answer="positive")]  # a test input, new id
+    with guard_fit("m", [secret]):
+        local = evaluate(solver, task, "dev", examples=dev, progress=False)
+    assert TestDataLeakError.__name__ in str(local.records[0].error)
+    with RayExecutor(WorkerConfig(workers=1, lm="fake"), lm_factory=fake_lm()) as ex:
+        with guard_fit("m", [secret]):
+            run = evaluate(solver, task, "dev", examples=dev, progress=False, executor=ex)
+        assert run.records[0].error == local.records[0].error
+        unguarded = evaluate(solver, task, "dev", examples=dev, progress=False, executor=ex)
+        assert unguarded.records[0].error is None  # the guard travelled with the batch
+
+
+def test_an_unpicklable_task_is_a_one_line_error(cluster: Any) -> None:
+    import threading
+
+    task = make_task(4)
+    task.metadata["lock"] = threading.Lock()
+    solver = ZeroShot(ScriptedLM(SCRIPT, default="unsure"))
+    with RayExecutor(WorkerConfig(workers=1, lm="fake"), lm_factory=fake_lm()) as ex, \
+            pytest.raises(MetaskillError, match="cannot be sent to Ray workers"):
+        evaluate(solver, task, progress=False, executor=ex)
