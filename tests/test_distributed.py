@@ -196,3 +196,87 @@ def test_an_unpicklable_task_is_a_one_line_error(cluster: Any) -> None:
     with RayExecutor(WorkerConfig(workers=1, lm="fake"), lm_factory=fake_lm()) as ex, \
             pytest.raises(MetaskillError, match="cannot be sent to Ray workers"):
         evaluate(solver, task, progress=False, executor=ex)
+
+
+def test_methods_and_the_archive_score_on_the_workers(cluster: Any, tmp_path: Path) -> None:
+    """The driver's LM knows nothing; the workers' LM knows the answers: every dev score
+    above zero was made on a worker."""
+    from metaskill.evolve.archive import EvolveConfig, evolve
+    from metaskill.methods.base import MethodResources
+    from metaskill.methods.compose import fit_chain
+
+    task = make_task(24)
+    train, dev = task.splits["test"][:16], task.splits["test"][16:]
+    task = task.model_copy(update={"splits": {"train": train, "dev": dev}})
+    blank = ZeroShot(ScriptedLM(default="unsure"))
+    with RayExecutor(WorkerConfig(workers=2, lm="fake"), lm_factory=fake_lm()) as ex:
+        res = MethodResources(embedder_spec="hash:64", executor=ex)
+        out = fit_chain(blank, task, train, dev, [("knn_demos", {"k": 2})], resources=res)
+        assert out.reports[0].notes["dev_accuracy"] > 0.5
+        here = fit_chain(blank, task, train, dev, [("knn_demos", {"k": 2})],
+                         resources=MethodResources(embedder_spec="hash:64"))
+        assert here.reports[0].notes["dev_accuracy"] == 0.0
+        arch = evolve(blank, task, train, dev, EvolveConfig(
+            mutations=("prompt_format",), max_children=1), out=tmp_path / "arch",
+            resources=MethodResources(embedder_spec="hash:64"), executor=ex)
+        assert arch.node(0).score is not None and arch.node(0).score > 0.5
+
+
+# ---- the command line (as a user runs it) ---------------------------------------------------
+_SCRIPT = Path(sys.executable).parent / "metaskill"
+METASKILL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "metaskill"]
+
+
+def cli(*args: str, home: Path, argv0: list[str] | None = None) -> Any:
+    import os
+
+    env = {**os.environ, "METASKILL_HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run([*(argv0 or METASKILL), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_cli_workers_without_ray_is_one_line(tmp_path: Path) -> None:
+    no_ray = [sys.executable, "-c", "import sys; sys.modules['ray'] = None; "
+              "from metaskill.cli import main; main(sys.argv[1:])"]
+    for verb in (["eval", "--task", "sst2", "--model", "fake"],
+                 ["adapt", "--task", "sst2", "--model", "fake", "--method", "knn_demos",
+                  "--out", str(tmp_path / "s.json")],
+                 ["evolve", "archive", "--task", "sst2", "--model", "fake", "--out",
+                  str(tmp_path / "arch")],
+                 ["run", "--task", "sst2", "--out", str(tmp_path / "run")]):
+        res = cli(*verb, "--workers", "2", home=tmp_path, argv0=no_ray)
+        err = res.stderr.strip()
+        assert res.returncode == 1 and len(err.splitlines()) == 1, err
+        assert "pip install 'metaskill[ray]'" in err and "Traceback" not in err
+
+
+def test_cli_eval_and_adapt_with_two_workers_match_one(tmp_path: Path) -> None:
+    from metaskill.eval.store import RunStore
+
+    runs = []
+    for workers in ("1", "2"):
+        res = cli("eval", "--task", "sst2", "--model", "fake", "--solver", "k-shot", "--k", "2",
+                  "--limit", "20", "--batch-size", "4", "--no-progress", "--no-cache",
+                  "--workers", workers, home=tmp_path)
+        assert res.returncode == 0, res.stdout + res.stderr
+        runs.append(next(w for w in res.stdout.split() if w[:8].isdigit() and "-" in w))
+    store = RunStore(tmp_path / "runs.sqlite")
+    one, two = (store.get(r) for r in runs)
+    assert two.status == "done" and two.totals.n == 20
+    assert [same(r) for r in one.records] == [same(r) for r in two.records]
+    saved = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"knn{workers}.json"
+        rep = tmp_path / f"fit{workers}.json"
+        res = cli("adapt", "--task", "sst2", "--model", "fake", "--method", "knn_demos",
+                  "--k", "2", "--embedder", "hash:64", "--limit-train", "40", "--limit-dev",
+                  "8", "--no-progress", "--out", str(out), "--report-json", str(rep),
+                  "--workers", workers, home=tmp_path)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert ("2 Ray workers ready" in res.stderr) == (workers == "2")
+        import json
+
+        fit = json.loads(rep.read_text())
+        saved.append((json.loads(out.read_text()), fit["reports"][0]["lm_calls"],
+                      fit["reports"][0]["usage"], fit["check"]["adapted_accuracy"]))
+    assert saved[0] == saved[1] and saved[0][1] == 16  # 8 dev x 2 formats, on the workers

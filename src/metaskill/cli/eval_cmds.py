@@ -5,6 +5,7 @@ Examples::
     metaskill eval --task sst2 --model local --solver k-shot --k 4 --limit 50
     metaskill eval --task compose -T depth=1 --model local  # a task loader option
     metaskill eval --resume 20261128-015905-1d19          # finish a killed run
+    metaskill eval --task sst2 --model local --threads 1 --workers 2  # 2 Ray workers
     metaskill runs ls
     metaskill runs show 20261128-015905-1d19 --failures 5
     metaskill runs compare RUN_A RUN_B
@@ -33,6 +34,43 @@ runs_app = typer.Typer(
 
 StoreOpt = Annotated[Path | None, typer.Option(
     "--store", help="Run store SQLite file (default: $METASKILL_HOME/runs.sqlite).")]
+
+
+WorkersOpt = Annotated[int, typer.Option(
+    "--workers", help="Ray workers, each holding one replica of the model (1: this process, "
+    "Ray unused; more needs pip install 'metaskill[ray]').")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="A running Ray cluster (HOST:6379 or ray://HOST:10001) for the "
+    "workers; default: a local one on this machine.")]
+
+
+def check_workers(workers: int, address: str | None) -> bool:
+    """Whether ``--workers``/``--ray-address`` ask for Ray; a one-line error when Ray is
+    not installed (checked before any model loads)."""
+    if workers < 1:
+        raise MetaskillError(f"--workers must be >= 1, got {workers}.")
+    if workers == 1 and not address:
+        return False
+    from metaskill.distributed.executor import require_ray
+
+    require_ray()
+    return True
+
+
+def executor_for(workers: int, address: str | None, spec: str, *, threads: int | None = None,
+                 cache: bool = True) -> Any:
+    """A context manager giving the ``executor`` that ``--workers``/``--ray-address`` ask
+    for: None (this process; Ray never imported) for 1 worker and no address, else a pool
+    of Ray workers each loading ``spec`` (:mod:`metaskill.distributed`)."""
+    import contextlib
+
+    if not check_workers(workers, address):
+        return contextlib.nullcontext(None)
+    from metaskill.distributed.executor import make_executor
+
+    say = Console(stderr=True).print
+    return make_executor(workers, address, lm=spec, threads=threads, cache=cache,
+                         log=lambda line: say(line, highlight=False))
 
 
 def _store(path: Path | None) -> Any:
@@ -147,6 +185,8 @@ def eval_cmd(
     threads: Annotated[int | None, typer.Option(
         "--threads", help="CPU threads of a llama.cpp model (default: all cores; use 1 on "
         "a machine busy with other jobs).")] = None,
+    workers: WorkersOpt = 1,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Evaluate a solver on a task split; print the run id, accuracy, per-skill table, cost."""
     from metaskill.eval.harness import evaluate
@@ -163,6 +203,7 @@ def eval_cmd(
         raise MetaskillError(f"--format must be auto, chat or completion, got '{fmt}'.")
     out = Console()
     store = _store(store_path)
+    check_workers(workers, ray_address)
 
     if resume is not None:
         prev = store.get(resume, records=False)
@@ -191,12 +232,15 @@ def eval_cmd(
                   f"--resume {run_id}{escape(again)})", highlight=False, soft_wrap=True)
     if save_solver_to is not None:
         save_solver(solver_obj, save_solver_to)
+    pool = executor_for(workers, ray_address, lm.spec, threads=threads, cache=not no_cache)
     try:
-        run = evaluate(
-            solver_obj, task_obj, split, limit=limit, seed=seed, store=store,
-            resume=run_id if resume is not None else None, batch_size=batch_size,
-            max_errors=max_errors, progress=not no_progress, run_id=run_id,
-        )
+        with pool as executor:
+            run = evaluate(
+                solver_obj, task_obj, split, limit=limit, seed=seed, store=store,
+                resume=run_id if resume is not None else None, batch_size=batch_size,
+                max_errors=max_errors, progress=not no_progress, run_id=run_id,
+                executor=executor,
+            )
     finally:
         close = getattr(lm, "close", None)
         if callable(close):

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from metaskill.cli.eval_cmds import RayAddressOpt, WorkersOpt, check_workers, executor_for
 from metaskill.cli.tasks_cmds import _parse_options as task_options
 from metaskill.core.errors import MetaskillError
 
@@ -114,8 +115,15 @@ def archive_cmd(
     threads: Annotated[int | None, typer.Option(
         "--threads", help="CPU threads for llama.cpp (default: $METASKILL_THREADS, else "
         "all cores).")] = None,
+    workers: WorkersOpt = 1,
+    ray_address: RayAddressOpt = None,
 ) -> None:
-    """Grow an archive of Solvers (Darwin Gödel Machine style) and save the best on dev."""
+    """Grow an archive of Solvers (Darwin Gödel Machine style) and save the best on dev.
+
+    With ``--workers N`` each child's dev examples are scored on N Ray workers (children
+    are still made one after another, and the chains' methods fit here).
+    """
+    check_workers(workers, ray_address)
     given: dict[str, Any] = {
         "task": task, "options": task_options(option) if task else None, "model": model,
         "mutator": mutator, "budget_calls": budget_calls, "budget_tokens": budget_tokens,
@@ -128,7 +136,7 @@ def archive_cmd(
         given = {**{"model": "local", "embedder": "minilm", "format": "auto",
                     "max_children": 20}, **{k: v for k, v in given.items() if v is not None}}
     args, resumed = _run_args(out, given)
-    _archive_run(out, args, resumed, threads, not no_progress)
+    _archive_run(out, args, resumed, threads, not no_progress, (workers, ray_address))
 
 
 def _config(args: dict[str, Any]) -> Any:
@@ -151,7 +159,7 @@ def _config(args: dict[str, Any]) -> Any:
 
 
 def _archive_run(out: Path, args: dict[str, Any], resumed: bool, threads: int | None,
-                 progress: bool) -> None:
+                 progress: bool, pool: tuple[int, str | None] = (1, None)) -> None:
     from metaskill.core.settings import Settings
     from metaskill.eval.solvers import ZeroShot, save_solver
     from metaskill.evolve.archive import evolve
@@ -187,10 +195,12 @@ def _archive_run(out: Path, args: dict[str, Any], resumed: bool, threads: int | 
     if resumed:
         console.print(f"resuming the archive in {out}", highlight=False)
     try:
-        archive = evolve(ZeroShot(lm, format=args.get("format") or "auto"), task, train, dev,
-                         config, out=out, resources=resources, mutator=mutator_lm,
-                         log=(lambda line: console.print(line, highlight=False, markup=False,
-                                                         soft_wrap=True)) if progress else None)
+        with executor_for(*pool, lm.spec, threads=threads) as executor:
+            archive = evolve(ZeroShot(lm, format=args.get("format") or "auto"), task, train,
+                             dev, config, out=out, resources=resources, mutator=mutator_lm,
+                             log=(lambda line: console.print(
+                                 line, highlight=False, markup=False, soft_wrap=True))
+                             if progress else None, executor=executor)
         best = archive.best_node()
         path = save_solver(archive.best(), out / "best.json")
     finally:

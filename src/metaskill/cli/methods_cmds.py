@@ -211,11 +211,20 @@ def adapt_cmd(
     threads: Annotated[int | None, typer.Option(
         "--threads", help="CPU threads for llama.cpp and torch (default: "
         "$METASKILL_THREADS, else all cores).")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", help="Ray workers for dev scoring (knn_demos and dynaicl candidates, "
+        "the given-vs-adapted check), each holding one replica of the model (1: this "
+        "process, Ray unused; more needs pip install 'metaskill[ray]').")] = 1,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="A running Ray cluster (HOST:6379 or ray://HOST:10001) for "
+        "the workers; default: a local one.")] = None,
 ) -> None:
     """Fit methods on a task's train split (selecting on dev) and save the adapted Solver."""
+    from metaskill.cli.eval_cmds import check_workers, executor_for
     from metaskill.cli.tasks_cmds import _parse_options as task_options
     from metaskill.eval.solvers import ZeroShot, save_solver
     from metaskill.lm import load_lm
+    from metaskill.methods.base import MethodResources
     from metaskill.methods.compose import fit_chain, parse_method_list
     from metaskill.tasks import get_task
 
@@ -231,6 +240,7 @@ def adapt_cmd(
         raise MetaskillError(f"--format must be auto, chat or completion, got '{fmt}'.")
     if out.exists() and out.is_dir():
         raise MetaskillError(f"--out {out} is a folder; give a file path like solver.json.")
+    check_workers(workers, ray_address)
     task_obj = get_task(task, **task_opts)
     train = list(task_obj.examples(train_split))[:limit_train]
     dev = list(task_obj.examples(dev_split))[:limit_dev]
@@ -253,8 +263,12 @@ def adapt_cmd(
     con = Console()
     t0 = time.perf_counter()
     try:
-        result = fit_chain(ZeroShot(lm, format=fmt), task_obj, train, dev, methods,
-                           check_input=True, keep_best=keep_best)
+        with executor_for(workers, ray_address, lm.spec, threads=threads,
+                          cache=not no_cache) as executor:
+            resources.executor = executor  # the methods above share this resources object
+            check = None if executor is None else MethodResources(executor=executor)
+            result = fit_chain(ZeroShot(lm, format=fmt), task_obj, train, dev, methods,
+                               check_input=True, keep_best=keep_best, resources=check)
         path = save_solver(result.solver, out)
     finally:
         close = getattr(lm, "close", None)

@@ -77,13 +77,23 @@ def register(app: typer.Typer) -> None:
             "all: add_method, remove_method, replace_method, tweak_config, prompt_format, "
             "crossover, self_modify)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+        workers: int = typer.Option(
+            1, "--workers", help="Ray workers for the evaluations, each holding one replica "
+            "of the model (1: this process, Ray unused; more needs pip install "
+            "'metaskill[ray]')."),
+        ray_address: str | None = typer.Option(
+            None, "--ray-address", help="A running Ray cluster (HOST:6379 or "
+            "ray://HOST:10001) for the workers; default: a local one."),
     ) -> None:
         """Measure a model, find its missing skills, adapt and (optionally) train it, and
         write a report. Every stage resumes from --out."""
         from pydantic import ValidationError
 
+        from metaskill.cli.eval_cmds import check_workers, executor_for
         from metaskill.core.errors import InvalidParameterError
         from metaskill.pipeline.main_job import RunConfig, run_job
+
+        check_workers(workers, ray_address)
 
         values: dict[str, object] = {
             "model": model, "teacher": teacher, "train": train, "train_steps": train_steps,
@@ -127,4 +137,5 @@ def register(app: typer.Typer) -> None:
 
             for kind in cfg.evolve_mutations:
                 MUTATIONS.get(kind)
-        run_job(cfg)
+        with executor_for(workers, ray_address, model, threads=threads) as executor:
+            run_job(cfg, executor=executor)

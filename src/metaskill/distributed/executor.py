@@ -243,6 +243,9 @@ class RayExecutor:
             self._own_cluster = True
         self._actors = [self._new_actor(i) for i in range(self.config.workers)]
         self._wait_ready(list(range(self.config.workers)))
+        hosts = sorted({w["host"] for w in self.started})
+        self.log(f"{self.config.workers} Ray workers ready ({self.config.lm} on "
+                 f"{', '.join(hosts)})")
         return self
 
     def _new_actor(self, slot: int) -> Any:
@@ -292,6 +295,11 @@ class RayExecutor:
         if self._own_cluster and ray.is_initialized():
             ray.shutdown()
         self._own_cluster = False
+
+    @property
+    def width(self) -> int:
+        """Batches in flight at once when every worker is busy."""
+        return self.config.workers * self.config.inflight
 
     def __enter__(self) -> RayExecutor:
         return self.start()

@@ -168,8 +168,9 @@ class Executor(Protocol):
 
     ``map_batches`` yields ``(batch, records)`` for every batch, in any order, each batch
     exactly once; the harness commits each to the store as it arrives. Closing the
-    iterator early (a stopped run) cancels what is still in flight.
-    :class:`metaskill.distributed.RayExecutor` solves them on Ray workers.
+    iterator early (a stopped run) cancels what is still in flight. An optional ``width``
+    attribute says how many batches it solves at once (time-boxed slices use it).
+    :class:`metaskill.distributed.executor.RayExecutor` solves them on Ray workers.
     """
 
     def map_batches(self, solver: Solver, task: Any, batches: list[list[Example]],
@@ -275,8 +276,8 @@ def evaluate(
         label: what the progress bar names (default ``TASK/SPLIT SOLVER_KIND``); name the
             candidate, e.g. a trained model whose Solver kind is still ``zero-shot``.
         executor: where batches are solved (None: here, in order); e.g. a
-            :class:`metaskill.distributed.RayExecutor` fans them over workers, while the
-            records are still committed here, through ``store``, batch by batch.
+            :class:`metaskill.distributed.executor.RayExecutor` fans them over Ray
+            workers, while the records are still committed here, through ``store``.
 
     Returns:
         The Run with all its records (those of a resumed run included).
@@ -469,7 +470,8 @@ def evaluate_stored(solver: Solver, task: Any, split: str, *, store: RunStore, n
         found = False
     if found and run.status == "done":
         return store.get(run_id)
-    step = None if deadline is None else batch_size
+    # with a deadline, work in slices of one batch per worker (an executor's ``width``)
+    step = None if deadline is None else batch_size * int(getattr(executor, "width", 1))
     args: dict[str, Any] = {"resume": run_id} if found else {"run_id": run_id}
     while True:
         run = evaluate(solver, task, split, limit=limit, seed=seed, store=store,

@@ -393,6 +393,7 @@ class _Search:
     mutations: dict[str, Mutation]
     ctx: MutationContext
     log: Callable[[str], None]
+    executor: Any = None
 
 
 def build_solver(recipe: Recipe, s: _Search, deadline: float | None = None
@@ -442,7 +443,7 @@ def _score(solver: Any, s: _Search, examples: list[Example], node: Node) -> list
     from metaskill.methods.demos import run_solver
 
     report = FitReport()
-    attempts, scores = run_solver(solver, s.task, examples, report)
+    attempts, scores = run_solver(solver, s.task, examples, report, executor=s.executor)
     node.lm_calls += report.lm_calls
     node.prompt_tokens += report.usage.prompt_tokens
     node.completion_tokens += report.usage.completion_tokens
@@ -650,6 +651,7 @@ def evolve(
     mutator: Any = None,
     mutations: Mapping[str, Mutation] | None = None,
     log: Callable[[str], None] | None = None,
+    executor: Any = None,
 ) -> Archive:
     """Grow an archive of Solvers from ``solver`` (resuming the one in ``out``, if any).
 
@@ -666,6 +668,10 @@ def evolve(
         mutator: the LM of ``self_modify`` (default: the root Solver's LM).
         mutations: name -> mutation function (default: :data:`MUTATIONS`).
         log: called with one line per child (None: silent).
+        executor: where each child's dev batches are solved (None: here); a
+            :class:`metaskill.distributed.executor.RayExecutor` spreads them over its
+            workers. Children are still made one after another (each selection reads the
+            archive as the previous child left it); the methods of a chain fit here.
 
     Returns:
         The :class:`Archive` (``archive.best()`` is the best Solver on dev;
@@ -724,7 +730,8 @@ def evolve(
     s = _Search(archive=archive, config=config, task=task, train=list(train), dev=list(dev),
                 small_ids=[e.id for e in small], root_json=root_json, lm=solver.lm,
                 resources=resources or MethodResources(), ctx=ctx, log=log,
-                mutations=dict(mutations) if mutations is not None else default_mutations())
+                mutations=dict(mutations) if mutations is not None else default_mutations(),
+                executor=executor)
     splits = getattr(task, "splits", None) or {}
     others = [e for name, xs in splits.items() if name != "test" for e in xs]
     with guard_fit("evolve", splits.get("test") or [], others, getattr(task, "render", None)):

@@ -60,6 +60,10 @@ class MethodResources:
         deadline: a ``time.monotonic()`` value; parametric methods stop training by then
             (the adapter is saved either way).
         log: called with one line per notable step (None: silent).
+        executor: where dev scoring runs (None: here; a
+            :class:`metaskill.distributed.executor.RayExecutor`: Ray workers); passed to
+            :func:`metaskill.methods.demos.run_solver` by the methods that probe many
+            candidates (knn_demos, dynaicl) and by the chain's dev check.
         extra: anything else a method documents that it reads.
     """
 
@@ -74,6 +78,7 @@ class MethodResources:
     trainer: Callable[..., Any] | None = None
     deadline: float | None = None
     log: Callable[[str], None] | None = None
+    executor: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def get_embedder(self) -> Any:

@@ -246,7 +246,8 @@ def fit_chain(
     if check_input or keep_best:
         result.check = compare_with_input(solver, current, task, dev, keep_best=keep_best,
                                           seed=int(shared.get("seed") or 0),
-                                          progress=resources.progress)
+                                          progress=resources.progress,
+                                          executor=resources.executor)
         if result.check is not None and result.check.returned == "given":
             result.solver = solver
     return result
@@ -261,6 +262,7 @@ def compare_with_input(
     keep_best: bool = False,
     seed: int = 0,
     progress: bool = False,
+    executor: Any = None,
 ) -> InputCheck | None:
     """Score the given and the adapted Solver on the same dev examples and compare them.
 
@@ -277,6 +279,7 @@ def compare_with_input(
         keep_best: mark the given Solver as the one to return when it is not beaten.
         seed: seed of the bootstrap resampling.
         progress: show progress bars.
+        executor: where the two dev runs are solved (None: here; e.g. Ray workers).
 
     Returns:
         The :class:`InputCheck`, or None without dev examples.
@@ -303,9 +306,9 @@ def compare_with_input(
         return None
     given_report, adapted_report = FitReport(), FitReport()
     _, before = run_solver(given, task, examples, given_report, progress=progress,
-                           label="scoring the given Solver on dev")
+                           label="scoring the given Solver on dev", executor=executor)
     _, after = run_solver(adapted, task, examples, adapted_report, progress=progress,
-                          label="scoring the adapted Solver on dev")
+                          label="scoring the adapted Solver on dev", executor=executor)
     gain, low, high = paired_gain(after, before, seed=seed)
     verdict: CheckVerdict = "better" if low > 0 else ("worse" if high < 0 else "within_noise")
     return InputCheck(

@@ -315,6 +315,7 @@ def run_solver(
     batch_size: int = 32,
     progress: bool = False,
     label: str = "solving",
+    executor: Any = None,
 ) -> tuple[list[Attempt], list[float]]:
     """Score ``solver`` on ``examples`` with the harness, and charge the cost to ``report``.
 
@@ -335,6 +336,8 @@ def run_solver(
         batch_size: examples per ``solver.solve`` call.
         progress: show a progress bar on stderr.
         label: names the examples in the progress bar (e.g. ``"knn_demos dev"``).
+        executor: where the harness solves the batches (None: here; e.g. Ray workers,
+            :mod:`metaskill.distributed`).
 
     Returns:
         One attempt per example, in order (rebuilt from the run's records: ``meta`` keeps
@@ -356,7 +359,7 @@ def run_solver(
     if not examples:
         return [], []
     run = evaluate(solver, task, label, examples=examples, batch_size=batch_size,
-                   progress=progress)
+                   progress=progress, executor=executor)
     attempts = [_attempt_of(r) for r in run.records]
     if report is not None:
         charge(report, attempts)

@@ -383,6 +383,7 @@ class DynaICL(Method):
             fixed = DemoSolver(lm, selector, k=k, **options)
             attempts, scores = run_solver(fixed, task, examples, self.report,
                                           progress=self.resources.progress,
+                                          executor=self.resources.executor,
                                           label=f"dynaicl probe {label} k={k}")
             success[:, j] = np.array(scores) >= 0.5
             # priced as at test time: tokens of the rendered prompt

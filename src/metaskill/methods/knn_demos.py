@@ -177,7 +177,8 @@ class KnnDemos(Method):
             chosen = build(k, b, f, bare)
             if dev_set:
                 _, scores = run_solver(chosen, task, dev_set, self.report,
-                                       progress=self.resources.progress, label="knn_demos dev")
+                                       progress=self.resources.progress, label="knn_demos dev",
+                                       executor=self.resources.executor)
                 self.report.notes["dev_accuracy"] = sum(scores) / len(scores)
             self.report.notes.update({"k": k, "balanced": b, "prompt_format": chosen.prompt_format,
                                       "instructions": not bare, "pool": len(pool)})
@@ -190,6 +191,7 @@ class KnnDemos(Method):
             cand = build(k, b, f, bare)
             attempts, scores = run_solver(cand, task, dev_set, self.report,
                                           progress=self.resources.progress,
+                                          executor=self.resources.executor,
                                           label=f"knn_demos dev k={k} {cand.prompt_format}"
                                                 f"{' bare' if bare else ''}")
             prompt = sum(a.usage.prompt_tokens for a in attempts) / len(attempts)

@@ -277,6 +277,7 @@ class JobContext:
     threads: int | None = None
     skipped: list[str] = field(default_factory=list)
     sizes: Any = None  # the Plan's sizes (pipeline.plan.Sizes), None without a budget
+    executor: Any = None  # where evaluations run (None: here; Ray workers: --workers N)
 
     def skip(self, what: str, why: str) -> None:
         """Record work that was not done (listed in the report)."""
@@ -309,7 +310,8 @@ class TaskContext:
         cfg = self.job.config
         run = evaluate_stored(solver, self.task, split, store=self.job.store,
                               name=f"{self.name}/{label}/{split}", limit=n, seed=cfg.seed,
-                              progress=cfg.progress, deadline=self.job.clock.deadline())
+                              progress=cfg.progress, deadline=self.job.clock.deadline(),
+                              executor=self.job.executor)
         if run.status == "interrupted":
             self.job.skip(f"{self.name}: {split} of {label}",
                           f"time budget spent after {len(run.records)} of {n} examples")
@@ -345,19 +347,23 @@ class Clock:
         return None if self.budget_s is None else self.t0 + self.budget_s - reserve_s
 
 
-def run_job(config: RunConfig, *, lm: Any = None, console: Any = None) -> JobResult:
+def run_job(config: RunConfig, *, lm: Any = None, console: Any = None,
+            executor: Any = None) -> JobResult:
     """Run the main job end to end and write its report.
 
     Args:
         config: the run's settings.
         lm: an already-loaded LM (default: ``load_lm(config.model)`` with the cache).
         console: a rich Console for the terminal summary (None: stderr).
+        executor: where evaluations (and the archive search's scoring) run; None: here
+            (e.g. :class:`metaskill.distributed.executor.RayExecutor`: Ray workers).
 
     Returns:
         The :class:`JobResult`, also saved as ``OUT/result.json``; the report is
         ``OUT/report.html`` and the final table, as Markdown, ``OUT/summary.md``.
     """
     job = _start(config, lm, console)
+    job.executor = executor
     tasks = [_load_task(name) for name in config.tasks]
     plan = None
     if config.time_budget_s is not None:
@@ -665,7 +671,7 @@ def stage_evolve(t: TaskContext) -> None:
     say = job.console.print
     try:
         archive = evolve(t.base, t.task, t.train, t.dev, config, out=folder,
-                         resources=resources, mutator=mutator,
+                         resources=resources, mutator=mutator, executor=job.executor,
                          log=lambda line: say(f"  {line}", highlight=False, markup=False))
     except MetaskillError as e:
         job.skip(f"{t.name}: archive search", str(e))
