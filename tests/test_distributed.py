@@ -280,3 +280,32 @@ def test_cli_eval_and_adapt_with_two_workers_match_one(tmp_path: Path) -> None:
         saved.append((json.loads(out.read_text()), fit["reports"][0]["lm_calls"],
                       fit["reports"][0]["usage"], fit["check"]["adapted_accuracy"]))
     assert saved[0] == saved[1] and saved[0][1] == 16  # 8 dev x 2 formats, on the workers
+
+
+@pytest.mark.slow
+def test_real_model_one_process_and_two_workers_give_the_same_run(
+        cluster: Any, tmp_path: Path) -> None:
+    """The embedded model: 20 sst2 examples, k-shot, in this process and on 2 Ray workers
+    (each its own llama.cpp model, 1 thread): the same records."""
+    pytest.importorskip("llama_cpp")
+    from metaskill.eval.solvers import solver_from_name
+    from metaskill.lm.llama import LlamaLM, builtin_model_path
+    from metaskill.tasks import get_task
+
+    task = get_task("sst2")
+    lm = LlamaLM(builtin_model_path("local"), spec="local", n_threads=1)
+    try:
+        solver = solver_from_name("k-shot", lm, task=task, k=2, seed=0)
+        here = evaluate(solver, task, limit=20, batch_size=4, progress=False)
+    finally:
+        lm.close()
+    store = RunStore(tmp_path / "runs.sqlite")
+    cfg = WorkerConfig(workers=2, lm="local", threads=1, cache=False)
+    with RayExecutor(cfg) as ex:
+        run = evaluate(solver, task, limit=20, batch_size=4, progress=False, store=store,
+                       executor=ex)
+        assert len({w["pid"] for w in ex.started}) == 2
+    stored = store.get(run.id)
+    assert stored.totals.n == 20 and stored.totals.completion_tokens > 0
+    assert [same(r) for r in stored.records] == [same(r) for r in here.records]
+    assert stored.accuracy == here.accuracy
