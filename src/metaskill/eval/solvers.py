@@ -100,6 +100,7 @@ kind is rebuilt, and the eval layer keeps no import of the methods layer above i
 for _kind, _target in METHOD_SOLVER_KINDS.items():
     SOLVERS.register(_kind, _target)
 SOLVERS.register("custom", "metaskill.eval.custom:CustomSolver")  # a template and code
+SOLVERS.register("yesno", "metaskill.metalearn.tune:YesNoSolver")  # meta_tune's zero-shot
 
 S = TypeVar("S", bound=type[Solver])
 

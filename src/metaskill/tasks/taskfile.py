@@ -18,6 +18,9 @@ with a field mapping), its prompt, its verifier and its split protocol::
         id: review_id           # optional: default '<file>:<line>'
         label_map: {"0": negative, "1": positive}
     labels: [negative, positive]
+    label_descriptions:         # optional: what each label means, in words (meta-tuning)
+      negative: a negative opinion of the product
+      positive: a positive opinion of the product
     template: "Review: {input}\\nSentiment:"
     instructions: Answer with one word, positive or negative.
     verifier: {name: label}
@@ -117,6 +120,7 @@ class TaskFile(BaseModel):
     template: str | None = None
     instructions: str | None = None
     labels: list[str] | None = None
+    label_descriptions: dict[str, str] | None = None
     kind: TaskKind | None = None
     verifier: dict[str, Any] | str | None = None
     split: SplitSpec | None = None
@@ -215,6 +219,7 @@ def build_file_task(
     verifier: dict[str, Any] | str | None = None,
     metadata: dict[str, Any] | None = None,
     lm: Any = None,
+    label_descriptions: dict[str, str] | None = None,
 ) -> Task:
     """Build a Task from the user's files (the ``path``/``splits`` form of a source)."""
     base = base_dir or Path.cwd()
@@ -292,6 +297,7 @@ def build_file_task(
     task = Task(name=name, version=version, description=description, splits=splits,
                 template=template or "{input}", instructions=instructions or "",
                 labels=labels, kind=kind, verifier=verifier_from_spec(vspec, lm=lm),
+                label_descriptions=label_descriptions,
                 metadata={**(metadata or {}), "split_protocol": proto})
     check_task(task)
     return task
@@ -372,7 +378,7 @@ def apply_task_file(spec: TaskFile, base: Task, path: str | Path, lm: Any = None
                         "pass seed and sizes in source.options (e.g. n_test: 100).")
     updates: dict[str, Any] = {"name": spec.name, "version": spec.version,
                                "description": spec.description or base.description}
-    for key in ("template", "instructions", "labels", "kind"):
+    for key in ("template", "instructions", "labels", "label_descriptions", "kind"):
         if getattr(spec, key) is not None:
             updates[key] = getattr(spec, key)
     if spec.verifier is not None:
