@@ -6,6 +6,8 @@ Examples::
     metaskill train --task reasoning_gym -o dataset=spell_backward --model local \\
         --steps 150 --out runs/reverse
     metaskill train --out runs/reverse          # resume: finished stages are not redone
+    metaskill train --task reasoning_gym -o dataset=spell_backward --launcher accelerate \\
+        --num-processes 4 --out runs/rev4       # data-parallel LoRA, one process per GPU
     metaskill train --task math -o path=DIR --method stat-sel --profile profile.json
     metaskill evolve self --task reasoning_gym -o dataset=spell_backward --rounds 3 --out runs/self
     metaskill evolve archive --task sst2 --model local --budget-calls 2000 --out runs/arch
@@ -101,6 +103,12 @@ def train_cmd(
     threads: Annotated[int | None, typer.Option(
         "--threads", help="CPU threads for llama.cpp and torch (default: "
         "$METASKILL_THREADS, else all cores).")] = None,
+    launcher: Annotated[str | None, typer.Option(
+        "--launcher", help="Train in launched processes: accelerate (accelerate launch, "
+        "one process per GPU) or torchrun (also several CPU processes); default: in this "
+        "process.")] = None,
+    num_processes: Annotated[int, typer.Option(
+        "--num-processes", help="Processes the launcher starts (data-parallel LoRA).")] = 1,
 ) -> None:
     """Fine-tune a LoRA adapter on a task's training answers; score dev before and after."""
     from metaskill.core.settings import Settings
@@ -117,6 +125,11 @@ def train_cmd(
     if profile is not None and not profile.is_file():
         raise MetaskillError(f"profile file '{profile}' does not exist.")
     settings = Settings.from_env(threads=threads)
+    trainer = None
+    if launcher is not None or num_processes != 1:
+        from metaskill.distributed.train_launch import launched_trainer
+
+        trainer = launched_trainer(launcher or "accelerate", num_processes, settings=settings)
     given: dict[str, Any] = {
         "task": task, "options": _options(option), "model": model, "method": method,
         "profile": str(profile) if profile else None, "teacher": teacher,
@@ -132,10 +145,11 @@ def train_cmd(
 
         out = settings.home / "train" / f"{task}-{method}-{stable_hash(given)[:8]}"
     args = _run_args(out, given)
-    _train_run(out, args, settings, console)
+    _train_run(out, args, settings, console, trainer)
 
 
-def _train_run(out: Path, args: dict[str, Any], settings: Any, console: Console) -> None:
+def _train_run(out: Path, args: dict[str, Any], settings: Any, console: Console,
+               trainer: Any = None) -> None:
     """Fit the training method through the chain (a registered Method) and score dev."""
     from metaskill.core.stages import StageRunner
     from metaskill.eval.solvers import ZeroShot, load_solver
@@ -160,7 +174,8 @@ def _train_run(out: Path, args: dict[str, Any], settings: Any, console: Console)
     teacher = load_lm(args["teacher"], settings=settings) if args.get("teacher") else None
     base = ZeroShot(lm, max_tokens=args["max_tokens"])
     resources = MethodResources(profile=args.get("profile"), teacher=teacher, progress=True,
-                                settings=settings, work_dir=out, log=console.print)
+                                settings=settings, work_dir=out, log=console.print,
+                                trainer=trainer)
 
     def fit() -> dict[str, Any]:
         result = fit_chain(base, task, train, dev, [(name, options)], resources=resources)
