@@ -248,6 +248,10 @@ def test_cli_workers_without_ray_is_one_line(tmp_path: Path) -> None:
         err = res.stderr.strip()
         assert res.returncode == 1 and len(err.splitlines()) == 1, err
         assert "pip install 'metaskill[ray]'" in err and "Traceback" not in err
+    # one worker (the default) never imports Ray
+    res = cli("eval", "--task", "sst2", "--model", "fake", "--limit", "3", "--no-progress",
+              "--workers", "1", home=tmp_path, argv0=no_ray)
+    assert res.returncode == 0, res.stderr
 
 
 def test_cli_eval_and_adapt_with_two_workers_match_one(tmp_path: Path) -> None:

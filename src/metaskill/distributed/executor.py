@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -232,14 +233,16 @@ class RayExecutor:
         if not ray.is_initialized():
             if self.config.address:
                 try:
-                    ray.init(address=self.config.address, log_to_driver=False)
+                    ray.init(address=self.config.address, log_to_driver=False,
+                             logging_level=logging.ERROR)
                 except (ConnectionError, RuntimeError) as e:
                     raise RayUnavailableError(f"cannot reach the Ray cluster at "
                                               f"{self.config.address}: {e}") from None
             else:  # a fresh cluster of this machine, on loopback only
                 ray.init(address="local", _node_ip_address="127.0.0.1",
                          num_cpus=max(1, int(self.config.workers * self.config.cpus + 0.999)),
-                         include_dashboard=False, log_to_driver=False)
+                         include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.ERROR)
             self._own_cluster = True
         self._actors = [self._new_actor(i) for i in range(self.config.workers)]
         self._wait_ready(list(range(self.config.workers)))
@@ -367,8 +370,11 @@ class RayExecutor:
                 done.add(b)
                 yield batches[b], records
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=False)
+            for ref in pending:  # a stopped run: drop the batches still queued
+                try:
+                    ray.cancel(ref, force=False)
+                except Exception:  # already finished, or its worker is gone
+                    pass
 
 
 def _lost_errors(ray: Any) -> tuple[type[BaseException], ...]:
