@@ -313,3 +313,17 @@ def test_real_model_one_process_and_two_workers_give_the_same_run(
     assert stored.totals.n == 20 and stored.totals.completion_tokens > 0
     assert [same(r) for r in stored.records] == [same(r) for r in here.records]
     assert stored.accuracy == here.accuracy
+
+
+def test_cli_run_with_two_workers(tmp_path: Path) -> None:
+    from metaskill.eval.store import RunStore
+
+    res = cli("run", "--task", "sst2", "--model", "fake", "--no-train", "--methods",
+              "knn_demos", "--n-dev", "8", "--n-test", "12", "--embedder", "hash:64",
+              "--workers", "2", "--no-progress", "--out", str(tmp_path / "job"),
+              home=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 Ray workers ready" in res.stderr
+    runs = RunStore(tmp_path / "job" / "runs.sqlite").list()
+    tests = [r for r in runs if r.split == "test"]
+    assert tests and all(r.status == "done" and r.totals.n == 12 for r in tests)

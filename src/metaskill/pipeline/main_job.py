@@ -363,7 +363,7 @@ def run_job(config: RunConfig, *, lm: Any = None, console: Any = None,
         ``OUT/report.html`` and the final table, as Markdown, ``OUT/summary.md``.
     """
     job = _start(config, lm, console)
-    job.executor = executor
+    job.executor = job.resources.executor = executor  # evaluations and methods' dev probes
     tasks = [_load_task(name) for name in config.tasks]
     plan = None
     if config.time_budget_s is not None:
