@@ -68,8 +68,10 @@ def cpu_model() -> str:
 
 
 # ---- scoring, stored per row -------------------------------------------------------------
-def scored(path: Path, solver_fn: Any, task: Any, n_test: int) -> dict[str, float]:
-    """Per-example test scores of a Solver (example id -> score), stored at ``path``."""
+def scored(path: Path, solver_fn: Any, task: Any, n_test: int,
+           protocol: dict[str, Any]) -> dict[str, float]:
+    """Per-example test scores of a Solver (example id -> score), stored at ``path`` with
+    the fold's leave-out protocol."""
     if path.exists():
         return json.loads(path.read_text())["scores"]
     from metaskill.eval.harness import evaluate
@@ -84,7 +86,7 @@ def scored(path: Path, solver_fn: Any, task: Any, n_test: int) -> dict[str, floa
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"solver": solver.to_json()["kind"], "model": solver.lm.spec,
                                 "seconds": round(time.perf_counter() - t0, 1),
-                                "scores": scores}, indent=1))
+                                "protocol": protocol, "scores": scores}, indent=1))
     print(f"  {path.stem}: {mean(list(scores.values())):.1%} on {len(scores)}", flush=True)
     return scores
 
@@ -125,10 +127,10 @@ def part_retrieval(a: argparse.Namespace, work: Path) -> list[str]:
             data = knn_solver_json("local", task, a.k, "completion", "minilm")
             base = scored(run_dir / "scores" / f"{name}__base_knn.json",
                           lambda d=data: load_solver(d, lm=lm_for("local", a.threads)),
-                          task, a.n_test)
+                          task, a.n_test, m["protocol"])
             meta = scored(run_dir / "scores" / f"{name}__meta_knn.json",
                           lambda d=data, sp=m["model"]: load_solver(d, lm=lm_for(sp, a.threads)),
-                          task, a.n_test)
+                          task, a.n_test, m["protocol"])
             row = {"fold": held, "task": name, "train": m["protocol"]["train_tasks"],
                    "steps": m["train"]["steps"], "seconds": m["train"]["seconds"],
                    "pair": paired(meta, base)}
@@ -200,19 +202,21 @@ def part_tune(a: argparse.Namespace, work: Path) -> list[str]:
         solver_json = json.loads(Path(m["solvers"][held]).read_text())
         base_json = {**solver_json, "model": "local"}
         s = run_dir / "scores"
+        proto = m["protocol"]
         arms = {
             "zero-shot": scored(s / "base_zero_shot.json",
-                                lambda: ZeroShot(lm_for("local", a.threads)), task, a.n_test),
+                                lambda: ZeroShot(lm_for("local", a.threads)), task, a.n_test,
+                                proto),
             "likelihood": scored(s / "base_likelihood.json",
                                  lambda: LikelihoodClassifier(lm_for("local", a.threads)),
-                                 task, a.n_test),
+                                 task, a.n_test, proto),
             "base yes/no": scored(s / "base_yesno.json",
                                   lambda d=base_json: load_solver(d, lm=lm_for("local", a.threads)),
-                                  task, a.n_test),
+                                  task, a.n_test, proto),
             "meta-tuned yes/no": scored(
                 s / "meta_yesno.json",
                 lambda d=solver_json, sp=m["model"]: load_solver(d, lm=lm_for(sp, a.threads)), task,
-                a.n_test),
+                a.n_test, proto),
         }
         rows.append({"task": held, "train": m["protocol"]["train_tasks"],
                      "questions": m["questions"], "seconds": m["train"]["seconds"],
@@ -265,7 +269,13 @@ STATE: dict[str, list[str]] = {}
 
 
 def _write(a: argparse.Namespace) -> None:
-    """Write the report: the header, every finished part's section, the link to the others."""
+    """Write the report: the header, every part's latest section (kept in
+    ``WORK/sections.json``, so ``--parts tune`` keeps the retrieval section), the link to
+    the localize/gpicl report."""
+    sections = Path(a.work) / "sections.json"
+    stored = json.loads(sections.read_text()) if sections.exists() else {}
+    stored.update(STATE)  # parts not run this time keep their last section
+    sections.write_text(json.dumps(stored, indent=1))
     load = os.getloadavg()
     head = [
         "# Meta-training across tasks (issue 23): retrieval and meta-tuning", "",
@@ -282,7 +292,7 @@ def _write(a: argparse.Namespace) -> None:
         f"- work folder (resumable): `{a.work}`", ""]
     body: list[str] = []
     for name in PARTS:
-        body += STATE.get(name, []) + ([""] if name in STATE else [])
+        body += stored.get(name, []) + ([""] if name in stored else [])
     other = RESULTS / OTHER
     body += ["## Skill localization and GPICL", "",
              f"In `benchmarks/results/{OTHER}` (`benchmarks/metatrain_gpicl_localize.py`)"
