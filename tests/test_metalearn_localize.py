@@ -197,3 +197,71 @@ def test_config_validation() -> None:
     assert LocalizeConfig(sparsities=[1e-3, 1e-5, 1e-3]).sparsities == [1e-5, 1e-3]
     with pytest.raises(ValueError, match="sparsities"):
         LocalizeConfig(sparsities=[0.0])
+
+
+@pytest.mark.slow
+def test_graft_saves_as_hf_and_gguf_that_llama_cpp_serves(tmp_path) -> None:
+    """A graft of the embedded SmolLM2 (a few perturbed q/k/embedding/norm entries, all of
+    them grafted) saves as an HF folder and a GGUF whose tensors are the HF ones in
+    llama.cpp's layout; llama.cpp then answers exactly as transformers does, and the Solver
+    JSON names the GGUF (what `serve --solver` loads)."""
+    pytest.importorskip("transformers", reason="needs the train extra")
+    pytest.importorskip("llama_cpp", reason="needs the local extra")
+    gguf = pytest.importorskip("gguf", reason="needs the train extra")
+    import copy
+
+    from metaskill.core.errors import ModelNotFoundError
+    from metaskill.core.types import Request
+    from metaskill.lm import load_lm
+    from metaskill.lm.files import embedded_gguf_path
+    from metaskill.lm.hf import HFLM, load_hf_model
+    from metaskill.metalearn.localize import _permute_rows, save_graft
+    from metaskill.tasks import get_task
+
+    try:
+        base_gguf = embedded_gguf_path()
+    except ModelNotFoundError:
+        pytest.skip("embedded model not installed")
+    base, tok, _info = load_hf_model(base_gguf)
+    ft = copy.deepcopy(base)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name in ("model.layers.2.self_attn.q_proj.weight",
+                     "model.layers.2.self_attn.k_proj.weight", "model.embed_tokens.weight",
+                     "model.layers.4.input_layernorm.weight"):
+            p = dict(ft.named_parameters())[name]
+            idx = torch.randint(0, p.numel(), (50,), generator=g)
+            p.view(-1)[idx] += 0.05 * torch.randn(50, generator=g)
+    theta, delta = deltas(base, ft)
+    k = int(sum(int((d != 0).sum()) for d in delta.values()))
+    work = copy.deepcopy(base)
+    graft_into(work, theta, delta, top_movement(delta, k))
+    for (name, p), q in zip(work.named_parameters(), ft.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), name
+    task = get_task("word_reversal", n_train=2, n_dev=1, n_test=1)
+    saved = save_graft(work, tok, tmp_path / "graft", task=task, base_gguf=base_gguf,
+                       max_tokens=24)
+    solver = json.loads((tmp_path / "graft" / "solver.json").read_text())
+    assert solver["model"] == f"gguf:{(tmp_path / 'graft' / 'model.gguf').resolve()}"
+    assert solver["kind"] == "zero-shot" and solver["task"] == "word_reversal"
+    assert saved["spec"] == solver["model"]
+    tensors = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "graft" / "model.gguf")).tensors}
+    sd = work.state_dict()
+    q = sd["model.layers.2.self_attn.q_proj.weight"].numpy()
+    n_head, n_kv = work.config.num_attention_heads, work.config.num_key_value_heads
+    assert np.array_equal(np.asarray(tensors["blk.2.attn_q.weight"].data), _permute_rows(q, n_head))
+    kk = sd["model.layers.2.self_attn.k_proj.weight"].numpy()
+    assert np.array_equal(np.asarray(tensors["blk.2.attn_k.weight"].data), _permute_rows(kk, n_kv))
+    assert np.array_equal(np.asarray(tensors["token_embd.weight"].data),
+                          sd["model.embed_tokens.weight"].numpy())
+    assert np.array_equal(np.asarray(tensors["blk.4.attn_norm.weight"].data),
+                          sd["model.layers.4.input_layernorm.weight"].numpy())
+    ask = Request(messages=[{"role": "user", "content": "Name three colours."}],
+                  max_tokens=16, temperature=0.0)
+    served = load_lm(saved["spec"], cache=False)
+    try:
+        via_llama = served.complete([ask])[0].text
+    finally:
+        served.close()
+    via_hf = HFLM(tmp_path / "graft").complete([ask], cache=False)[0].text
+    assert via_llama == via_hf and via_llama

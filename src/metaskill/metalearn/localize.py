@@ -17,7 +17,10 @@ Language Models" (ICML 2023, arXiv 2302.06600). The algorithm box, as we run it:
 6. Binary mask: the paper rounds gamma; we keep exactly the ``k`` entries of largest gamma
    (ties broken by ``|delta|``) so the sparsity is exact.
 7. Graft ``theta_pre + mask * delta``; on dev, the share of the fine-tuning gain it
-   recovers is ``(acc_graft - acc_base) / (acc_ft - acc_base)``.
+   recovers is ``(acc_graft - acc_base) / (acc_ft - acc_base)``. Dev accuracy is greedy
+   exact match by default (``metric``): greedy decoding would write exactly the reference
+   answer and stop, checked teacher-forced in one forward pass (the harness's generation
+   and Verifier, ``metric="generate"``, gives the task's own score, ~50x slower on CPU).
 8. Two tasks' masks at the same sparsity overlap by their Jaccard index (the paper: the
    regions of different tasks are nearly disjoint; random masks overlap by about
    ``k / (2 n - k)``).
@@ -25,11 +28,13 @@ Language Models" (ICML 2023, arXiv 2302.06600). The algorithm box, as we run it:
 What we changed: the exact top-k of step 6; the step of step 5 is divided by an estimate of
 the k-th largest ``|dL/dS|`` (the paper uses a raw learning rate of order 1e7 tuned per
 model), so ``learning_rate`` is in units of S and the same value works across models and
-sparsities; no L1 term (the top-k fixes the size). Everything runs on CPU in fp32 with the
-embedded SmolLM2-135M (its HF copy of the Q4_1 GGUF). A grafted model saves as an HF
-folder and, for a GGUF base, as a GGUF model (the base's F32-dequantized file with the
-grafted tensors written in, so llama.cpp and transformers hold the same weights), plus a
-zero-shot Solver JSON for ``metaskill serve --solver`` and ``eval``.
+sparsities; no L1 term (the top-k fixes the size); the greedy-match metric of step 7 (the
+paper scores classification heads, where one forward pass is the whole prediction).
+Everything runs on CPU in fp32 with the embedded SmolLM2-135M (its HF copy of the Q4_1
+GGUF). A grafted model saves as an HF folder and, for a GGUF base, as a GGUF model (the
+base's F32-dequantized file with the grafted tensors written in, so llama.cpp and
+transformers hold the same weights), plus a zero-shot Solver JSON for
+``metaskill serve --solver`` and ``eval``.
 
 Example:
     >>> LocalizeConfig(sparsities=[1e-4]).sparsities
@@ -48,7 +53,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
@@ -75,6 +80,11 @@ class LocalizeConfig(BaseModel):
         seed: seeds S, the batches and the example sample.
         max_seq_len: longest training example in tokens (longer ones are dropped).
         baseline_topk: also score the top-|delta| mask (before optimisation) per sparsity.
+        metric: how dev accuracy is measured. "greedy_match": an example is right when
+            greedy decoding would produce exactly its reference answer and the end of turn
+            (checked teacher-forced in one batched forward pass: argmax = reference at
+            every answer token); "generate": the harness generates and the task's
+            Verifier scores (exact, but ~50x slower on CPU).
         threads: torch CPU threads (None: torch's default).
     """
 
@@ -87,6 +97,7 @@ class LocalizeConfig(BaseModel):
     seed: int = 0
     max_seq_len: int = Field(256, ge=8)
     baseline_topk: bool = True
+    metric: Literal["greedy_match", "generate"] = "greedy_match"
     threads: int | None = Field(None, ge=1)
 
     @field_validator("sparsities")
@@ -298,6 +309,8 @@ def learn_mask(model: Any, theta: dict[str, Any], delta: dict[str, Any], k: int,
     gen = torch.Generator().manual_seed(cfg.seed)
     s = {n: torch.rand(d.shape, generator=gen) for n, d in delta.items()}
     params = param_table(model)
+    for p in params.values():  # PEFT's merge_and_unload leaves the weights frozen
+        p.requires_grad_(True)
     losses: list[float] = []
     t0 = time.perf_counter()
 
@@ -386,6 +399,8 @@ def resolve_finetuned(path: str | Path) -> tuple[str, Path]:
     from metaskill.lm.adapters import split_adapter
 
     p = Path(path).expanduser()
+    if p.suffix == ".gguf" and (p.parent / "adapter_config.json").exists():
+        p = p.parent  # the GGUF export inside a PEFT folder (a train run's adapter spec)
     if (p / "adapter_config.json").exists():
         return "adapter", p
     if (p / "config.json").exists():
@@ -411,10 +426,15 @@ def load_pair(base_spec: str, finetuned: str | Path, *, settings: Any = None,
     base, tok, info = load_hf_model(path, settings=settings, log=log)
     kind, ft_path = resolve_finetuned(finetuned)
     if kind == "adapter":
+        import warnings
+
         from peft import PeftModel
 
         second, _tok, _info = load_hf_model(path, settings=settings)
-        ft = PeftModel.from_pretrained(second, str(ft_path)).merge_and_unload()
+        with warnings.catch_warnings():  # PEFT reads a deprecated transformers attribute
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                    category=FutureWarning)
+            ft = PeftModel.from_pretrained(second, str(ft_path)).merge_and_unload()
     else:
         ft, _tok, _info = load_hf_model(ft_path, settings=settings)
     ft.eval()
@@ -465,6 +485,41 @@ def dev_accuracy(model: Any, tokenizer: Any, base_path: str, task: Any,
     return float(run.accuracy)
 
 
+def greedy_match_accuracy(model: Any, tokenizer: Any, task: Any, dev: Sequence[Any], *,
+                          batch_size: int = 16) -> float:
+    """Share of ``dev`` whose reference answer (plus end of turn) greedy decoding would
+    produce exactly: the argmax at every answer position, teacher-forced, is the reference
+    token. Prompts are rendered as :mod:`metaskill.methods.sft` trains them.
+
+    Example:
+        >>> greedy_match_accuracy(model, tok, task, dev)  # doctest: +SKIP
+        0.82
+    """
+    import torch
+
+    from metaskill.methods.sft import encode_pair, pairs_from_examples
+
+    enc = [encode_pair(tokenizer, p) for p in pairs_from_examples(task, dev)]
+    if not enc:
+        raise LocalizeError("no dev examples with answers to score.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    right = 0
+    model.eval()
+    with torch.no_grad():
+        for lo in range(0, len(enc), batch_size):
+            items = enc[lo:lo + batch_size]
+            w = max(len(e.input_ids) for e in items)
+            ids = torch.tensor([e.input_ids + [pad] * (w - len(e.input_ids)) for e in items])
+            att = torch.tensor([[1] * len(e.input_ids) + [0] * (w - len(e.input_ids))
+                                for e in items])
+            labels = torch.tensor([e.labels + [-100] * (w - len(e.labels)) for e in items])
+            pred = model(input_ids=ids, attention_mask=att).logits[:, :-1].argmax(-1)
+            target = labels[:, 1:]
+            ok = (pred == target) | (target == -100)
+            right += int(ok.all(dim=1).sum())
+    return right / len(enc)
+
+
 def gain_recovered(acc: float, acc_base: float, acc_ft: float) -> float | None:
     """``(acc - base) / (ft - base)``; None when fine-tuning gained nothing.
 
@@ -504,7 +559,10 @@ def localize_curve(base: Any, finetuned: Any, tokenizer: Any, task: Any, *, base
     out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda _line: None)
     path = out / "localize.json"
-    key = {"task": task.name, "dev": [e.id for e in dev], "train": [e.id for e in train],
+    from metaskill.core.hashing import stable_hash
+
+    key = {"task": task.name, "dev": stable_hash([e.id for e in dev]),
+           "train": stable_hash([e.id for e in train[: cfg.n_train]]),
            "config": cfg.model_dump(mode="json", exclude={"sparsities", "threads"}),
            **(meta or {})}
     data = _read_results(path) or {"schema_version": SCHEMA_VERSION, "method": "localize",
@@ -521,7 +579,9 @@ def localize_curve(base: Any, finetuned: Any, tokenizer: Any, task: Any, *, base
     def acc_of(mask: Mask | None, label: str) -> float:
         if mask is not None:
             graft_into(finetuned, theta, delta, mask)
-        say(f"scoring {label} on {len(dev)} dev examples")
+        say(f"scoring {label} on {len(dev)} dev examples ({cfg.metric})")
+        if cfg.metric == "greedy_match":
+            return greedy_match_accuracy(finetuned, tokenizer, task, dev)
         return dev_accuracy(finetuned, tokenizer, base_path, task, dev, max_tokens=max_tokens,
                             progress=progress)
 
@@ -629,10 +689,14 @@ def save_graft(model: Any, tokenizer: Any, out_dir: str | Path, *, task: Any,
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
+    from metaskill.core.quiet import no_load_bars
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)
+        with no_load_bars():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         spec = f"hf:{out.resolve()}"
         if base_gguf is not None and str(base_gguf).endswith(".gguf"):
             export_graft_gguf(model, base_gguf, tmp / "model.gguf")
