@@ -19,7 +19,9 @@ Faults:
   ``evaluate(..., resume=RUN_ID, executor=...)`` (``metaskill eval --resume RUN --workers
   N``) finishes it;
 * an error about the environment (server unreachable, model missing) stops the run, as it
-  does in one process.
+  does in one process;
+* a worker that hangs without dying is not detected (there is no per-batch timeout): the
+  LM backends' own timeouts (the openai client's) are what bounds a batch.
 
 Ray is imported inside the functions that need it (the ``ray`` extra).
 
@@ -222,7 +224,9 @@ class RayExecutor:
         self._own_cluster = False
         self._actors: list[Any] = []
         self._faulted: set[int] = set()
-        self._task_refs: dict[str, Any] = {}
+        self._task: tuple[Any, str, Any] | None = None
+        self._puts = 0
+        self._actor_cls: Any = None
 
     # ---- the pool ----------------------------------------------------------------------
     def start(self) -> RayExecutor:
@@ -258,9 +262,10 @@ class RayExecutor:
         env = self.config.env or {k: v for k, v in os.environ.items()
                                   if k.startswith("METASKILL_")}
         cfg = self.config.model_copy(update={"env": env})
-        actor_cls = ray.remote(num_cpus=self.config.cpus, num_gpus=self.config.gpus,
-                               max_restarts=0)(Worker)
-        return actor_cls.remote(slot, cfg, self.lm_factory, fault)
+        if self._actor_cls is None:
+            self._actor_cls = ray.remote(num_cpus=self.config.cpus, num_gpus=self.config.gpus,
+                                         max_restarts=0)(Worker)
+        return self._actor_cls.remote(slot, cfg, self.lm_factory, fault)
 
     def _wait_ready(self, slots: list[int]) -> None:
         ray = self._ray
@@ -294,7 +299,7 @@ class RayExecutor:
                 ray.kill(a, no_restart=True)
             except Exception:  # already gone
                 pass
-        self._actors, self._task_refs = [], {}
+        self._actors, self._task = [], None
         if self._own_cluster and ray.is_initialized():
             ray.shutdown()
         self._own_cluster = False
@@ -312,16 +317,19 @@ class RayExecutor:
 
     # ---- the executor verb -------------------------------------------------------------
     def _task_ref(self, task: Any) -> tuple[str, Any]:
-        key = f"{getattr(task, 'name', '?')}:{id(task)}"
-        if key not in self._task_refs:
+        """``(key, object reference)`` of ``task`` in the object store, put once per task
+        object (the object is held, so its identity stays its own)."""
+        if self._task is None or self._task[0] is not task:
             try:
-                self._task_refs = {key: self._ray.put(task)}
+                ref = self._ray.put(task)
             except Exception as e:
                 raise MetaskillError(
                     f"task '{getattr(task, 'name', '?')}' cannot be sent to Ray workers "
                     f"({type(e).__name__}: {str(e)[:200]}); evaluate it with --workers 1."
                 ) from None
-        return key, self._task_refs[key]
+            self._puts += 1
+            self._task = (task, f"{getattr(task, 'name', '?')}#{self._puts}", ref)
+        return self._task[1], self._task[2]
 
     def map_batches(self, solver: Any, task: Any, batches: list[list[Example]],
                     index: dict[str, int]) -> Iterator[tuple[list[Example], list[Record]]]:
