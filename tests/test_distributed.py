@@ -327,3 +327,18 @@ def test_cli_run_with_two_workers(tmp_path: Path) -> None:
     runs = RunStore(tmp_path / "job" / "runs.sqlite").list()
     tests = [r for r in runs if r.split == "test"]
     assert tests and all(r.status == "done" and r.totals.n == 12 for r in tests)
+
+
+def test_cli_eval_joins_a_running_cluster_with_ray_address(cluster: Any, tmp_path: Path) -> None:
+    """--ray-address: a second driver joins the cluster this test process started (and
+    leaves it running)."""
+    from metaskill.eval.store import RunStore
+
+    address = cluster.get_runtime_context().gcs_address
+    res = cli("eval", "--task", "sst2", "--model", "fake", "--limit", "8", "--no-progress",
+              "--no-cache", "--workers", "2", "--ray-address", address, home=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 Ray workers ready" in res.stderr
+    (run,) = RunStore(tmp_path / "runs.sqlite").list()
+    assert run.status == "done" and run.totals.n == 8
+    assert cluster.is_initialized() and cluster.cluster_resources().get("CPU") == 2

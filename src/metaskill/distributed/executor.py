@@ -221,7 +221,7 @@ class RayExecutor:
         self.replaced = 0
         self.started: list[dict[str, Any]] = []
         self._ray: Any = None
-        self._own_cluster = False
+        self._connected_here = False
         self._actors: list[Any] = []
         self._faulted: set[int] = set()
         self._task: tuple[Any, str, Any] | None = None
@@ -247,7 +247,7 @@ class RayExecutor:
                          num_cpus=max(1, int(self.config.workers * self.config.cpus + 0.999)),
                          include_dashboard=False, log_to_driver=False,
                          logging_level=logging.ERROR)
-            self._own_cluster = True
+            self._connected_here = True
         self._actors = [self._new_actor(i) for i in range(self.config.workers)]
         self._wait_ready(list(range(self.config.workers)))
         hosts = sorted({w["host"] for w in self.started})
@@ -290,7 +290,8 @@ class RayExecutor:
         self._wait_ready([slot])
 
     def close(self) -> None:
-        """Stop the workers (and the local cluster, if this executor started it)."""
+        """Stop the workers, and disconnect from Ray if this executor connected (which
+        also stops a local cluster it started; a cluster at ``address`` keeps running)."""
         ray = self._ray
         if ray is None:
             return
@@ -300,9 +301,9 @@ class RayExecutor:
             except Exception:  # already gone
                 pass
         self._actors, self._task = [], None
-        if self._own_cluster and ray.is_initialized():
+        if self._connected_here and ray.is_initialized():
             ray.shutdown()
-        self._own_cluster = False
+        self._connected_here = False
 
     @property
     def width(self) -> int:
