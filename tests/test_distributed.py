@@ -342,3 +342,63 @@ def test_cli_eval_joins_a_running_cluster_with_ray_address(cluster: Any, tmp_pat
     (run,) = RunStore(tmp_path / "runs.sqlite").list()
     assert run.status == "done" and run.totals.n == 8
     assert cluster.is_initialized() and cluster.cluster_resources().get("CPU") == 2
+
+
+class _Server:
+    """A loopback OpenAI-compatible /completions server that answers from SCRIPT."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        server = self
+        self.hits = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.hits += 1
+                text = next((v for k, v in SCRIPT.items() if k in body["prompt"]), "unsure")
+                data = json.dumps({"choices": [{"text": text, "finish_reason": "stop"}],
+                                   "usage": {"prompt_tokens": 7, "completion_tokens": 1}}
+                                  ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_each_worker_an_openai_client_to_its_own_server(cluster: Any) -> None:
+    from metaskill.lm.spec import load_lm
+
+    servers = [_Server(), _Server()]
+    try:
+        task = make_task(16)
+        pool = f"openai:m@{servers[0].url},{servers[1].url}"
+        solver = ZeroShot(load_lm(pool, cache=False), format="completion")
+        here = evaluate(solver, task, progress=False, batch_size=4)
+        assert here.accuracy > 0.5
+        before = [s.hits for s in servers]
+        cfg = WorkerConfig(workers=2, lm=pool, cache=False,
+                           specs=[f"openai:m@{s.url}" for s in servers])
+        with RayExecutor(cfg) as ex:
+            run = evaluate(solver, task, progress=False, batch_size=4, executor=ex)
+            assert sorted(w["lm"] for w in ex.started) == sorted(cfg.specs or [])
+        assert [same(r) for r in run.records] == [same(r) for r in here.records]
+        assert all(s.hits > b for s, b in zip(servers, before, strict=True))
+    finally:
+        for s in servers:
+            s.stop()

@@ -82,6 +82,11 @@ class WorkerConfig(BaseModel):
         lm: the model spec each worker loads (``local``, ``gguf:PATH``, ``hf:PATH``,
             ``openai:MODEL@URL``, ``fake``); a Solver whose JSON names an adapter
             (``local+adapter:PATH``) gets it on top, as :func:`load_solver` does.
+        specs: one model spec per worker slot instead (slot i loads ``specs[i % len]``),
+            e.g. each worker an ``openai:MODEL@URL`` client to its own vLLM server; they
+            must serve the same model (the Run names ``lm``). A pool spec
+            (``openai:MODEL@URL1,URL2``) in ``lm`` instead spreads every worker's requests
+            over all the servers.
         threads: CPU threads of each worker's model (llama.cpp, torch); None: the
             backend's default.
         cpus: CPUs Ray reserves per worker (default: ``threads``, else 1).
@@ -102,6 +107,7 @@ class WorkerConfig(BaseModel):
 
     workers: int = Field(2, ge=1)
     lm: str = "local"
+    specs: list[str] | None = None
     threads: int | None = Field(None, ge=1)
     cpus: float = Field(0.0, ge=0)
     gpus: float = Field(0.0, ge=0)
@@ -152,7 +158,9 @@ class Worker:
 
                 settings = Settings.from_env(self.config.env or os.environ,
                                              threads=self.config.threads)
-                self._lm = load_lm(self.config.lm, cache=self.config.cache, settings=settings)
+                specs = self.config.specs or [self.config.lm]
+                self._lm = load_lm(specs[self.slot % len(specs)], cache=self.config.cache,
+                                   settings=settings)
             getattr(self._lm, "llm", None)  # llama.cpp: load the weights now
         return self._lm
 
@@ -251,7 +259,8 @@ class RayExecutor:
         self._actors = [self._new_actor(i) for i in range(self.config.workers)]
         self._wait_ready(list(range(self.config.workers)))
         hosts = sorted({w["host"] for w in self.started})
-        self.log(f"{self.config.workers} Ray workers ready ({self.config.lm} on "
+        lms = sorted({str(w["lm"]) for w in self.started})
+        self.log(f"{self.config.workers} Ray workers ready ({', '.join(lms)} on "
                  f"{', '.join(hosts)})")
         return self
 
