@@ -65,6 +65,11 @@ def test_load_pool_kinds_and_skips(tmp_path: Path) -> None:
     assert summary["tasks"]["sst2"]["labels"] == 2
     assert summary["tasks"]["bigbench_plausible"]["kind"] == "multiple_choice"
     assert json.loads(json.dumps(summary)) == summary  # plain JSON
+    folder = tmp_path / "bigbench" / "tasks" / "plausible"
+    assert summary["tasks"]["bigbench_plausible"]["source"] == {
+        "loader": "bigbench", "options": {"path": str(folder)}}
+    assert pool.sources["bigbench_plausible"].task_args() == f"--task bigbench -T path={folder}"
+    assert pool.sources["sst2"].task_args() == "--task sst2"
 
 
 def test_load_pool_names_filter_and_unknown_name() -> None:

@@ -56,6 +56,18 @@ class PoolEntry(BaseModel):
     loader: str = Field(description="registry name (metaskill tasks ls)")
     options: dict[str, Any] = Field(default_factory=dict, description="loader options")
 
+    def task_args(self) -> str:
+        """How ``metaskill eval``/``adapt`` name this task on the command line.
+
+        Example:
+            >>> PoolEntry(loader="bigbench", options={"path": "/d/navigate"}).task_args()
+            '--task bigbench -T path=/d/navigate'
+        """
+        import shlex
+
+        opts = "".join(f" -T {shlex.quote(f'{k}={v}')}" for k, v in self.options.items())
+        return f"--task {self.loader}{opts}"
+
     @property
     def label(self) -> str:
         """A short name for messages (the task's own name is known only once loaded)."""
@@ -126,12 +138,14 @@ class TaskPool(BaseModel):
     Attributes:
         tasks: task name -> Task.
         skipped: entry label -> one-line reason it is not in the pool.
+        sources: task name -> the entry that loaded it (how to load it again).
     """
 
     model_config = {"arbitrary_types_allowed": True}
 
     tasks: dict[str, Task] = Field(default_factory=dict)
     skipped: dict[str, str] = Field(default_factory=dict)
+    sources: dict[str, PoolEntry] = Field(default_factory=dict)
 
     def names(self) -> list[str]:
         """Task names, sorted."""
@@ -142,7 +156,8 @@ class TaskPool(BaseModel):
         return {
             "tasks": {n: {"kind": t.kind, "version": t.version,
                           "labels": len(t.labels) if t.labels else None,
-                          "sizes": {s: len(v) for s, v in t.splits.items()}}
+                          "sizes": {s: len(v) for s, v in t.splits.items()},
+                          "source": self.sources[n].model_dump() if n in self.sources else None}
                       for n, t in sorted(self.tasks.items())},
             "skipped": dict(sorted(self.skipped.items())),
         }
@@ -187,6 +202,7 @@ def load_pool(entries: Sequence[PoolEntry], *, kinds: Sequence[TaskKind] | None 
             pool.skipped[entry.label] = "no answered train examples"
         else:
             pool.tasks[task.name] = task
+            pool.sources[task.name] = entry
     if names is not None:
         missing = sorted(set(names) - set(pool.tasks))
         if missing:

@@ -360,10 +360,24 @@ def meta_train_retrieval(
                                      "episodes": config.episodes.model_dump(mode="json")},
                          stage_solvers)
     manifest.update(solvers=solvers, done=True, finished=time.time(), usage=[
-        f"metaskill eval --task {t} --model {base_model} --solver {p}"
+        f"metaskill eval {task_args(t, info['pool'])} --model {base_model} --solver {p}"
         for t, p in solvers.items()])
     mark_stage(out, manifest, "solvers")
     return manifest
+
+
+def task_args(name: str, pool_summary: dict[str, Any]) -> str:
+    """``--task ...`` for a task of the pool (its loader and options), else ``--task NAME``.
+
+    Example:
+        >>> task_args("bigbench_x", {"tasks": {"bigbench_x": {"source": {
+        ...     "loader": "bigbench", "options": {"path": "/d/x"}}}}})
+        '--task bigbench -T path=/d/x'
+    """
+    from metaskill.metalearn.pool import PoolEntry
+
+    src = (pool_summary.get("tasks", {}).get(name) or {}).get("source")
+    return PoolEntry.model_validate(src).task_args() if src else f"--task {name}"
 
 
 def mark_stage(out: Path, manifest: dict[str, Any], stage: str) -> None:
@@ -374,4 +388,4 @@ def mark_stage(out: Path, manifest: dict[str, Any], stage: str) -> None:
 
 __all__ = ["MANIFEST", "MANIFEST_VERSION", "PlainText", "RetrievalConfig", "episode_pairs",
            "knn_solver_json", "mark_stage", "meta_train_retrieval", "read_manifest",
-           "token_counter", "train_adapter", "write_json", "write_jsonl"]
+           "task_args", "token_counter", "train_adapter", "write_json", "write_jsonl"]

@@ -63,6 +63,7 @@ from metaskill.metalearn.pool import DEFAULT_RGYM, LeaveOut, TaskPool, load_pool
 from metaskill.metalearn.retrieval import (
     Trainer,
     mark_stage,
+    task_args,
     train_adapter,
     write_json,
     write_jsonl,
@@ -525,7 +526,7 @@ def meta_tune(
                                      "score": config.score, "prompt": config.prompt},
                          stage_solvers)
     manifest.update(solvers=solvers, done=True, finished=time.time(), usage=[
-        f"metaskill eval --task {t} --model {base_model} --solver {p}"
+        f"metaskill eval {task_args(t, info['pool'])} --model {base_model} --solver {p}"
         for t, p in solvers.items()])
     mark_stage(out, manifest, "solvers")
     return manifest
