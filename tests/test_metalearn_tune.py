@@ -202,6 +202,22 @@ def test_meta_tune_run_holds_out_and_resumes(tmp_path: Path) -> None:
     assert len(rec.calls) == 1
 
 
+def test_held_out_text_in_a_training_task_is_not_trained_on(tmp_path: Path) -> None:
+    pool = load_pool([PoolEntry(loader=n) for n in ("sst2", "trec")])
+    trec = pool.tasks["trec"]
+    leaked = pool.tasks["sst2"].splits["test"][0]
+    copy = trec.splits["train"][0].model_copy(update={"input": leaked.text})
+    trec = trec.model_copy(update={"splits": {**trec.splits,
+                                              "train": [copy, *trec.splits["train"][1:]]}})
+    rec = Recorder()
+    cfg = TuneConfig(hold_out=["sst2"], per_task=None, lora={"steps": 1})
+    meta_tune("local", cfg, tmp_path, pool=TaskPool(tasks={**pool.tasks, "trec": trec}),
+              trainer=rec, progress=False)
+    pairs = rec.calls[0]["pairs"]
+    assert len(pairs) == 2 * 199  # type: ignore[arg-type]
+    assert not any(leaked.text in p.messages[0].content for p in pairs)  # type: ignore[attr-defined]
+
+
 def test_cli_tune(tmp_path: Path, tmp_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import metaskill.metalearn.tune as tune
     from metaskill.cli import app

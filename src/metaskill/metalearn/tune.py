@@ -18,7 +18,8 @@ folder):
    task files that give them), else from a teacher LM asked once per label, else (no
    teacher) the label itself (``Is the answer "<label>"?``). All are stored in
    ``questions.json`` with their source; a later run can reuse that file.
-3. ``data``: each training example becomes its gold label's question answered ``yes``
+3. ``data``: each training example (of a training task's train split; none whose text
+   is also a held-out task's) becomes its gold label's question answered ``yes``
    and ``negatives`` other labels' questions answered ``no`` (seeded), in one prompt
    format: ``Text: <input>\\nQuestion: <question>\\nAnswer:`` then `` yes`` / `` no``.
 4. ``train``: LoRA across the pool minus the held-out tasks (plain-completion text, loss on
@@ -59,6 +60,7 @@ from metaskill.core.errors import MetaskillError, MethodError
 from metaskill.core.stages import StageRunner
 from metaskill.core.types import Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver
+from metaskill.metalearn.episodes import held_out_texts, train_pool
 from metaskill.metalearn.pool import DEFAULT_RGYM, LeaveOut, TaskPool, load_pool, pool_specs
 from metaskill.metalearn.retrieval import (
     Trainer,
@@ -465,11 +467,11 @@ def meta_tune(
     # 3. The yes/no training data, 4. LoRA on it.
     def stage_data() -> dict[str, Any]:
         rng = random.Random(config.seed)
+        banned = held_out_texts(get_pool(), protocol)  # a training task's copy of held-out data
         pairs: list[ChatPair] = []
         for name in protocol.train_tasks:
-            exs = [_short(e, config.max_text_chars) for e in
-                   get_pool().tasks[name].splits.get(protocol.train_split, [])
-                   if e.answer is not None]
+            exs = [_short(e, config.max_text_chars)
+                   for e in train_pool(get_pool().tasks[name], protocol.train_split, banned)]
             if config.per_task is not None and len(exs) > config.per_task:
                 exs = rng.sample(exs, config.per_task)
             pairs += question_pairs(get_pool().tasks[name], questions[name], exs,
