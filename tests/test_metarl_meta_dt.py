@@ -199,3 +199,62 @@ def test_a_resumed_run_reaches_the_same_weights(tiny_data, tmp_path):
             assert torch.equal(tensor, b[part][name]), f"{part}.{name}"
     with pytest.raises(MetaDTError, match="horizon"):
         train_meta_dt(tiny_data, tmp_path / "resumed", replace(cfg, horizon=4), progress=False)
+
+
+@pytest.mark.parametrize("variant", ["meta-dt", "dt"])
+def test_the_actor_feeds_the_transformer_what_training_feeds_it(one_thread, variant):
+    """Acting step by step (returns-to-go counted down from the target, z computed online
+    from the last transitions) gives the transformer the same tokens as a training window."""
+    torch = one_thread
+    from metaskill.metalearn.rl.meta_dt import Bundle, DTActor, _nets, world_model_outputs
+
+    data = prepare(_synthetic(n_tasks=1, per_task=2, steps=12))
+    cfg = MetaDTConfig(variant=variant, horizon=5, context_horizon=3, context_dim=4,
+                       d_model=16, wm_hidden=16, dropout=0.0)
+    torch.manual_seed(0)
+    wm_cls, dt_cls = _nets()
+    wm, dt = wm_cls(4, 2, cfg).eval(), dt_cls(4, 2, data.T, cfg).eval()
+    z, _ = world_model_outputs(wm, data.obs, data.actions, data.rewards, cfg)
+    raw = data.obs[1] * data.std + data.mean
+    bundle = Bundle(cfg, dt, wm, data.mean, data.std, data.scale, float(data.rtg[1, 0]), 4, 2)
+    actor = DTActor(bundle, None)
+    for t in range(data.T):
+        online = actor(raw[t], float(data.rewards[1, t - 1]) if t else 0.0)
+        actor.a[-1] = data.actions[1, t]  # replay the episode's own actions
+        lo = max(0, t + 1 - cfg.horizon)
+        sl = slice(lo, t + 1)
+        a_in = data.actions[1, sl].copy()
+        a_in[-1] = 0.0  # the action being chosen is not an input
+        x = [torch.from_numpy(np.ascontiguousarray(v))[None] for v in
+             (data.obs[1, sl], a_in, data.rtg[1, sl], np.arange(lo, t + 1))]
+        zz = torch.from_numpy(z[1, sl])[None] if variant == "meta-dt" else None
+        with torch.no_grad():
+            offline = dt(*x, zz)[0, -1].numpy()
+        np.testing.assert_allclose(online, offline, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_cli_collects_trains_resumes_and_reports(tmp_path):
+    pytest.importorskip("torch", reason="Meta-DT needs torch")
+    pytest.importorskip("metaworld", reason="Meta-World needs the metarl extra (metaworld)")
+    from typer.testing import CliRunner
+
+    from metaskill.cli import app
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    res = CliRunner().invoke(app, ["metarl", "metaworld-data", "--benchmark", "ML1", "--env",
+                                   "reach-v3", "--episodes", "2", "--noise", "0.5",
+                                   "--max-steps", "15", "--n-train", "2", "--n-test", "1",
+                                   "--out", str(data), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((data / "manifest.json").read_text())["complete"]
+    args = ["metarl", "meta-dt", "--data", str(data), "--variant", "dt", "--steps", "2",
+            "--eval-every", "0", "--out", str(run), "--no-progress"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert (run / "report.html").exists() and (run / "state.pt").exists()
+    res = CliRunner().invoke(app, [*args[:7], "3", *args[8:]])  # resume to 3 steps
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "manifest.json").read_text())["step"] == 3
+    res = CliRunner().invoke(app, [*args[:5], "gato", *args[6:]])
+    assert res.exit_code != 0 and "unknown variant" in str(res.exception)

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("mujoco", reason="Meta-World needs the metarl extra (mujoco)")
 pytest.importorskip("metaworld", reason="Meta-World needs the metarl extra (metaworld)")
 
-from metaskill.metalearn.rl.metaworld import (  # noqa: E402
+from metaskill.metalearn.rl.metaworld import (
     CollectConfig,
     MetaWorldError,
     check_no_leak,

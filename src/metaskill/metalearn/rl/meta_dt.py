@@ -619,7 +619,7 @@ def evaluate(bundle: Bundle, suite: Any, refs: Sequence[Any], max_steps: int,
 # ---- 5. the run: resumable training with checkpoints and a report --------------------------
 def train_meta_dt(data_dir: str | Path, out: str | Path, cfg: MetaDTConfig, *,
                   progress: bool = True, log: Callable[[str], None] | None = None,
-                  threads: int | None = 1) -> dict[str, Any]:
+                  threads: int | None = 1, suite: Any = None) -> dict[str, Any]:
     """Train (or resume) ``cfg.variant`` on a dataset's training tasks, evaluate zero-shot
     on its test tasks along the way, and write ``report.html``.
 
@@ -634,6 +634,8 @@ def train_meta_dt(data_dir: str | Path, out: str | Path, cfg: MetaDTConfig, *,
         threads: torch CPU threads during the call (restored after; None: unchanged). One
             is fastest for these small models: per-step acting took 3 ms on one thread and
             70 ms on two busy cores.
+        suite: the dataset's :class:`~metaskill.metalearn.rl.metaworld.Suite`, if already
+            built (ML10 takes seconds to build); None: built here.
 
     Returns:
         The run manifest (``evals``: success per evaluation; ``losses``; ``wall_s``).
@@ -648,13 +650,13 @@ def train_meta_dt(data_dir: str | Path, out: str | Path, cfg: MetaDTConfig, *,
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _train(Path(data_dir), Path(out), cfg, progress, log or (lambda _m: None))
+        return _train(Path(data_dir), Path(out), cfg, progress, log or (lambda _m: None), suite)
     finally:
         torch.set_num_threads(before)
 
 
 def _train(data_dir: Path, out: Path, cfg: MetaDTConfig, progress: bool,
-           log: Callable[[str], None]) -> dict[str, Any]:
+           log: Callable[[str], None], suite: Any) -> dict[str, Any]:
     import torch
 
     data_set = load_dataset(data_dir)
@@ -688,7 +690,9 @@ def _train(data_dir: Path, out: Path, cfg: MetaDTConfig, progress: bool,
     bundle = Bundle(cfg, dt, wm, data.mean, data.std, data.scale,
                     float(data.rtg[:, 0].max()), d, a)
     dc = data_set.config
-    suite = load_suite(dc.benchmark, dc.env, seed=dc.seed, n_train=dc.n_train, n_test=dc.n_test)
+    if suite is None:
+        suite = load_suite(dc.benchmark, dc.env, seed=dc.seed, n_train=dc.n_train,
+                           n_test=dc.n_test)
     test_refs = data_set.task_refs("test")[: cfg.eval_test_tasks]
     train_refs = data_set.task_refs("train")[: cfg.eval_train_tasks]
 
@@ -827,7 +831,7 @@ def write_report(out: str | Path, runs: Sequence[dict[str, Any]] | None = None) 
 
     runs = list(runs) if runs is not None else [read_run(out)]
     rows = "".join(
-        f"<tr><td>{r['variant']}</td><td>{r['benchmark']} {r['env'] or ''}</td>"
+        f"<tr><td>{_label(r)}</td><td>{r['benchmark']} {r['env'] or ''}</td>"
         f"<td>{r['step']}</td><td>{_last(r, 'test')}</td><td>{_last(r, 'train')}</td>"
         f"<td>{r['wall_s']:.0f}</td></tr>" for r in runs)
     table = ("<table><tr><th>variant</th><th>benchmark</th><th>steps</th>"
@@ -847,6 +851,10 @@ def write_report(out: str | Path, runs: Sequence[dict[str, Any]] | None = None) 
     return path
 
 
+def _label(run: dict[str, Any]) -> str:
+    return f"{run['variant']} seed {run['config']['seed']}"
+
+
 def _last(run: dict[str, Any], split: str) -> str:
     evals = [e for e in run["evals"] if split in e]
     return f"{100 * evals[-1][split]['success']:.0f}%" if evals else "-"
@@ -858,21 +866,21 @@ def _draw_success(fig: Any, runs: Sequence[dict[str, Any]]) -> None:
         for r in runs:
             pts = [(e["step"], e[split]["success"]) for e in r["evals"] if split in e]
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=r["variant"])
+                ax.plot(*zip(*pts, strict=True), marker="o", label=_label(r))
         ax.set_title(f"{split} tasks")
         ax.set_xlabel("DT step")
         ax.set_ylim(-0.05, 1.05)
     axes[0].set_ylabel("success rate")
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
 
 
 def _draw_losses(fig: Any, runs: Sequence[dict[str, Any]]) -> None:
     axes = fig.subplots(1, 2)
     for r in runs:
         if r["losses"]:
-            axes[0].plot(*zip(*r["losses"], strict=True), label=r["variant"])
+            axes[0].plot(*zip(*r["losses"], strict=True), label=_label(r))
         if r["wm_losses"]:
-            axes[1].plot(*zip(*r["wm_losses"], strict=True), label=r["variant"])
+            axes[1].plot(*zip(*r["wm_losses"], strict=True), label=_label(r))
     axes[0].set_title("decision transformer (action MSE)")
     axes[1].set_title("world model (reward + dynamics MSE)")
     for ax in axes:
