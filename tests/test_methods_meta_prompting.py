@@ -86,10 +86,10 @@ def test_expert_python_and_fallback(structured: bool) -> None:
     assert e.meta["fallback"] is None and e.meta["rounds"] == 2
     assert p.output == "1024" and p.meta["python_runs"] == 1 and p.meta["lm_calls"] == 2
     assert any(t["role"] == "python" and t["content"] == "1024" for t in p.meta["trace"])
-    # unparseable: asked twice (JSON: by LM.complete; free text: one reminder), then the
-    # plain answer (counted)
+    # unparseable: asked twice (JSON: by LM.complete, then the final answer is demanded,
+    # twice again; free text: one reminder), then the plain answer (counted)
     assert x.output == "plain" and x.meta["fallback"] == "unparseable"
-    assert x.meta["retried"] is not structured and x.meta["lm_calls"] == 2 + 1
+    assert x.meta["retried"] and x.meta["lm_calls"] == (2 + 2 + 1 if structured else 2 + 1)
     assert fallback_rate([e, p, x]) == pytest.approx(1 / 3)
     reminders = [q for q in lm.calls if "Your reply had no action" in q]
     assert len(reminders) == (0 if structured else 1)
@@ -107,7 +107,25 @@ def test_conductor_schema_labels_python_and_the_demanded_final_reply() -> None:
     with pytest.raises(ValueError):
         only.model_validate_json('{"expert": "Critic", "instructions": "rate"}')
     assert action_of(only.model_validate_json('{"final_answer": " 7 "}')) == ("final", "", "7")
-    assert action_of(only.model_validate_json('{"final_answer": ""}')) is None
+    for empty in ('{"final_answer": ""}', '{"expert": "C", "instructions": ""}'):
+        with pytest.raises(ValueError):  # every text field is non-empty
+            conductor_model(None, allow_python=True, max_tokens=96).model_validate_json(empty)
+
+
+def test_json_unparseable_reply_gets_the_final_answer_demanded() -> None:
+    """A conductor reply that breaks the schema twice is followed by the demanded final
+    answer (final-only schema, labels); it counts as a fallback only if that fails too."""
+    def lost(prompt: str, request) -> str:
+        if "You are the Conductor" in prompt:
+            if "No more experts" in prompt:
+                return act(request, "final", "42")
+            return "{\"expert\": \"M\", \"instruc"  # cut off: breaks the schema
+        return "plain"
+
+    lm = ScriptedLM(lost)
+    a = MetaPromptingSolver(lm, ZeroShot(lm)).solve(task(), QS[:1])[0]
+    assert a.output == "42" and a.meta["fallback"] is None and a.meta["retried"]
+    assert a.meta["lm_calls"] == 2 + 1  # the broken reply and its retry, the answer
 
 
 def test_round_and_call_limits_are_enforced() -> None:
@@ -177,7 +195,7 @@ def test_fit_report_round_trip_and_bad_options() -> None:
     result = fit_chain(ZeroShot(lm), task(), [], QS, [("meta_prompting", {"max_rounds": 3})])
     notes = result.reports[0].notes
     assert notes["dev_accuracy"] == pytest.approx(2 / 3) and notes["fallbacks"] == 1
-    assert result.reports[0].lm_calls == 3 + 2 + 3
+    assert result.reports[0].lm_calls == 3 + 2 + 5
     again = load_solver(result.solver.to_json(), lm=lm)
     assert isinstance(again, MetaPromptingSolver) and again.max_rounds == 3
     assert [a.output for a in again.solve(task(), QS)] == ["42", "1024", "plain"]

@@ -28,8 +28,12 @@ Python runs in the sandbox of the code-execution verifier
 ``max_rounds`` conductor turns and ``max_expert_calls`` expert/Python calls per input;
 when either is spent the conductor is asked once for its final answer. A reply with no
 action (JSON: broke the schema on both of ``LM.complete``'s tries; free text: none after
-one reminder) makes the input fall back to the plain answer of the incoming Solver, and
+one reminder) is answered by demanding the final answer (JSON: under the final-only
+schema, the labels where the task has them -- a reply too short to be cut off); only when
+that fails too does the input fall back to the plain answer of the incoming Solver, and
 ``meta["fallback"]`` says so (counted in the fit report and by :func:`fallback_rate`).
+Every text field of the schema is non-empty (an empty expert instruction used to pass the
+schema and then count as unparseable: 3 of 100 ag_news test inputs).
 
 Algorithm (what :class:`MetaPromptingSolver` does per input, batched across inputs):
 
@@ -37,7 +41,8 @@ Algorithm (what :class:`MetaPromptingSolver` does per input, batched across inpu
 2. Each round, parse the conductor's reply:
    EXPERT -> ask a fresh LM instance with only the instructions; append its reply;
    PYTHON -> run it in the sandbox; append stdout/stderr;
-   FINAL ANSWER -> stop; unparseable -> fall back (free text: after one reminder).
+   FINAL ANSWER -> stop; unparseable -> demand the final answer (free text: a reminder
+   first), fall back if that fails too.
 3. At the limits (``max_rounds`` replies, ``max_expert_calls`` calls), demand the final
    answer once (one extra reply); if it does not come, fall back.
 4. The answer is post-processed like the incoming Solver's (first line for labels).
@@ -125,13 +130,13 @@ class AskExpert(BaseModel):
     """Conductor action: consult an expert (a fresh instance that sees only this)."""
 
     expert: str = Field(max_length=24)
-    instructions: str
+    instructions: str = Field(min_length=1)
 
 
 class RunPython(BaseModel):
     """Conductor action: run code in the sandbox."""
 
-    python: str
+    python: str = Field(min_length=1)
 
 
 class FinalAnswer(BaseModel):
@@ -151,14 +156,17 @@ def conductor_model(labels: Sequence[str] | None, *, allow_python: bool, max_tok
     chars = max(16, int(2.5 * (max_tokens - 32)))
     answer: Any = Literal.__getitem__(tuple(labels)) if labels else str  # type: ignore[attr-defined]
     final = create_model("FinalAnswer", __base__=FinalAnswer,
-                         final_answer=(answer, Field(max_length=chars) if not labels else ...))
+                         final_answer=(answer, Field(min_length=1, max_length=chars)
+                                       if not labels else ...))
     kinds: list[type[BaseModel]] = [final]
     if not final_only:
         kinds.insert(0, create_model("AskExpert", __base__=AskExpert,
-                                     instructions=(str, Field(max_length=chars))))
+                                     instructions=(str, Field(min_length=1,
+                                                                    max_length=chars))))
         if allow_python:
             kinds.insert(1, create_model("RunPython", __base__=RunPython,
-                                         python=(str, Field(max_length=chars))))
+                                         python=(str, Field(min_length=1,
+                                                                max_length=chars))))
     one = Union.__getitem__(tuple(kinds)) if len(kinds) > 1 else kinds[0]  # type: ignore[attr-defined]
     return RootModel[one]  # type: ignore[valid-type,no-any-return]
 
@@ -299,12 +307,15 @@ class MetaPromptingSolver(Solver):
                     if action is not None and action[0] == "final":
                         ep.answer = action[2]
                     else:
-                        ep.fallback = "limit"
+                        ep.fallback = "unparseable" if ep.retried else "limit"
                     continue
                 spent = ep.rounds >= self.max_rounds
                 if action is None:  # JSON: LM.complete already asked twice
-                    if ep.retried or structured:
+                    if ep.retried:
                         ep.fallback = "unparseable"
+                    elif structured:  # demand the final answer (a label, where there are)
+                        ep.retried = ep.last_call = True
+                        ep.history.append(("user", last_call))
                     elif spent:
                         ep.last_call = True
                         ep.history.append(("user", LAST_CALL))
