@@ -344,41 +344,61 @@ def test_cli_eval_joins_a_running_cluster_with_ray_address(cluster: Any, tmp_pat
     assert cluster.is_initialized() and cluster.cluster_resources().get("CPU") == 2
 
 
+SERVER = textwrap.dedent("""
+    import json, sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    SCRIPT = json.loads(sys.argv[1])
+    hits = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def reply(self, payload):
+            data = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self.reply({"hits": hits[0]})
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            hits[0] += 1
+            text = next((v for k, v in SCRIPT.items() if k in body["prompt"]), "unsure")
+            self.reply({"choices": [{"text": text, "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 7, "completion_tokens": 1}})
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(httpd.server_address[1], flush=True)
+    httpd.serve_forever()
+""")
+
+
 class _Server:
-    """A loopback OpenAI-compatible /completions server that answers from SCRIPT."""
+    """A loopback OpenAI-compatible /completions server answering from SCRIPT, in its own
+    process (so it answers while this process waits on Ray); GET /hits counts requests."""
 
     def __init__(self) -> None:
         import json
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        server = self
-        self.hits = 0
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps(SCRIPT)],
+                                     stdout=subprocess.PIPE, text=True)
+        port = int(self.proc.stdout.readline())  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/v1"
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
+    @property
+    def hits(self) -> int:
+        import httpx
 
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.hits += 1
-                text = next((v for k, v in SCRIPT.items() if k in body["prompt"]), "unsure")
-                data = json.dumps({"choices": [{"text": text, "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 7, "completion_tokens": 1}}
-                                  ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return int(httpx.get(self.url + "/hits", timeout=10).json()["hits"])
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 def test_each_worker_an_openai_client_to_its_own_server(cluster: Any) -> None:

@@ -80,7 +80,7 @@ def test_accelerate_launch_trains_two_steps_and_writes_the_adapter(
 
     lines: list[str] = []
     res = launch_training(base, pairs(), CFG, tmp_path / "adapter", launcher="accelerate",
-                          num_processes=1, progress=False, log=lines.append, timeout_s=120)
+                          num_processes=1, progress=False, log=lines.append, timeout_s=900)
     assert any("accelerate.commands.launch" in line for line in lines)
     assert res.steps == 2 and len(res.losses) == 2
     assert (res.adapter_dir / "adapter_model.safetensors").is_file()
@@ -96,7 +96,7 @@ def test_accelerate_launch_trains_two_steps_and_writes_the_adapter(
 @pytest.mark.slow
 def test_torchrun_two_processes_train_data_parallel(base: Path, tmp_path: Path) -> None:
     res = launch_training(base, pairs(), CFG, tmp_path / "adapter", launcher="torchrun",
-                          num_processes=2, progress=False, timeout_s=150)
+                          num_processes=2, progress=False, timeout_s=900)
     info = json.loads((res.adapter_dir / "metaskill_train.json").read_text())
     assert info["processes"] == 2 and info["ddp"] and "MULTI_CPU" in info["distributed_type"]
     assert res.steps == 2 and (res.adapter_dir / "adapter_model.safetensors").is_file()
@@ -109,6 +109,6 @@ def test_a_failed_launch_is_one_line_and_keeps_the_old_adapter(tmp_path: Path) -
     (old / "keep.txt").write_text("previous")
     with pytest.raises(MetaskillError, match=r"training .* failed with exit code") as e:
         launch_training(tmp_path / "no-such-model", pairs(), CFG, old, launcher="torchrun",
-                        num_processes=1, progress=False, timeout_s=120)
+                        num_processes=1, progress=False, timeout_s=900)
     assert "\n" not in str(e.value)
     assert (old / "keep.txt").read_text() == "previous"

@@ -152,9 +152,13 @@ def launch_training(lm: Any, pairs: list[ChatPair], config: SFTConfig, out_dir: 
         cmd = launch_command(launcher, num_processes, ["--job", str(work / "job.json")], extra)
         if log is not None:
             log("launching: " + " ".join(cmd))
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=timeout_s, env={**os.environ, "TOKENIZERS_PARALLELISM":
-                                                      "false"})
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, timeout=timeout_s,
+                                  env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        except subprocess.TimeoutExpired:
+            raise LaunchError(f"{launcher} training ({num_processes} processes) did not "
+                              f"finish in {timeout_s:.0f} s; it was stopped.") from None
         if proc.returncode != 0:
             tail = " | ".join(proc.stdout.strip().splitlines()[-3:])[-600:]
             raise LaunchError(f"{launcher} training ({num_processes} processes) failed with "
