@@ -261,12 +261,10 @@ def drift_value(theta: Mapping[str, Any], ratio: Any, adv: Any, *, progress: Any
         ppo_weight: weight of PPO's drift inside the learned one.
         clip_eps: PPO's clip range.
 
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> th = init_drift(jax.random.PRNGKey(0), False, 8)
-        >>> th = {"w1": th["w1"], "w2": jnp.ones(8)}
-        >>> float(drift_value(th, jnp.array(1.0), jnp.array(2.0)))
-        0.0
+    Example (no doctest: jax is an optional extra)::
+
+        th = {**init_drift(jax.random.PRNGKey(0), False, 8), "w2": jnp.ones(8)}
+        float(drift_value(th, jnp.array(1.0), jnp.array(2.0)))  # 0.0: zero at r = 1
     """
     import jax
     import jax.numpy as jnp
@@ -469,7 +467,7 @@ def make_train(env_id: str, ppo: PPOConfig, temporal: bool) -> Callable[..., Any
     return train
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _batched_train(env_id: str, ppo: PPOConfig, temporal: bool) -> Callable[..., Any]:
     """``f(thetas[M], weights[M], params[L], keys[L]) -> (returns[M, L], curves[M, L, U])``, jitted.
 
@@ -576,7 +574,8 @@ def meta_train(cfg: LPOConfig, out: str | Path,
 
     Args:
         cfg: the configuration. On resume it must equal the stored one except for
-            ``generations``, which may grow (train further) or shrink (stop earlier).
+            ``generations``, which may grow (train further) but not fall below the
+            generations already stored.
         out: run folder (created).
         progress: called with each finished generation's stats.
 
