@@ -401,8 +401,10 @@ def targets(results: dict[str, dict], stream: dict[str, Any] | None) -> list[str
     if stream:
         pos = stream["gain"] > 0
         excl = stream["low"] > 0
+        verdict = ("met" if excl else "met in sign only: the gain is not distinguishable "
+                   "from zero") if pos else "not met"
         lines.append(f"- Memory across the stream, a positive mean gain with its interval: "
-                     f"**{'met' if pos else 'not met'}** (pooled {100 * stream['gain']:+.1f} "
+                     f"**{verdict}** (pooled {100 * stream['gain']:+.1f} "
                      f"points, 95% [{100 * stream['low']:+.1f}, {100 * stream['high']:+.1f}]; "
                      f"the interval {'excludes' if excl else 'does not exclude'} zero).")
     return lines or ["- No targeted row was measured in this pass."]
