@@ -109,14 +109,15 @@ def _smooth(xs: list[float], w: int = 5) -> list[float]:
 
 
 # ---- 2. localize ---------------------------------------------------------------------------
-def finetune(name: str, options: dict[str, Any], a: argparse.Namespace, work: Path) -> Path:
-    """A LoRA adapter for the task (skipped when ``WORK/ft_<name>/adapter`` exists)."""
+def finetune(label: str, name: str, options: dict[str, Any], a: argparse.Namespace,
+             work: Path) -> Path:
+    """A LoRA adapter for the task (skipped when ``WORK/ft_<label>/adapter`` exists)."""
     from metaskill.lm.files import embedded_gguf_path
     from metaskill.lm.hf import load_hf_model
     from metaskill.methods.sft import SFTConfig, pairs_from_examples, train_lora
     from metaskill.tasks import get_task
 
-    out = work / f"ft_{name}" / "adapter"
+    out = work / f"ft_{label}" / "adapter"
     if (out / "adapter_config.json").exists():
         return out
     task = get_task(name, **options)
@@ -134,7 +135,7 @@ def run_localize_task(label: str, name: str, options: dict[str, Any], a: argpars
                       work: Path, *, save: bool, compare: Path | None) -> dict[str, Any]:
     from metaskill.metalearn.localize import LocalizeConfig, run_localize
 
-    adapter = finetune(name, options, a, work)
+    adapter = finetune(label, name, options, a, work)
     cfg = LocalizeConfig(sparsities=[float(s) for s in a.sparsity.split(",")],
                          steps=a.mask_steps, batch_size=8, n_train=128, threads=a.threads,
                          seed=a.seed)

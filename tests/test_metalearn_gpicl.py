@@ -128,3 +128,24 @@ def test_sweep_resumes_and_refuses_other_settings(tmp_path) -> None:
     assert read_sweep(tmp_path)["points"] == data["points"]
     with pytest.raises(GPICLError, match="steps"):
         run_sweep([2], GPICLConfig(**TINY, steps=4), tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_cli_sweep_resumes(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from metaskill.cli import app
+
+    args = ["metatrain", "gpicl", "--tasks", "2,4", "--steps", "2", "--out", str(tmp_path),
+            "--seq-len", "12", "--d-model", "16", "--layers", "1", "--heads", "2",
+            "--eval-sequences", "4", "--batch-size", "4", "--threads", "2"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [r["n_tasks"] for r in rows] == [2, 4]
+    assert set(rows[0]) >= {"train_tasks", "unseen_tasks", "unseen_dataset:wine"}
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "done before" in again.output
+    bad = CliRunner().invoke(app, [*args[:5], "3", *args[6:]])
+    assert bad.exit_code != 0  # the root command prints MetaskillError as one line
+    assert "different steps" in f"{bad.output} {bad.exception}"
