@@ -265,10 +265,12 @@ def localize_section(curves: dict[str, dict[str, Any]], served: dict[str, Any] |
     for label, d in curves.items():
         lines += [f"### {label}", "",
                   f"Dev ({d.get('dev_note', '')}): base {pct(d['acc_base'])}, fine-tuned "
-                  f"{pct(d['acc_finetuned'])}; {d['n_params']:,} parameters, "
-                  f"{d['changed_params']:,} changed by the merged LoRA.", "",
-                  "| sparsity | entries k | top-|delta| graft | gain | learned graft | gain "
-                  "| kept from top-|delta| | mask seconds |",
+                  f"{pct(d['acc_finetuned'])} (greedy exact match of the answer); "
+                  f"{d['n_params']:,} parameters, {d['changed_params']:,} changed by the "
+                  "merged LoRA. top-movement: the k largest |delta| (the optimisation's "
+                  "start); learned: after the mask optimisation.", "",
+                  "| sparsity | entries k | top-movement graft | gain | learned graft | gain "
+                  "| kept from top-movement | mask seconds |",
                   "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for lv in d["levels"]:
             lines.append(f"| {100 * lv['sparsity']:g}% | {lv['k']:,} | "

@@ -800,7 +800,7 @@ def run_localize(task_name: str, base_spec: str, finetuned: str | Path, cfg: Loc
     data = localize_curve(base, ft, tok, task, base_path=base_path, train=train, dev=dev,
                           cfg=cfg, out_dir=out, max_tokens=max_tokens, progress=progress,
                           log=log, meta=meta)
-    data["dev_note"] = dev_note
+    data["dev_note"] = f"{len(dev)} examples: {dev_note}"
     if save:
         level = (next((lv for lv in data["levels"] if lv["sparsity"] == save_sparsity), None)
                  if save_sparsity is not None else pick_level(data))
