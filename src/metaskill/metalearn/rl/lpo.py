@@ -213,6 +213,21 @@ class LPOConfig:
         return cls(**{**data, "ppo": PPOConfig(**data.get("ppo", {}))})
 
 
+def configure_xla_cpu() -> None:
+    """Single-threaded Eigen in XLA:CPU, set before jax first builds its CPU client.
+
+    XLA:CPU's multi-threaded Eigen pool wedges now and then on these vmapped scan
+    programs: every worker parks waiting for work while the result never becomes ready
+    (seen here with jax 0.10.2; the same hang and this workaround are reported in
+    PyAutoLabs/PyAutoFit#1530). ``--xla_cpu_multi_thread_eigen=false`` avoids it at a
+    small speed cost. A user's own setting of the flag wins; it has no effect if jax's CPU
+    backend was already started in this process.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+
+
 # ---- the drift function --------------------------------------------------------------------
 def n_drift_inputs(temporal: bool) -> int:
     """Inputs of the drift network: 8 (LPO) or 24 (TA-LPO)."""
@@ -226,6 +241,7 @@ def init_drift(key: Any, temporal: bool, hidden: int) -> dict[str, Any]:
 
         theta = init_drift(jax.random.PRNGKey(0), temporal=False, hidden=32)  # w1 (8, 32), w2 (32,)
     """
+    configure_xla_cpu()
     import jax
     import jax.numpy as jnp
 
@@ -236,6 +252,7 @@ def init_drift(key: Any, temporal: bool, hidden: int) -> dict[str, Any]:
 
 def drift_inputs(ratio: Any, adv: Any, progress: Any, left: Any, temporal: bool) -> Any:
     """The drift network's inputs ``x`` (``[..., 8]`` or ``[..., 24]``), clipped to [-2, 2]."""
+    configure_xla_cpu()
     import jax.numpy as jnp
 
     log_r = jnp.log(ratio)
@@ -277,6 +294,7 @@ def drift_value(theta: Mapping[str, Any], ratio: Any, adv: Any, *, progress: Any
 
 def ppo_drift_weights(temporal: bool, hidden: int) -> dict[str, Any]:
     """All-zero drift weights: with ``ppo_weight=1`` the drift is PPO's clip drift."""
+    configure_xla_cpu()
     import jax.numpy as jnp
 
     return {"w1": jnp.zeros((n_drift_inputs(temporal), hidden)), "w2": jnp.zeros((hidden,))}
@@ -284,6 +302,7 @@ def ppo_drift_weights(temporal: bool, hidden: int) -> dict[str, Any]:
 
 # ---- the inner loop: PPO with a drift (purejaxrl's ppo.py, restructured) -------------------
 def _make_env(env_id: str) -> tuple[Any, Any]:
+    configure_xla_cpu()
     import gymnax
     from gymnax.environments import spaces
 
@@ -587,6 +606,7 @@ def meta_train(cfg: LPOConfig, out: str | Path,
         res = meta_train(LPOConfig(generations=4, pop_size=8), "runs/lpo")
         res.history[-1].mean_return
     """
+    configure_xla_cpu()
     import jax
 
     out = Path(out)
@@ -794,6 +814,7 @@ def evaluate(drift: Mapping[str, Any] | None, env: str, ppo: PPOConfig, *, seeds
         lpo = evaluate(load_drift("runs/lpo/drift.json"), "Acrobot-v1", PPOConfig())
         ppo = evaluate(None, "Acrobot-v1", PPOConfig())
     """
+    configure_xla_cpu()
     import jax
     import jax.numpy as jnp
 
@@ -827,6 +848,7 @@ __all__ = [
     "LPOConfig",
     "MetaTrainResult",
     "PPOConfig",
+    "configure_xla_cpu",
     "drift_inputs",
     "drift_value",
     "evaluate",

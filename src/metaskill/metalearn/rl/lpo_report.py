@@ -30,6 +30,7 @@ from metaskill.metalearn.rl.groove import PARAM_SPACES
 from metaskill.metalearn.rl.lpo import (
     SCHEMA_VERSION,
     EvalResult,
+    configure_xla_cpu,
     drift_value,
     load_drift,
     read_manifest,
@@ -50,6 +51,7 @@ def drift_curves(drift: Mapping[str, Any], ratios: np.ndarray, adv: float,
 
         drift_curves(load_drift("runs/lpo/drift.json"), np.linspace(0.5, 1.5, 5), 1.0, 0.0)
     """
+    configure_xla_cpu()
     import jax.numpy as jnp
 
     theta = {"w1": jnp.asarray(drift["w1"]), "w2": jnp.asarray(drift["w2"])}
