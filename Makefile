@@ -20,7 +20,7 @@ $(VENV)/.run-deps: $(PY) pyproject.toml
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.run-deps pyproject.toml
-	$(PIP) install -q -e '.[local,embed,tasks,report,serve,train,rl,hf,structured,dev]'
+	$(PIP) install -q -e '.[local,embed,tasks,report,serve,train,rl,hf,structured,ray,metarl,dev]'
 	touch $@
 
 run: $(VENV)/.run-deps
