@@ -317,11 +317,18 @@ def _make_env(env_id: str) -> tuple[Any, Any]:
 
 
 def _init_net(key: Any, obs_dim: int, n_act: int, hidden: int) -> dict[str, Any]:
-    """Actor and critic MLPs (two tanh layers each), orthogonal init as purejaxrl."""
+    """Actor and critic MLPs (two tanh layers each), initialised at purejaxrl's scales.
+
+    purejaxrl uses orthogonal init; here it is a fan-in normal of the same gain, because
+    orthogonal init is a batched LAPACK QR once vmapped over candidates and levels, and
+    that QR kernel deadlocked XLA:CPU's thread pool (gdb: ``jax::OrthogonalQr`` in
+    ``ParallelBatchMap``, every worker parked).
+    """
     import jax
     import jax.numpy as jnp
 
-    orth = jax.nn.initializers.orthogonal
+    def orth(gain: float) -> Any:
+        return jax.nn.initializers.variance_scaling(gain**2, "fan_in", "truncated_normal")
     shapes = {"a1": (obs_dim, hidden, 2**0.5), "a2": (hidden, hidden, 2**0.5),
               "a3": (hidden, n_act, 0.01), "c1": (obs_dim, hidden, 2**0.5),
               "c2": (hidden, hidden, 2**0.5), "c3": (hidden, 1, 1.0)}
