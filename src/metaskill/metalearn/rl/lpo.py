@@ -216,12 +216,12 @@ class LPOConfig:
 def configure_xla_cpu() -> None:
     """Single-threaded Eigen in XLA:CPU, set before jax first builds its CPU client.
 
-    XLA:CPU's multi-threaded Eigen pool wedges now and then on these vmapped scan
-    programs: every worker parks waiting for work while the result never becomes ready
-    (seen here with jax 0.10.2; the same hang and this workaround are reported in
-    PyAutoLabs/PyAutoFit#1530). ``--xla_cpu_multi_thread_eigen=false`` avoids it at a
-    small speed cost. A user's own setting of the flag wins; it has no effect if jax's CPU
-    backend was already started in this process.
+    A guard: these vmapped programs hung on XLA:CPU (jax 0.10.2) with every worker
+    parked. The cause found with gdb was the batched LAPACK QR of orthogonal init (see
+    :func:`_init_net`, now QR-free); a similar wedge of the multi-threaded Eigen pool is
+    reported in PyAutoLabs/PyAutoFit#1530 with this flag as its workaround, so it stays
+    at a small speed cost. A user's own setting of the flag wins; it has no effect if
+    jax's CPU backend was already started in this process.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_multi_thread_eigen" not in flags:
