@@ -288,19 +288,10 @@ def meta_train_retrieval(
     }
 
     # 1. The pool and the leave-out protocol.
-    def stage_pool() -> dict[str, Any]:
-        p = get_pool()
-        return {"protocol": LeaveOut.of(p, config.hold_out).to_json(), "pool": p.summary()}
-
-    pool_in = {"config": config.model_dump(mode="json", include={"hold_out", "kinds", "tasks",
-                                                                 "data", "rgym"}),
-               "given": pool.summary() if pool is not None else None}
-    info = runner.run("pool", pool_in, stage_pool)
-    protocol = LeaveOut.model_validate(info["protocol"])
-    manifest.update(protocol=protocol.to_json(), pool=info["pool"])
-    mark_stage(out, manifest, "pool")
-    say(f"pool: {len(protocol.train_tasks)} training tasks ({', '.join(protocol.train_tasks)});"
-        f" held out: {', '.join(protocol.held_out)}")
+    protocol = pool_stage(runner, out, manifest, get_pool, config.hold_out,
+                          config.model_dump(mode="json", include={"hold_out", "kinds", "tasks",
+                                                                  "data", "rgym"}),
+                          pool, say)
 
     # 2. Episodes: each input with its k nearest train demonstrations, rendered as knn_demos.
     def stage_episodes() -> dict[str, Any]:
@@ -312,7 +303,7 @@ def meta_train_retrieval(
         return {"n": len(eps), "sha256": sha, "per_task": dict(Counter(e.task for e in eps)),
                 "mean_demos": sum(len(e.demo_ids) for e in eps) / len(eps)}
 
-    ep_in = {"protocol": protocol.to_json(), "pool": info["pool"],
+    ep_in = {"protocol": protocol.to_json(), "pool": manifest["pool"],
              "episodes": config.episodes.model_dump(mode="json"), "base": base_model}
     ep_info = runner.run("episodes", ep_in, stage_episodes)
     manifest["episodes"] = ep_info
@@ -360,7 +351,7 @@ def meta_train_retrieval(
                                      "episodes": config.episodes.model_dump(mode="json")},
                          stage_solvers)
     manifest.update(solvers=solvers, done=True, finished=time.time(), usage=[
-        f"metaskill eval {task_args(t, info['pool'])} --model {base_model} --solver {p}"
+        f"metaskill eval {task_args(t, manifest['pool'])} --model {base_model} --solver {p}"
         for t, p in solvers.items()])
     mark_stage(out, manifest, "solvers")
     return manifest
@@ -378,6 +369,29 @@ def task_args(name: str, pool_summary: dict[str, Any]) -> str:
 
     src = (pool_summary.get("tasks", {}).get(name) or {}).get("source")
     return PoolEntry.model_validate(src).task_args() if src else f"--task {name}"
+
+
+def pool_stage(runner: Any, out: Path, manifest: dict[str, Any], get_pool: Any,
+               hold_out: Sequence[str], config_in: dict[str, Any], given: TaskPool | None,
+               say: Any) -> LeaveOut:
+    """The first stage of a meta-training run: load the pool, fix the leave-out protocol.
+
+    Runs (or, resuming, reads back) the ``pool`` stage, writes the protocol and the pool's
+    summary into ``manifest``, marks the stage done and says what trains and what is held
+    out. Shared by ``meta_train_retrieval`` and ``meta_tune``.
+    """
+    def stage() -> dict[str, Any]:
+        p = get_pool()
+        return {"protocol": LeaveOut.of(p, hold_out).to_json(), "pool": p.summary()}
+
+    info = runner.run("pool", {"config": config_in,
+                               "given": given.summary() if given is not None else None}, stage)
+    protocol = LeaveOut.model_validate(info["protocol"])
+    manifest.update(protocol=protocol.to_json(), pool=info["pool"])
+    mark_stage(out, manifest, "pool")
+    say(f"pool: {len(protocol.train_tasks)} training tasks ({', '.join(protocol.train_tasks)});"
+        f" held out: {', '.join(protocol.held_out)}")
+    return protocol
 
 
 def mark_stage(out: Path, manifest: dict[str, Any], stage: str) -> None:

@@ -61,10 +61,11 @@ from metaskill.core.stages import StageRunner
 from metaskill.core.types import Example, Message, Request, Usage
 from metaskill.eval.solver import Attempt, Solver
 from metaskill.metalearn.episodes import held_out_texts, train_pool
-from metaskill.metalearn.pool import DEFAULT_RGYM, LeaveOut, TaskPool, load_pool, pool_specs
+from metaskill.metalearn.pool import DEFAULT_RGYM, TaskPool, load_pool, pool_specs
 from metaskill.metalearn.retrieval import (
     Trainer,
     mark_stage,
+    pool_stage,
     task_args,
     train_adapter,
     write_json,
@@ -429,19 +430,10 @@ def meta_tune(
     }
 
     # 1. The labelled pool and the protocol.
-    def stage_pool() -> dict[str, Any]:
-        p = get_pool()
-        return {"protocol": LeaveOut.of(p, config.hold_out).to_json(), "pool": p.summary()}
-
-    pool_in = {"config": config.model_dump(mode="json", include={"hold_out", "kinds", "tasks",
-                                                                 "data"}),
-               "given": pool.summary() if pool is not None else None}
-    info = runner.run("pool", pool_in, stage_pool)
-    protocol = LeaveOut.model_validate(info["protocol"])
-    manifest.update(protocol=protocol.to_json(), pool=info["pool"])
-    mark_stage(out, manifest, "pool")
-    say(f"pool: {len(protocol.train_tasks)} training tasks ({', '.join(protocol.train_tasks)});"
-        f" held out: {', '.join(protocol.held_out)}")
+    protocol = pool_stage(runner, out, manifest, get_pool, config.hold_out,
+                          config.model_dump(mode="json", include={"hold_out", "kinds", "tasks",
+                                                                  "data"}),
+                          pool, say)
 
     # 2. One question per label of every task (held-out ones too: their Solvers need them).
     def stage_questions() -> dict[str, Any]:
@@ -528,7 +520,7 @@ def meta_tune(
                                      "score": config.score, "prompt": config.prompt},
                          stage_solvers)
     manifest.update(solvers=solvers, done=True, finished=time.time(), usage=[
-        f"metaskill eval {task_args(t, info['pool'])} --model {base_model} --solver {p}"
+        f"metaskill eval {task_args(t, manifest['pool'])} --model {base_model} --solver {p}"
         for t, p in solvers.items()])
     mark_stage(out, manifest, "solvers")
     return manifest
