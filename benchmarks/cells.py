@@ -8,6 +8,9 @@ Example:
 
 from __future__ import annotations
 
+import platform
+import subprocess
+
 
 def pct(x: float | None) -> str:
     """A share as a percentage with one decimal ('-' for None)."""
@@ -33,3 +36,15 @@ def gain_cell(after: list[float], before: list[float]) -> str:
 
     d, lo, hi = paired_gain(after, before)
     return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def cpu_model() -> str:
+    """lscpu's model name (or the platform's processor string), for every results header."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"

@@ -32,11 +32,12 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from cells import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,18 +59,6 @@ PUBLISHED: tuple[dict[str, Any], ...] = (
                "https://yobitelcomm.github.io/bench/recipes/concurrency-sweep/ (table row "
                "conc=16: 1,384.2 tok/s; run of 2026-05-16, chatbot-short workload)"},
 )
-
-
-def cpu_model() -> str:
-    """lscpu's model name (or the platform's processor string)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def comparable(run: Any) -> list[dict[str, Any]]:

@@ -28,11 +28,12 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from cells import cpu_model
 
 from metaskill.core.types import Request
 from metaskill.eval.harness import evaluate
@@ -47,18 +48,6 @@ SUBJECTS = ["a lighthouse", "a lost key", "a robot cook", "the first snow", "a r
             "an old map", "a night train", "a chess game", "a bee hive", "a storm at sea",
             "a quiet library", "a mountain hut", "a broken clock", "a market day",
             "a paper boat", "a fox and a crow"]
-
-
-def cpu_model() -> str:
-    """lscpu's model name (or the platform's processor string)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_lm(n_parallel: int, threads: int) -> LlamaLM:
