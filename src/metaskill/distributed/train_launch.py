@@ -200,7 +200,7 @@ def train_process(job: dict[str, Any]) -> None:
 
     from metaskill.core.settings import Settings
     from metaskill.lm.hf import load_hf_model
-    from metaskill.methods.sft import _batches, _collate, _progress
+    from metaskill.methods.sft import _batches, _collate, loss_progress
 
     acc = Accelerator(cpu=not torch.cuda.is_available())
     config = SFTConfig.model_validate(job["config"])
@@ -232,7 +232,7 @@ def train_process(job: dict[str, Any]) -> None:
     rank, world = acc.process_index, acc.num_processes
     losses: list[float] = []
     t0, c0 = time.perf_counter(), time.process_time()
-    bar = _progress(bool(job.get("progress")) and acc.is_main_process)
+    bar = loss_progress(bool(job.get("progress")) and acc.is_main_process)
     with bar:
         bar_id = bar.add_task(f"LoRA training ({world} processes)", total=total,
                               loss=float("nan"))

@@ -62,6 +62,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from metaskill.core.errors import MetaskillError
+from metaskill.methods.sft import loss_progress
 
 SCHEMA_VERSION = 1
 N_CLASSES = 10  # label slots: digits has 10 classes; smaller unseen sets use a subset
@@ -371,7 +372,7 @@ def meta_train(cfg: GPICLConfig, n_tasks: int, *, checkpoint: Path | None = None
     cache: dict[int, LinearTask] = {}
     window: list[float] = []
     t0 = time.perf_counter() - seconds
-    bar = _progress(progress)
+    bar = loss_progress(progress)
 
     def save(step: int) -> None:
         if checkpoint is not None:
@@ -410,21 +411,6 @@ def meta_train(cfg: GPICLConfig, n_tasks: int, *, checkpoint: Path | None = None
     model.eval()
     return model, {"losses": losses, "seconds": round(time.perf_counter() - t0, 1),
                    "steps": cfg.steps}
-
-
-def _progress(enabled: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
-                    TimeRemainingColumn(), disable=not enabled)
 
 
 # ---- the sweep over the number of tasks ----------------------------------------------------

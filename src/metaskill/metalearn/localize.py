@@ -59,6 +59,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from metaskill.core.errors import MetaskillError
+from metaskill.methods.sft import loss_progress
 
 SCHEMA_VERSION = 1
 
@@ -319,7 +320,7 @@ def learn_mask(model: Any, theta: dict[str, Any], delta: dict[str, Any], k: int,
                 for n in names}
 
     model.eval()  # no dropout; gradients still flow
-    bar = _progress(progress)
+    bar = loss_progress(progress)
     with bar:
         tid = bar.add_task(f"mask k={k}", total=cfg.steps, loss=float("nan"))
         for step in range(cfg.steps):
@@ -365,13 +366,6 @@ def _kth_largest_abs(grads: dict[str, Any], k: int, gen: Any, sample: int = 1 <<
     q = 1.0 - max(k, 1) / n
     v = float(torch.quantile(flat, min(max(q, 0.0), 1.0))) if flat.numel() else 0.0
     return max(v, float(flat.max()) * 1e-3, 1e-30)
-
-
-def _progress(enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), disable=not enabled)
 
 
 # ---- the language-model side: models, batches, dev accuracy -------------------------------

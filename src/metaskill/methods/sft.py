@@ -340,7 +340,7 @@ def train_lora(
     t0 = time.perf_counter()
     paused = 0.0  # time spent in on_step (evaluation), not counted as training time
     c0, cpu_paused = time.process_time(), 0.0
-    bar = _progress(progress)
+    bar = loss_progress(progress)
     try:
         with bar:
             task_id = bar.add_task("LoRA training", total=total, loss=float("nan"))
@@ -419,7 +419,14 @@ def save_adapter_atomically(peft_model: Any, out: Path, info: dict[str, Any]) ->
         raise
 
 
-def _progress(enabled: bool) -> Any:
+def loss_progress(enabled: bool) -> Any:
+    """A rich progress bar with a ``loss`` field, shared by every training loop.
+
+    Example:
+        >>> bar = loss_progress(False)
+        >>> bar.add_task("train", total=2, loss=0.0) == 0
+        True
+    """
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
